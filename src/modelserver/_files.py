@@ -1,0 +1,47 @@
+"""Files that readers may open while we write them: write aside, fsync, rename over."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+
+def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace `path` with `data` so a reader sees the old file or the new one, never half.
+
+    The temporary file lives in the same folder (rename is atomic only within one file
+    system) and is fsync'ed before the rename, and the folder after it, so a crash at any
+    moment leaves one whole file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_write_json(path: Path, value: Any, mode: int = 0o644) -> None:
+    atomic_write_bytes(path, orjson.dumps(value, option=orjson.OPT_INDENT_2), mode)
+
+
+def read_json(path: Path) -> Any:
+    """Read a JSON file written by `atomic_write_json`; FileNotFoundError if absent."""
+    return orjson.loads(path.read_bytes())

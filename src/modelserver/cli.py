@@ -1,0 +1,72 @@
+"""The `modelserver` command. Each area keeps its commands in its own module and registers
+them here, so this file stays a table of contents."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from modelserver.config import load_fleet
+from modelserver.errors import ModelServerError
+
+app = typer.Typer(
+    name="modelserver",
+    help="Launch, route and measure a fleet of self-hosted LLM engines.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+FleetArg = Annotated[Path, typer.Argument(help="The fleet file (TOML).", show_default=False)]
+
+# Modules whose `register(app)` adds their commands, in the order `--help` lists them.
+COMMAND_MODULES: tuple[str, ...] = (
+    "modelserver.sim.command",
+)
+
+
+@app.command()
+def validate(fleet: FleetArg) -> None:
+    """Check a fleet file and list the workers it describes."""
+    loaded = load_fleet(fleet)
+    table = Table(title=f"fleet {loaded.fleet.name!r}: {len(loaded.workers())} workers")
+    for column in ("worker", "model", "kind", "backend", "url"):
+        table.add_column(column)
+    for worker in loaded.workers():
+        table.add_row(worker.name, worker.model, worker.kind, worker.backend, worker.url)
+    console.print(table)
+
+
+def _register_all() -> None:
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(app)
+
+
+def main() -> None:
+    _register_all()
+    try:
+        app(standalone_mode=False)
+    except ModelServerError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        sys.exit(2)
+    except (typer.Exit, SystemExit) as exc:
+        code = exc.exit_code if isinstance(exc, typer.Exit) else exc.code
+        sys.exit(code if isinstance(code, int) else 0)
+    except typer.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors arrive here in standalone_mode=False
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

@@ -1,0 +1,410 @@
+"""The fleet file: typed, validated, with errors that name the file, the key and what is allowed.
+
+A fleet file is TOML with the sections `[fleet]`, `[[hosts]]`, `[[models]]`, `[launcher]`,
+`[router]` and `[gateway]`. `load_fleet(path)` returns a `Fleet`; every mistake becomes one
+`FleetFileError` listing each problem as `models[2].backend: ... ; allowed: ...`.
+
+Counting rule: `replicas` is the number of workers of a model on *each* of its hosts; replica
+`i` on a host listens on `port + i`.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from modelserver.errors import FleetFileError
+
+Kind = Literal["chat", "embedding"]
+BackendName = Literal["sglang", "vllm", "llamacpp", "sim"]
+PolicyName = Literal["fastest", "round_robin", "least_load", "cache_aware"]
+
+GPU_BACKENDS: frozenset[str] = frozenset({"sglang", "vllm"})
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FleetSection(_Section):
+    name: str = "fleet"
+    state_dir: str = ".modelserver"
+
+
+class HostConfig(_Section):
+    name: str = Field(min_length=1)
+    address: str = "127.0.0.1"
+    """An IP or DNS name other hosts reach this one at, or "auto" (found with psutil)."""
+    gpus: str | list[int | str] = "all"
+    """Which GPUs ModelServer may use here: "all", "none", or indices / UUIDs."""
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _gpus_valid(cls, value: Any) -> Any:
+        if isinstance(value, str) and value not in ("all", "none"):
+            raise ValueError(
+                f'must be "all", "none" or a list of GPU indices or UUIDs (got {value!r})'
+            )
+        if isinstance(value, list):
+            for gpu in value:
+                if isinstance(gpu, int) and gpu < 0:
+                    raise ValueError(f"GPU index {gpu} is negative; indices start at 0")
+            if len(set(value)) != len(value):
+                raise ValueError("a GPU is listed twice")
+        return value
+
+
+class ModelConfig(_Section):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+    kind: Kind = "chat"
+    backend: BackendName
+    path: str = ""
+    """Weights: a folder, a GGUF file or a hub id. Relative paths starting with '.' are
+    resolved against the fleet file's folder."""
+    hosts: list[str] | None = None
+    replicas: int = Field(default=1, ge=1, le=1024)
+    gpus_per_replica: int | None = Field(default=None, ge=0, le=64)
+    gpus: list[int | str] | None = None
+    """Explicit GPUs for this model on each host, split in order into groups of
+    `gpus_per_replica`; when absent the launcher chooses among free GPUs."""
+    port: int = Field(ge=1, le=65535)
+    args: list[str] = Field(default_factory=list)
+    options: dict[str, Any] = Field(default_factory=dict)
+    api_key: str | None = None
+    """The engine's own API key: passed to the engine and sent by the router."""
+
+    @property
+    def gpus_each(self) -> int:
+        if self.gpus_per_replica is not None:
+            return self.gpus_per_replica
+        return 1 if self.backend in GPU_BACKENDS else 0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelConfig:
+        if self.port + self.replicas - 1 > 65535:
+            raise ValueError(
+                f"ports {self.port}..{self.port + self.replicas - 1} run past 65535"
+            )
+        if self.backend != "sim" and not self.path:
+            raise ValueError(f"backend {self.backend!r} needs `path` (the model weights)")
+        if self.gpus is not None:
+            wanted = self.replicas * self.gpus_each
+            if len(self.gpus) != wanted:
+                raise ValueError(
+                    f"`gpus` lists {len(self.gpus)} GPUs but replicas × gpus_per_replica"
+                    f" = {self.replicas} × {self.gpus_each} = {wanted}"
+                )
+        return self
+
+
+class LauncherConfig(_Section):
+    ready_timeout_s: float = Field(default=900.0, gt=0)
+    """How long a starting engine may take to answer its readiness probe (SGLang loading a
+    70B model from disk takes minutes)."""
+    max_restarts: int = Field(default=5, ge=0)
+    backoff_initial_s: float = Field(default=1.0, gt=0)
+    backoff_max_s: float = Field(default=60.0, gt=0)
+    stop_grace_s: float = Field(default=30.0, ge=0)
+    health_interval_s: float = Field(default=5.0, gt=0)
+    wait_for_gpus_s: float = Field(default=0.0, ge=0)
+    """Wait this long for busy GPUs to free up before giving up (0: do not wait)."""
+    gpu_busy_used_gib: float = Field(default=10.0, ge=0)
+    """A GPU with more memory in use than this is busy (the seed's 10 GB rule)."""
+    mem_fraction_margin: float = Field(default=0.05, ge=0, lt=1)
+    """Subtracted from the free-memory ratio to get the engine's memory fraction."""
+    mem_fraction_max: float = Field(default=0.88, gt=0, le=1)
+
+
+class RouterConfig(_Section):
+    policy: PolicyName = "cache_aware"
+    request_timeout_s: float = Field(default=600.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1, le=32)
+
+
+class GatewayConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    api_keys: list[str] = Field(default_factory=list)
+    admin_keys: list[str] = Field(default_factory=list)
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """One replica of one model on one host, as the fleet file implies it."""
+
+    name: str
+    model: str
+    kind: Kind
+    backend: BackendName
+    host: str
+    address: str
+    port: int
+    replica: int
+    api_key: str | None = None
+
+    @property
+    def url(self) -> str:
+        address = f"[{self.address}]" if ":" in self.address else self.address
+        return f"http://{address}:{self.port}"
+
+
+class Fleet(_Section):
+    fleet: FleetSection = Field(default_factory=FleetSection)
+    hosts: list[HostConfig] = Field(default_factory=list)
+    models: list[ModelConfig] = Field(default_factory=list)
+    launcher: LauncherConfig = Field(default_factory=LauncherConfig)
+    router: RouterConfig = Field(default_factory=RouterConfig)
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    source: str = Field(default="<memory>", exclude=True)
+    """The file this fleet was read from (not a key of the file)."""
+    base_dir: str = Field(default=".", exclude=True)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Fleet:
+        _check_unique("hosts", [h.name for h in self.hosts])
+        _check_unique("models", [m.name for m in self.models])
+        known_hosts = {h.name for h in self.hosts}
+        for index, model in enumerate(self.models):
+            for host in model.hosts or []:
+                if host not in known_hosts:
+                    raise _KeyError(
+                        f"models[{index}].hosts",
+                        f"unknown host {host!r}; hosts in this file: "
+                        + (", ".join(repr(h) for h in sorted(known_hosts)) or "none"),
+                    )
+        if self.models and not self.hosts:
+            raise _KeyError("hosts", "the fleet has models but no [[hosts]]")
+        taken: dict[tuple[str, int], str] = {}
+        for worker in self.workers():
+            key = (worker.address, worker.port)
+            if key in taken:
+                raise _KeyError(
+                    f"models[{self._model_index(worker.model)}].port",
+                    f"{worker.name} would listen on {worker.address}:{worker.port},"
+                    f" already taken by {taken[key]}",
+                )
+            taken[key] = worker.name
+        gateway_key = (self.gateway.host, self.gateway.port)
+        if gateway_key in taken:
+            raise _KeyError(
+                "gateway.port", f"port {self.gateway.port} is taken by {taken[gateway_key]}"
+            )
+        return self
+
+    def _model_index(self, name: str) -> int:
+        return next(i for i, m in enumerate(self.models) if m.name == name)
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def model(self, name: str) -> ModelConfig:
+        for model in self.models:
+            if model.name == name:
+                return model
+        from modelserver.errors import UnknownModel
+
+        raise UnknownModel(name, [m.name for m in self.models])
+
+    def host(self, name: str) -> HostConfig:
+        for host in self.hosts:
+            if host.name == name:
+                return host
+        raise KeyError(f"unknown host {name!r}; hosts: {[h.name for h in self.hosts]}")
+
+    def hosts_of(self, model: ModelConfig) -> list[HostConfig]:
+        if model.hosts is None:
+            return list(self.hosts)
+        return [self.host(name) for name in model.hosts]
+
+    def workers(self, host: str | None = None) -> list[WorkerSpec]:
+        """Every replica the file implies, optionally only those of one host."""
+        specs: list[WorkerSpec] = []
+        for model in self.models:
+            for host_cfg in self.hosts_of(model):
+                if host is not None and host_cfg.name != host:
+                    continue
+                address = resolve_address(host_cfg.address)
+                for replica in range(model.replicas):
+                    specs.append(
+                        WorkerSpec(
+                            name=worker_name(model.name, replica, host_cfg.name),
+                            model=model.name,
+                            kind=model.kind,
+                            backend=model.backend,
+                            host=host_cfg.name,
+                            address=address,
+                            port=model.port + replica,
+                            replica=replica,
+                            api_key=model.api_key,
+                        )
+                    )
+        return specs
+
+    def state_dir(self) -> Path:
+        return resolve_path(self.fleet.state_dir, self.base_dir)
+
+    def model_path(self, model: ModelConfig) -> str:
+        if model.path.startswith("."):
+            return str(resolve_path(model.path, self.base_dir))
+        return str(Path(model.path).expanduser()) if model.path.startswith("~") else model.path
+
+
+def worker_name(model: str, replica: int, host: str) -> str:
+    """A worker's name: `llama-8b-0@gpu-a` (model, replica index, host)."""
+    return f"{model}-{replica}@{host}"
+
+
+def resolve_path(value: str, base_dir: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (Path(base_dir) / path).resolve()
+
+
+def resolve_address(address: str) -> str:
+    """Turn "auto" into this machine's first non-loopback IPv4 address (psutil), else keep."""
+    if address != "auto":
+        return address
+    from modelserver.netinfo import primary_address
+
+    return primary_address()
+
+
+class _KeyError(ValueError):
+    """A cross-field problem that belongs to a specific key, not to the whole file."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(message)
+
+
+def _check_unique(section: str, names: list[str]) -> None:
+    seen: set[str] = set()
+    for index, name in enumerate(names):
+        if name in seen:
+            raise _KeyError(f"{section}[{index}].name", f"duplicate name {name!r}")
+        seen.add(name)
+
+
+# -- loading ---------------------------------------------------------------------------------
+
+
+def load_fleet(path: str | Path) -> Fleet:
+    """Read and validate a fleet file; raise `FleetFileError` naming every problem."""
+    file = Path(path)
+    shown = str(path)
+    try:
+        raw = file.read_bytes()
+    except FileNotFoundError:
+        raise FleetFileError(shown, ["no such file"]) from None
+    except IsADirectoryError:
+        raise FleetFileError(shown, ["is a folder, not a fleet file"]) from None
+    except PermissionError:
+        raise FleetFileError(shown, ["cannot be read (permission denied)"]) from None
+    except OSError as exc:
+        raise FleetFileError(shown, [f"cannot be read ({exc.strerror})"]) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise FleetFileError(shown, [f"is not UTF-8 text (byte {exc.start})"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise FleetFileError(shown, [f"invalid TOML: {exc}"]) from None
+    return parse_fleet(data, source=shown, base_dir=str(file.resolve().parent))
+
+
+def parse_fleet(data: dict[str, Any], source: str = "<memory>", base_dir: str = ".") -> Fleet:
+    """Validate an already-parsed fleet document (a dict shaped like the TOML file)."""
+    for reserved in ("source", "base_dir"):
+        if reserved in data:
+            raise FleetFileError(source, [f"{reserved}: unknown key; {_allowed_keys(Fleet)}"])
+    try:
+        return Fleet.model_validate({**data, "source": source, "base_dir": base_dir})
+    except ValidationError as exc:
+        raise FleetFileError(source, _describe(exc, data)) from None
+
+
+def _describe(exc: ValidationError, data: dict[str, Any]) -> list[str]:
+    problems: list[str] = []
+    for error in exc.errors(include_url=False):
+        ctx_error = (error.get("ctx") or {}).get("error")
+        if isinstance(ctx_error, _KeyError):
+            problems.append(f"{ctx_error.key}: {ctx_error}")
+            continue
+        loc = [part for part in error["loc"] if not _is_union_tag(part)]
+        key = _dotted(loc)
+        kind = error["type"]
+        if kind == "extra_forbidden":
+            owner = _model_at(loc[:-1])
+            allowed = _allowed_keys(owner) if owner else ""
+            problems.append(f"{key}: unknown key; {allowed}")
+        elif kind == "missing":
+            problems.append(f"{key}: required key is missing")
+        elif kind == "value_error":
+            problems.append(f"{key or 'file'}: {ctx_error or error['msg']!s}")
+        else:
+            got = _value_at(data, error["loc"])
+            shown = f" (got {got!r})" if got is not _MISSING else ""
+            problems.append(f"{key}: {error['msg']}{shown}")
+    return list(dict.fromkeys(problems))
+
+
+_MISSING = object()
+
+
+def _value_at(data: Any, loc: tuple[int | str, ...]) -> Any:
+    node = data
+    for part in loc:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return _MISSING
+    return node
+
+
+def _is_union_tag(part: int | str) -> bool:
+    # pydantic puts the tried union member ("list[union[int,str]]", "literal['all','none']")
+    # into the location; a user never wrote those.
+    return isinstance(part, str) and ("[" in part or part in ("int", "str"))
+
+
+def _dotted(loc: list[int | str]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+_SECTIONS: dict[str, type[BaseModel]] = {
+    "fleet": FleetSection,
+    "hosts": HostConfig,
+    "models": ModelConfig,
+    "launcher": LauncherConfig,
+    "router": RouterConfig,
+    "gateway": GatewayConfig,
+}
+
+
+def _model_at(loc: list[int | str]) -> type[BaseModel] | None:
+    names = [p for p in loc if isinstance(p, str)]
+    if not names:
+        return Fleet
+    return _SECTIONS.get(names[0]) if len(names) == 1 else None
+
+
+def _allowed_keys(model: type[BaseModel]) -> str:
+    fields = [name for name, f in model.model_fields.items() if not f.exclude]
+    return "allowed keys: " + ", ".join(fields)
+
+
+def allowed_values(literal: Any) -> tuple[str, ...]:
+    """The names a Literal type allows (for messages and CLI help)."""
+    return tuple(str(v) for v in get_args(literal))

@@ -1,0 +1,122 @@
+"""The one exception tree of ModelServer.
+
+    ModelServerError
+    ├── FleetFileError            the fleet file is missing, unreadable or invalid
+    ├── LaunchError               an engine could not be placed, started or stopped
+    │   ├── NoGpuInventory        NVML is not there, but a GPU backend was asked for
+    │   └── PlacementError        a replica cannot get the GPUs or port it needs
+    └── RequestError              a request to the fleet did not succeed
+        ├── UnknownModel          the fleet serves no model by that name (not retryable)
+        ├── NoHealthyWorker       every worker of the model is out; says why each one is
+        ├── DeadlineExceeded      the per-request deadline or attempt budget ran out
+        └── WorkerError           one attempt on one worker failed
+            ├── RetryableWorkerError    refused, reset, timeout, 408, 429, 5xx: try elsewhere
+            │   ├── WorkerUnreachable   connection refused or reset
+            │   └── WorkerTimeout       no answer within the attempt timeout
+            └── EngineRejected          4xx other than 408/429: the request itself is wrong
+
+A caller catches `RequestError` for "this request failed" and `ModelServerError`
+for anything of ours. Only `RetryableWorkerError` sends a request to another worker.
+"""
+
+from __future__ import annotations
+
+
+class ModelServerError(Exception):
+    """Base of every error ModelServer raises on purpose."""
+
+
+class FleetFileError(ModelServerError):
+    """The fleet file cannot be used; the message names the file, the key and what is allowed."""
+
+    def __init__(self, path: str, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        if len(problems) == 1:
+            message = f"{path}: {problems[0]}"
+        else:
+            lines = "\n".join(f"  - {p}" for p in problems)
+            message = f"{path}: {len(problems)} problems:\n{lines}"
+        super().__init__(message)
+
+
+class LaunchError(ModelServerError):
+    """An engine could not be placed, started or stopped."""
+
+
+class NoGpuInventory(LaunchError):
+    """NVML (the NVIDIA driver library) is not available on this machine."""
+
+
+class PlacementError(LaunchError):
+    """A replica cannot be given the GPUs or the port it needs."""
+
+
+class RequestError(ModelServerError):
+    """A request sent to the fleet did not succeed."""
+
+
+class UnknownModel(RequestError):
+    """The fleet serves no model by the name asked for."""
+
+    def __init__(self, model: str, known: list[str]) -> None:
+        self.model = model
+        self.known = sorted(known)
+        names = ", ".join(repr(k) for k in self.known) or "none"
+        super().__init__(f"unknown model {model!r}; the fleet serves: {names}")
+
+
+class NoHealthyWorker(RequestError):
+    """Every worker of a model is out of rotation; `reasons` maps each worker URL to why."""
+
+    def __init__(self, model: str, reasons: dict[str, str]) -> None:
+        self.model = model
+        self.reasons = dict(reasons)
+        detail = "; ".join(f"{url}: {why}" for url, why in sorted(self.reasons.items()))
+        super().__init__(f"no healthy worker for model {model!r} ({detail or 'no workers'})")
+
+
+class DeadlineExceeded(RequestError):
+    """The request's deadline or attempt budget ran out before any worker answered."""
+
+    def __init__(self, message: str, attempts: list[str] | None = None) -> None:
+        self.attempts = list(attempts or [])
+        super().__init__(message)
+
+
+class WorkerError(RequestError):
+    """One attempt on one worker failed."""
+
+    retryable = False
+
+    def __init__(self, worker: str, message: str, status: int | None = None) -> None:
+        self.worker = worker
+        self.status = status
+        super().__init__(f"{worker}: {message}")
+
+
+class RetryableWorkerError(WorkerError):
+    """The worker failed in a way another worker may not: connection, timeout, 408, 429, 5xx."""
+
+    retryable = True
+
+
+class WorkerUnreachable(RetryableWorkerError):
+    """Connection refused, reset or closed before a full answer."""
+
+
+class WorkerTimeout(RetryableWorkerError):
+    """The worker did not answer within the attempt timeout."""
+
+
+class EngineRejected(WorkerError):
+    """The engine refused the request itself (4xx other than 408/429); retrying cannot help."""
+
+    def __init__(self, worker: str, status: int, message: str, body: object = None) -> None:
+        self.body = body
+        super().__init__(worker, f"HTTP {status}: {message}", status)
+
+
+def is_retryable_status(status: int) -> bool:
+    """HTTP statuses worth retrying on another worker."""
+    return status in (408, 429) or status >= 500
