@@ -186,6 +186,9 @@ class Fleet(_Section):
                     )
         if self.models and not self.hosts:
             raise _KeyError("hosts", "the fleet has models but no [[hosts]]")
+        for index, model in enumerate(self.models):
+            for host in self.hosts_of(model):
+                _check_gpus_fit(index, model, host)
         taken: dict[tuple[str, int], str] = {}
         for worker in self.workers():
             key = (worker.address, worker.port)
@@ -285,6 +288,30 @@ class _KeyError(ValueError):
     def __init__(self, key: str, message: str) -> None:
         self.key = key
         super().__init__(message)
+
+
+def _check_gpus_fit(index: int, model: ModelConfig, host: HostConfig) -> None:
+    """What the file alone can tell about GPUs; the real inventory is checked at placement."""
+    needed = model.replicas * model.gpus_each
+    if needed and host.gpus == "none":
+        raise _KeyError(
+            f"models[{index}].gpus_per_replica",
+            f"{model.name!r} needs {needed} GPU(s) on host {host.name!r}, which has gpus = \"none\"",
+        )
+    if not isinstance(host.gpus, list):
+        return
+    if needed > len(host.gpus):
+        raise _KeyError(
+            f"models[{index}].replicas",
+            f"replicas × gpus_per_replica = {model.replicas} × {model.gpus_each} = {needed}"
+            f" GPUs, but host {host.name!r} offers {len(host.gpus)}: {host.gpus}",
+        )
+    for gpu in model.gpus or []:
+        if gpu not in host.gpus:
+            raise _KeyError(
+                f"models[{index}].gpus",
+                f"GPU {gpu!r} is not among host {host.name!r}'s gpus {host.gpus}",
+            )
 
 
 def _check_unique(section: str, names: list[str]) -> None:

@@ -1,0 +1,176 @@
+"""Every mistake in a fleet file is one clear message naming the file, the key and what is allowed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from modelserver import FleetFileError, load_fleet
+
+HOST = '[[hosts]]\nname = "h"\n'
+SIM = '[[models]]\nname = "m"\nbackend = "sim"\nport = 31000\n'
+
+# (case id, file text, key the message must name, words the message must contain)
+CASES: list[tuple[str, str, str, list[str]]] = [
+    ("bad toml syntax", "[fleet\nname = 1", "invalid TOML", ["line 1"]),
+    ("unknown top-level key", HOST + "[modls]\nx = 1\n", "modls", ["unknown key", "models"]),
+    ("unknown key in fleet", "[fleet]\nnmae = 'x'\n", "fleet.nmae", ["allowed keys", "name"]),
+    ("unknown key in hosts", HOST + "adress = 'x'\n", "hosts[0].adress", ["address"]),
+    ("unknown key in models", HOST + SIM + "replica = 2\n", "models[0].replica", ["replicas"]),
+    ("unknown key in router", "[router]\npolcy = 'x'\n", "router.polcy", ["policy"]),
+    ("unknown key in gateway", "[gateway]\nprt = 1\n", "gateway.prt", ["port"]),
+    ("unknown key in launcher", "[launcher]\nretries = 1\n", "launcher.retries", ["max_restarts"]),
+    ("replicas not a number", HOST + SIM + 'replicas = "two"\n', "models[0].replicas", ["integer"]),
+    ("negative replicas", HOST + SIM + "replicas = -1\n", "models[0].replicas", ["greater than"]),
+    ("zero replicas", HOST + SIM + "replicas = 0\n", "models[0].replicas", ["greater than"]),
+    ("port zero", HOST + SIM.replace("31000", "0"), "models[0].port", ["greater than"]),
+    ("port too large", HOST + SIM.replace("31000", "70000"), "models[0].port", ["less than"]),
+    (
+        "ports run past 65535",
+        HOST + SIM.replace("31000", "65535") + "replicas = 2\n",
+        "models[0]",
+        ["65535"],
+    ),
+    ("unknown backend", HOST + SIM.replace('"sim"', '"sglan"'), "models[0].backend", ["sglang"]),
+    ("unknown kind", HOST + SIM + 'kind = "completion"\n', "models[0].kind", ["embedding"]),
+    ("unknown policy", '[router]\npolicy = "fast"\n', "router.policy", ["cache_aware"]),
+    ("duplicate model names", HOST + SIM + SIM.replace("31000", "32000"), "models[1].name", ["duplicate"]),
+    ("duplicate host names", HOST + HOST, "hosts[1].name", ["duplicate"]),
+    ("model on unknown host", HOST + SIM + 'hosts = ["gpu-z"]\n', "models[0].hosts", ["'h'"]),
+    (
+        "port clash between models",
+        HOST + SIM + "replicas = 2\n" + SIM.replace('"m"', '"n"').replace("31000", "31001"),
+        "models[1].port",
+        ["31001", "m-1@h"],
+    ),
+    (
+        "port clash with gateway",
+        HOST + SIM + "[gateway]\nport = 31000\n",
+        "gateway.port",
+        ["31000"],
+    ),
+    (
+        "gpu not on host",
+        '[[hosts]]\nname = "h"\ngpus = [0, 1]\n'
+        '[[models]]\nname = "m"\nbackend = "sglang"\npath = "/w"\nport = 30000\ngpus = [5]\n',
+        "models[0].gpus",
+        ["5", "[0, 1]"],
+    ),
+    (
+        "replicas times gpus more than the host has",
+        '[[hosts]]\nname = "h"\ngpus = [0, 1]\n'
+        '[[models]]\nname = "m"\nbackend = "sglang"\npath = "/w"\nport = 30000\n'
+        "replicas = 2\ngpus_per_replica = 2\n",
+        "models[0].replicas",
+        ["2 × 2 = 4", "offers 2"],
+    ),
+    (
+        "gpu backend on a host without gpus",
+        '[[hosts]]\nname = "h"\ngpus = "none"\n'
+        '[[models]]\nname = "m"\nbackend = "vllm"\npath = "/w"\nport = 30000\n',
+        "models[0].gpus_per_replica",
+        ['gpus = "none"'],
+    ),
+    ("host gpus word", '[[hosts]]\nname = "h"\ngpus = "some"\n', "hosts[0].gpus", ['"all"']),
+    ("host gpu twice", '[[hosts]]\nname = "h"\ngpus = [1, 1]\n', "hosts[0].gpus", ["twice"]),
+    ("negative gpu index", '[[hosts]]\nname = "h"\ngpus = [-1]\n', "hosts[0].gpus", ["negative"]),
+    ("path missing for sglang", HOST + SIM.replace('"sim"', '"sglang"'), "models[0]", ["path"]),
+    (
+        "gpus list of the wrong length",
+        '[[hosts]]\nname = "h"\n[[models]]\nname = "m"\nbackend = "sglang"\npath = "/w"\n'
+        "port = 30000\nreplicas = 2\ngpus = [0]\n",
+        "models[0]",
+        ["2 × 1 = 2"],
+    ),
+    ("models but no hosts", SIM, "hosts", ["no [[hosts]]"]),
+    ("model name with a space", HOST + SIM.replace('"m"', '"my model"'), "models[0].name", ["pattern"]),
+    ("empty host name", '[[hosts]]\nname = ""\n', "hosts[0].name", ["at least 1"]),
+    ("gateway port not a number", '[gateway]\nport = "eighty"\n', "gateway.port", ["integer"]),
+    (
+        "negative gpus per replica",
+        HOST + SIM + "gpus_per_replica = -1\n",
+        "models[0].gpus_per_replica",
+        ["greater than"],
+    ),
+    ("args not strings", HOST + SIM + "args = [1, 2]\n", "models[0].args[0]", ["string"]),
+    ("negative timeout", "[launcher]\nready_timeout_s = -5\n", "launcher.ready_timeout_s", ["greater"]),
+    ("hosts not a list", 'hosts = "h"\n', "hosts", ["list"]),
+    ("missing port", HOST + '[[models]]\nname = "m"\nbackend = "sim"\n', "models[0].port", ["required"]),
+    ("missing backend", HOST + '[[models]]\nname = "m"\nport = 1\n', "models[0].backend", ["required"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "words"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_mistake_gives_one_message_naming_file_and_key(
+    tmp_path: Path, text: str, key: str, words: list[str]
+) -> None:
+    path = tmp_path / "fleet.toml"
+    path.write_text(text)
+    with pytest.raises(FleetFileError) as caught:
+        load_fleet(path)
+    message = str(caught.value)
+    assert message.startswith(str(path)), message
+    assert key in message, message
+    for word in words:
+        assert word in message, f"{word!r} not in {message!r}"
+    assert "Traceback" not in message
+
+
+def test_there_are_at_least_thirty_distinct_mistakes() -> None:
+    assert len({c[0] for c in CASES}) == len(CASES) >= 30
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(FleetFileError, match="nope.toml: no such file"):
+        load_fleet(tmp_path / "nope.toml")
+
+
+def test_folder_instead_of_file(tmp_path: Path) -> None:
+    with pytest.raises(FleetFileError, match="is a folder"):
+        load_fleet(tmp_path)
+
+
+def test_unreadable_path(tmp_path: Path) -> None:
+    # A path through a regular file cannot be opened, even by root (chmod is no barrier to root).
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(FleetFileError, match="cannot be read"):
+        load_fleet(blocker / "fleet.toml")
+
+
+def test_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.toml"
+    path.write_bytes(b'[fleet]\nname = "\xff\xfe"\n')
+    with pytest.raises(FleetFileError, match="not UTF-8"):
+        load_fleet(path)
+
+
+def test_several_mistakes_are_all_listed(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.toml"
+    path.write_text(HOST + SIM + 'replicas = 0\nkind = "x"\n')
+    with pytest.raises(FleetFileError) as caught:
+        load_fleet(path)
+    assert "2 problems" in str(caught.value)
+    assert "models[0].replicas" in str(caught.value)
+    assert "models[0].kind" in str(caught.value)
+
+
+def test_cli_prints_the_message_and_exits_non_zero_without_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.toml"
+    path.write_text(HOST + SIM.replace('"sim"', '"sglan"'))
+    done = subprocess.run(
+        [sys.executable, "-m", "modelserver", "validate", str(path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "models[0].backend" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout

@@ -1,0 +1,128 @@
+"""A valid fleet file becomes typed objects; the examples shipped with the project load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from modelserver import load_fleet
+from modelserver.config import parse_fleet
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def test_issue_example_keys_load_with_their_names(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.toml"
+    path.write_text(
+        """
+[fleet]
+name = "lab"
+state_dir = ".modelserver"
+
+[[hosts]]
+name = "gpu-a"
+address = "10.0.0.11"
+gpus = "all"
+
+[[models]]
+name = "llama-8b"
+kind = "chat"
+backend = "sglang"
+path = "/models/Meta-Llama-3.1-8B-Instruct"
+hosts = ["gpu-a"]
+replicas = 8
+gpus_per_replica = 1
+port = 30000
+args = ["--enable-torch-compile"]
+options = { speed = 0.5 }
+
+[router]
+policy = "cache_aware"
+
+[gateway]
+host = "127.0.0.1"
+port = 8000
+"""
+    )
+    fleet = load_fleet(path)
+    assert fleet.fleet.name == "lab"
+    assert fleet.state_dir() == tmp_path / ".modelserver"
+    model = fleet.model("llama-8b")
+    assert (model.kind, model.backend, model.replicas, model.gpus_each) == ("chat", "sglang", 8, 1)
+    assert model.args == ["--enable-torch-compile"]
+    assert model.options == {"speed": 0.5}
+    urls = [w.url for w in fleet.workers()]
+    assert urls == [f"http://10.0.0.11:{30000 + i}" for i in range(8)]
+    assert fleet.workers()[3].name == "llama-8b-3@gpu-a"
+
+
+def test_defaults_depend_on_backend() -> None:
+    fleet = parse_fleet(
+        {
+            "hosts": [{"name": "h"}],
+            "models": [
+                {"name": "a", "backend": "vllm", "path": "/w", "port": 1000},
+                {"name": "b", "backend": "sim", "port": 2000},
+                {"name": "c", "backend": "llamacpp", "path": "x.gguf", "port": 3000},
+            ],
+        }
+    )
+    assert [m.gpus_each for m in fleet.models] == [1, 0, 0]
+    assert fleet.router.policy == "cache_aware"
+    assert (fleet.gateway.host, fleet.gateway.port) == ("127.0.0.1", 8000)
+    assert fleet.hosts[0].address == "127.0.0.1"
+
+
+def test_replicas_count_per_host_and_ports_count_up() -> None:
+    fleet = parse_fleet(
+        {
+            "hosts": [{"name": "a", "address": "10.0.0.1"}, {"name": "b", "address": "10.0.0.2"}],
+            "models": [{"name": "m", "backend": "sim", "port": 5000, "replicas": 2}],
+        }
+    )
+    assert [w.url for w in fleet.workers()] == [
+        "http://10.0.0.1:5000",
+        "http://10.0.0.1:5001",
+        "http://10.0.0.2:5000",
+        "http://10.0.0.2:5001",
+    ]
+    assert [w.name for w in fleet.workers(host="b")] == ["m-0@b", "m-1@b"]
+
+
+def test_auto_address_is_an_address_of_this_machine() -> None:
+    from modelserver.netinfo import local_addresses
+
+    fleet = parse_fleet(
+        {"hosts": [{"name": "h", "address": "auto"}], "models": [{"name": "m", "backend": "sim", "port": 1}]}
+    )
+    assert fleet.workers()[0].address in local_addresses()
+
+
+def test_relative_weights_path_is_resolved_against_the_fleet_file(tmp_path: Path) -> None:
+    fleet = parse_fleet(
+        {
+            "hosts": [{"name": "h"}],
+            "models": [
+                {"name": "a", "backend": "llamacpp", "path": "./w/a.gguf", "port": 1},
+                {"name": "b", "backend": "sglang", "path": "meta-llama/Llama-3.1-8B", "port": 2},
+            ],
+        },
+        base_dir=str(tmp_path),
+    )
+    assert fleet.model_path(fleet.models[0]) == str(tmp_path / "w" / "a.gguf")
+    assert fleet.model_path(fleet.models[1]) == "meta-llama/Llama-3.1-8B"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.toml")))
+def test_shipped_examples_load(name: str) -> None:
+    fleet = load_fleet(EXAMPLES / name)
+    assert fleet.workers()
+
+
+def test_seed_example_has_eight_8b_replicas_on_gpus_0_to_7() -> None:
+    fleet = load_fleet(EXAMPLES / "seed-8x8b.toml")
+    chat = fleet.model("llama-8b")
+    assert chat.replicas == 8 and chat.gpus == list(range(8))
+    assert [m.name for m in fleet.models if m.kind == "embedding"] == ["gte-large", "e5-mistral"]
+    assert "llama-70b" in (EXAMPLES / "seed-8x8b.toml").read_text()
