@@ -42,12 +42,24 @@ class FleetSection(_Section):
     state_dir: str = ".modelserver"
 
 
+class StaticGpuConfig(_Section):
+    """One GPU of a host's static inventory (a machine without NVML, or a dry run)."""
+
+    index: int = Field(ge=0)
+    uuid: str = ""
+    name: str = "static GPU"
+    total_gib: float = Field(gt=0)
+    used_gib: float = Field(default=0.0, ge=0)
+
+
 class HostConfig(_Section):
     name: str = Field(min_length=1)
     address: str = "127.0.0.1"
     """An IP or DNS name other hosts reach this one at, or "auto" (found with psutil)."""
     gpus: str | list[int | str] = "all"
     """Which GPUs ModelServer may use here: "all", "none", or indices / UUIDs."""
+    inventory: list[StaticGpuConfig] | None = None
+    """The launcher's GPU inventory of this host, written out instead of asking NVML."""
 
     @field_validator("gpus", mode="before")
     @classmethod
@@ -124,6 +136,12 @@ class LauncherConfig(_Section):
     mem_fraction_margin: float = Field(default=0.05, ge=0, lt=1)
     """Subtracted from the free-memory ratio to get the engine's memory fraction."""
     mem_fraction_max: float = Field(default=0.88, gt=0, le=1)
+    ready_poll_s: float = Field(default=0.5, gt=0)
+    """How often a starting engine's readiness probe is asked."""
+    unhealthy_after: int = Field(default=3, ge=1)
+    """Failed health probes in a row after which a ready worker is restarted."""
+    backoff_jitter: float = Field(default=0.2, ge=0, lt=1)
+    """Each backoff delay is shortened by a random share up to this (spreads restarts)."""
 
 
 class RouterConfig(_Section):

@@ -1,0 +1,83 @@
+"""What every backend does: turn a placed replica into argv + env, and say how to probe it.
+
+A backend never starts anything itself; the supervisor does, with the `LaunchSpec` it gets.
+Probes are plain HTTP GETs that must answer 200: `ready_paths` (all of them, in order) while
+starting, `health_path` while running.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from modelserver.config import Fleet, ModelConfig
+from modelserver.placement import Placement
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+
+    def shown(self) -> str:
+        """The command line for logs and messages, with secrets replaced by ***."""
+        out: list[str] = []
+        hide_next = False
+        for arg in self.argv:
+            out.append("***" if hide_next else arg)
+            hide_next = arg in SECRET_FLAGS
+        return " ".join(out)
+
+
+SECRET_FLAGS = frozenset({"--api-key"})
+
+
+class Backend(ABC):
+    name: ClassVar[str]
+    options: ClassVar[frozenset[str]] = frozenset()
+    """Keys allowed in `models[i].options` for this backend."""
+    ready_paths: ClassVar[tuple[str, ...]] = ("/health",)
+    health_path: ClassVar[str] = "/health"
+
+    @abstractmethod
+    def argv(self, placement: Placement, model: ModelConfig, fleet: Fleet) -> list[str]:
+        """The engine's command line (no shell), the user's `args` last."""
+
+    def command(self, placement: Placement, fleet: Fleet) -> LaunchSpec:
+        model = fleet.model(placement.worker.model)
+        return LaunchSpec(tuple(self.argv(placement, model, fleet)), engine_env(placement))
+
+    def option_problems(self, index: int, model: ModelConfig) -> list[str]:
+        allowed = ", ".join(sorted(self.options)) or "none"
+        return [
+            f"models[{index}].options.{key}: unknown option for backend {self.name!r};"
+            f" allowed: {allowed}"
+            for key in model.options
+            if key not in self.options
+        ]
+
+
+def engine_env(placement: Placement, parent: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The parent's environment without any CUDA_* variable, then the replica's GPUs.
+
+    CUDA_VISIBLE_DEVICES names GPUs by UUID where NVML gave one (stable across reboots and
+    driver re-enumeration), else by index with CUDA_DEVICE_ORDER=PCI_BUS_ID so that CUDA's
+    index means NVML's. A replica without GPUs gets an empty list: it sees none.
+    """
+    env = {k: v for k, v in (os.environ if parent is None else parent).items()
+           if not k.startswith("CUDA_")}
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(placement.gpu_ids)
+    env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+    return env
+
+
+def flag_pairs(pairs: list[tuple[str, Any]]) -> list[str]:
+    """[("--a", 1), ("--b", None)] -> ["--a", "1"]: None means "leave the flag out"."""
+    out: list[str] = []
+    for flag, value in pairs:
+        if value is not None:
+            out += [flag, str(value)]
+    return out

@@ -1,0 +1,47 @@
+"""vLLM: `vllm serve PATH`.
+
+Flags (checked by tests/launcher/test_backend_flags.py against vLLM v0.11.0's
+vllm/engine/arg_utils.py and vllm/entrypoints/openai/cli_args.py, kept in
+tests/launcher/data/vllm-0.11.0-flags.txt): --host, --port, --tensor-parallel-size,
+--gpu-memory-utilization, --served-model-name, --api-key, --runner. Embedding models run as
+pooling models: `--runner pooling` (ModelConfig.runner in vllm/config/model.py, v0.11.0;
+releases before 0.10 used `--task embed`).
+
+Readiness and health: GET /health (vllm/entrypoints/openai/api_server.py, v0.11.0) answers
+200 once the engine is up and 503 when it died; the HTTP server only listens after the
+engine has loaded the model.
+"""
+
+from __future__ import annotations
+
+import shutil
+from typing import ClassVar
+
+from modelserver.backends.base import Backend, flag_pairs
+from modelserver.config import Fleet, ModelConfig
+from modelserver.placement import Placement
+
+
+class VllmBackend(Backend):
+    name = "vllm"
+    options: ClassVar[frozenset[str]] = frozenset({"mem_fraction", "executable"})
+    """`executable`: the `vllm` program to run (default: `vllm` on PATH)."""
+    ready_paths = ("/health",)
+    health_path = "/health"
+
+    def argv(self, placement: Placement, model: ModelConfig, fleet: Fleet) -> list[str]:
+        worker = placement.worker
+        program = str(model.options.get("executable") or shutil.which("vllm") or "vllm")
+        argv = [program, "serve", fleet.model_path(model), *flag_pairs(
+            [
+                ("--host", worker.address),
+                ("--port", worker.port),
+                ("--tensor-parallel-size", max(1, len(placement.gpus))),
+                ("--gpu-memory-utilization", placement.mem_fraction),
+                ("--served-model-name", model.name),
+            ]
+        )]
+        if model.kind == "embedding":
+            argv += ["--runner", "pooling"]
+        argv += flag_pairs([("--api-key", model.api_key)])
+        return argv + list(model.args)

@@ -1,0 +1,79 @@
+"""A worker's lifecycle: the states and the one function allowed to move between them.
+
+Standard library only, so the rules can be read (and tested) without anything else.
+
+    STOPPED ──start──> STARTING ──probe ok──> READY
+       ^   \\              │  \\                 │
+       │    adopt─────────┼───\\───────────────>│
+       │                  v    v                v
+       │               BACKOFF <──────── crash / unhealthy
+       │                  │
+       │   STOPPING <─────┴──(from STARTING, READY, BACKOFF)
+       └── STOPPED <── STOPPING          FAILED ──> STOPPED
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class WorkerStatus(StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    BACKOFF = "backoff"
+    FAILED = "failed"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class IllegalTransition(RuntimeError):
+    """A bug: code asked for a move the lifecycle does not have."""
+
+
+S = WorkerStatus
+
+# Every legal edge, with why it exists.
+_EDGES: dict[tuple[WorkerStatus, WorkerStatus], str] = {
+    # The supervisor starts a worker that is not running (first start, or after `down`).
+    (S.STOPPED, S.STARTING): "start requested",
+    # A launcher restarted after a crash found the process alive, ours and healthy.
+    (S.STOPPED, S.READY): "adopted a live worker of a previous launcher",
+    # The placement said it can never run (or its backend could not be built).
+    (S.STOPPED, S.FAILED): "cannot be placed or started at all",
+    # The readiness probe answered within ready_timeout_s.
+    (S.STARTING, S.READY): "readiness probe passed",
+    # It exited or never became ready, and restarts are left: wait, then try again.
+    (S.STARTING, S.BACKOFF): "start failed; restart after a delay",
+    # It exited or never became ready, and max_restarts is spent.
+    (S.STARTING, S.FAILED): "start failed; no restarts left",
+    # A running worker crashed or failed several health probes in a row; restarts left.
+    (S.READY, S.BACKOFF): "crashed or unhealthy; restart after a delay",
+    # The same with max_restarts spent.
+    (S.READY, S.FAILED): "crashed or unhealthy; no restarts left",
+    # The backoff delay elapsed: spawn again.
+    (S.BACKOFF, S.STARTING): "backoff elapsed; restarting",
+    # Stop requested while it runs, starts, or waits to restart.
+    (S.STARTING, S.STOPPING): "stop requested while starting",
+    (S.READY, S.STOPPING): "stop requested",
+    (S.BACKOFF, S.STOPPING): "stop requested during backoff",
+    # Its process group is gone (SIGTERM, grace, SIGKILL).
+    (S.STOPPING, S.STOPPED): "process group gone",
+    # `down` on a failed worker: nothing runs, record it as stopped.
+    (S.FAILED, S.STOPPED): "cleared by stop",
+}
+
+
+def transition(current: WorkerStatus, target: WorkerStatus) -> WorkerStatus:
+    """Return `target` if the lifecycle has the edge current -> target, else raise."""
+    if (current, target) not in _EDGES:
+        allowed = sorted(str(to) for (frm, to) in _EDGES if frm is current)
+        raise IllegalTransition(
+            f"illegal worker transition {current} -> {target}; from {current} only: "
+            + (", ".join(allowed) or "nothing")
+        )
+    return target
+
+
+def legal_edges() -> dict[tuple[WorkerStatus, WorkerStatus], str]:
+    """A copy of the edge table (for tests and documentation)."""
+    return dict(_EDGES)

@@ -1,0 +1,428 @@
+"""Keep a host's workers alive: start, wait until ready, watch, restart with backoff, stop.
+
+Each worker is one asyncio task walking the lifecycle of `modelserver.lifecycle`:
+
+    STARTING: spawn (own session, output to its log), then race the process's exit against
+              the backend's readiness probe (bounded by ready_timeout_s)
+    READY:    race the process's exit against a health probe every health_interval_s;
+              `unhealthy_after` failures in a row count as a crash
+    BACKOFF:  capped exponential delay with jitter, then STARTING again, at most
+              max_restarts times; after that FAILED, with the last error and the log's tail
+
+Nothing polls a process with sleeps: a child is awaited (`proc.wait()`), a process adopted
+from a previous launcher through a pidfd registered with the event loop. The process
+spawner, the clock, the probe and the random source are injected, so the whole state
+machine runs in tests without real processes or waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from modelserver.backends.base import LaunchSpec
+from modelserver.clock import Clock
+from modelserver.config import LauncherConfig, WorkerSpec
+from modelserver.lifecycle import WorkerStatus, transition
+from modelserver.state import (
+    LOG_MODE,
+    HostState,
+    SupervisorRecord,
+    WorkerRecord,
+    create_time_of,
+    log_tail,
+    write_state,
+)
+
+S = WorkerStatus
+
+
+class ProcessHandle(Protocol):
+    pid: int
+    create_time: float | None
+
+    async def wait(self) -> int | None:
+        """Wait for the exit; the exit code (negative: signal), None if unknown (adopted)."""
+        ...
+
+    def signal_group(self, signum: int) -> None:
+        """Send `signum` to the process group (the worker and everything it started)."""
+        ...
+
+
+class Spawner(Protocol):
+    async def spawn(self, spec: LaunchSpec, log: Path) -> ProcessHandle: ...
+
+
+Probe = Callable[[str, Sequence[str], "str | None"], Awaitable["str | None"]]
+"""probe(url, paths, api_key) -> None if every path answered 200, else why not."""
+
+
+# -- real processes ------------------------------------------------------------------------
+
+
+class ChildProcess:
+    """A worker we spawned: awaited directly."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self._proc = proc
+        self.pid = proc.pid
+        self.create_time = create_time_of(proc.pid)
+
+    async def wait(self) -> int | None:
+        return await self._proc.wait()
+
+    def signal_group(self, signum: int) -> None:
+        _killpg(self.pid, signum)
+
+
+class AdoptedProcess:
+    """A worker a previous launcher spawned: not our child, so watched through a pidfd."""
+
+    def __init__(self, pid: int, create_time: float | None) -> None:
+        self.pid = pid
+        self.create_time = create_time
+        self._pidfd = os.pidfd_open(pid)
+        self._exited: asyncio.Future[None] | None = None
+
+    async def wait(self) -> int | None:
+        if self._exited is None:
+            loop = asyncio.get_running_loop()
+            exited: asyncio.Future[None] = loop.create_future()
+
+            def on_readable() -> None:  # the pidfd turns readable when the process exits
+                loop.remove_reader(self._pidfd)
+                os.close(self._pidfd)
+                if not exited.done():
+                    exited.set_result(None)
+
+            loop.add_reader(self._pidfd, on_readable)
+            self._exited = exited
+        await asyncio.shield(self._exited)
+        return None
+
+    def signal_group(self, signum: int) -> None:
+        _killpg(self.pid, signum)
+
+
+def _killpg(pgid: int, signum: int) -> None:
+    # Workers start in their own session, so their pid is their process group id.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
+
+
+class SubprocessSpawner:
+    """Start an engine: no shell, own session, stdin closed, stdout+stderr to its log."""
+
+    async def spawn(self, spec: LaunchSpec, log: Path) -> ProcessHandle:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, LOG_MODE)
+        try:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            os.write(fd, f"\n=== {stamp} modelserver starts: {spec.shown()}\n".encode())
+            proc = await asyncio.create_subprocess_exec(
+                *spec.argv,
+                env=dict(spec.env),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=fd,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:
+            os.close(fd)
+        return ChildProcess(proc)
+
+
+# -- one worker ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """Everything the supervisor needs to run one worker, decided before it starts."""
+
+    spec: WorkerSpec
+    launch: LaunchSpec
+    gpus: tuple[str, ...]
+    ready_paths: tuple[str, ...]
+    health_path: str
+    log: Path
+
+
+class Worker:
+    def __init__(
+        self,
+        plan: WorkerPlan,
+        settings: LauncherConfig,
+        *,
+        spawner: Spawner,
+        probe: Probe,
+        clock: Clock,
+        rng: Callable[[], float],
+        on_change: Callable[[Worker], None],
+    ) -> None:
+        self.plan = plan
+        self.settings = settings
+        self._spawner = spawner
+        self._probe = probe
+        self._clock = clock
+        self._rng = rng
+        self._on_change = on_change
+        self.proc: ProcessHandle | None = None
+        self._exit: asyncio.Future[int | None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        spec = plan.spec
+        self.record = WorkerRecord(
+            name=spec.name, model=spec.model, kind=spec.kind, url=spec.url, host=spec.host,
+            port=spec.port, status=S.STOPPED, gpus=list(plan.gpus), log=str(plan.log),
+        )
+
+    @property
+    def status(self) -> WorkerStatus:
+        return WorkerStatus(self.record.status)
+
+    def _set(self, target: WorkerStatus) -> None:
+        self.record.status = transition(self.status, target)
+        self._on_change(self)
+
+    # -- running --
+
+    def start(self, adopted: ProcessHandle | None = None) -> None:
+        """Run the worker's lifecycle in a task (adopting a live process if given)."""
+        if adopted is not None:
+            self._attach(adopted)
+            self._set(S.READY)
+        self._task = asyncio.create_task(self._run(), name=f"worker {self.record.name}")
+
+    def _attach(self, proc: ProcessHandle) -> None:
+        self.proc = proc
+        self._exit = asyncio.ensure_future(proc.wait())
+        self.record.pid = proc.pid
+        self.record.create_time = proc.create_time
+
+    async def _run(self) -> None:
+        while True:
+            if self.proc is None:
+                self._set(S.STARTING)
+                problem = await self._start_and_wait_ready()
+                if problem is None:
+                    self._set(S.READY)
+            else:
+                problem = None  # adopted: already ready
+            if problem is None:
+                problem = await self._watch()
+            await self._clean_up_after_failure()
+            if self.record.restarts >= self.settings.max_restarts:
+                tail = log_tail(self.plan.log)
+                self.record.last_error = problem + (f"\n--- log tail ---\n{tail}" if tail else "")
+                self._set(S.FAILED)
+                return
+            self.record.last_error = problem
+            self._set(S.BACKOFF)
+            await self._clock.sleep(self.backoff_delay(self.record.restarts))
+            self.record.restarts += 1
+
+    def backoff_delay(self, restarts: int) -> float:
+        """Capped exponential: initial * 2^restarts, at most backoff_max_s, minus jitter."""
+        s = self.settings
+        delay = min(s.backoff_max_s, s.backoff_initial_s * 2.0 ** min(restarts, 30))
+        return delay * (1.0 - s.backoff_jitter * self._rng())
+
+    async def _start_and_wait_ready(self) -> str | None:
+        try:
+            proc = await self._spawner.spawn(self.plan.launch, self.plan.log)
+        except OSError as exc:
+            return f"cannot start {self.plan.launch.argv[0]}: {exc.strerror or exc}"
+        self._attach(proc)
+        self.record.started_at = time.time()
+        self._on_change(self)
+        return await self._race_exit(self._until_ready(), "while starting")
+
+    async def _until_ready(self) -> str | None:
+        timeout = self.settings.ready_timeout_s
+        deadline = self._clock.now() + timeout
+        while True:
+            why = await self._probe(self.record.url, self.plan.ready_paths, self.plan.spec.api_key)
+            if why is None:
+                return None
+            if self._clock.now() >= deadline:
+                return f"not ready after {timeout:g}s (last probe: {why})"
+            await self._clock.sleep(self.settings.ready_poll_s)
+
+    async def _watch(self) -> str:
+        problem = await self._race_exit(self._until_unhealthy(), "")
+        return problem or "stopped answering"
+
+    async def _until_unhealthy(self) -> str | None:
+        failures = 0
+        paths = (self.plan.health_path,)
+        while True:
+            await self._clock.sleep(self.settings.health_interval_s)
+            why = await self._probe(self.record.url, paths, self.plan.spec.api_key)
+            failures = 0 if why is None else failures + 1
+            if failures >= self.settings.unhealthy_after:
+                return f"unhealthy: {failures} health probes failed in a row (last: {why})"
+
+    async def _race_exit(self, work: Awaitable[str | None], when: str) -> str | None:
+        """Run `work` until it returns or the process exits, whichever comes first."""
+        assert self._exit is not None
+        task = asyncio.ensure_future(work)
+        try:
+            racing: set[asyncio.Future[Any]] = {task, self._exit}
+            await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if task.done() and not task.cancelled() and not self._exit.done():
+            return task.result()
+        return describe_exit(self._exit.result(), when)
+
+    async def _clean_up_after_failure(self) -> None:
+        """Make sure nothing of a failed or unhealthy process group stays behind."""
+        if self.proc is not None:
+            await self._terminate(self.proc)
+        self.proc = None
+        self._exit = None
+        self.record.pid = None
+        self.record.create_time = None
+
+    async def _terminate(self, proc: ProcessHandle) -> None:
+        """SIGTERM to the group, stop_grace_s, then SIGKILL to whatever of the group is left."""
+        exit_ = self._exit if self._exit is not None else asyncio.ensure_future(proc.wait())
+        if not exit_.done():
+            proc.signal_group(signal.SIGTERM)
+            sleeper = asyncio.ensure_future(self._clock.sleep(self.settings.stop_grace_s))
+            racing: set[asyncio.Future[Any]] = {exit_, sleeper}
+            await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
+            sleeper.cancel()
+        proc.signal_group(signal.SIGKILL)  # children the engine left in its group, too
+        await exit_
+
+    # -- stopping --
+
+    async def stop(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.status is S.FAILED:
+            self._set(S.STOPPED)
+        elif self.status is not S.STOPPED:
+            self._set(S.STOPPING)
+            if self.proc is not None:
+                await self._terminate(self.proc)
+            self.proc = None
+            self.record.pid = None
+            self.record.create_time = None
+            self._set(S.STOPPED)
+
+    def fail_now(self, reason: str) -> None:
+        """A worker that cannot be placed or started at all (never spawned)."""
+        self.record.last_error = reason
+        self._set(S.FAILED)
+
+    def detach(self) -> None:
+        """Forget the process without stopping it (the launcher exits, the worker stays)."""
+        if self._task is not None:
+            self._task.cancel()
+
+
+def describe_exit(code: int | None, when: str) -> str:
+    suffix = f" {when}" if when else ""
+    if code is None:
+        return f"exited{suffix}"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"killed by {name}{suffix}"
+    return f"exited with code {code}{suffix}"
+
+
+# -- a host's workers ----------------------------------------------------------------------
+
+
+class Supervisor:
+    """A host's workers and their state file."""
+
+    def __init__(
+        self,
+        host: str,
+        fleet_name: str,
+        settings: LauncherConfig,
+        *,
+        spawner: Spawner,
+        probe: Probe,
+        clock: Clock,
+        state_file: Path | None = None,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.host = host
+        self.fleet_name = fleet_name
+        self.settings = settings
+        self.state_file = state_file
+        self.workers: dict[str, Worker] = {}
+        self._spawner = spawner
+        self._probe = probe
+        self._clock = clock
+        self._rng = rng
+        self._changed = asyncio.Condition()
+        self._started_at = time.time()
+
+    def add(self, plan: WorkerPlan, previous: WorkerRecord | None = None) -> Worker:
+        worker = Worker(
+            plan, self.settings, spawner=self._spawner, probe=self._probe,
+            clock=self._clock, rng=self._rng, on_change=self._worker_changed,
+        )
+        if previous is not None:
+            worker.record.restarts = previous.restarts
+            worker.record.started_at = previous.started_at
+        self.workers[plan.spec.name] = worker
+        return worker
+
+    def _worker_changed(self, _worker: Worker) -> None:
+        self.save()
+        asyncio.get_running_loop().create_task(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    def snapshot(self) -> HostState:
+        me = SupervisorRecord(os.getpid(), self._started_at, create_time_of(os.getpid()) or 0.0)
+        return HostState(
+            host=self.host, fleet=self.fleet_name, supervisor=me,
+            workers=[w.record for w in self.workers.values()],
+        )
+
+    def save(self, supervisor_gone: bool = False) -> None:
+        if self.state_file is None:
+            return
+        state = self.snapshot()
+        if supervisor_gone:
+            state.supervisor = None
+        write_state(self.state_file, state)
+
+    async def wait_until(self, done: Callable[[Supervisor], bool]) -> None:
+        """Wait (on status changes, not on time) until `done(self)` holds."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: done(self))
+
+    def settled(self) -> bool:
+        """Every worker is ready or failed (the end of a launch)."""
+        return all(w.status in (S.READY, S.FAILED) for w in self.workers.values())
+
+    async def stop_all(self) -> None:
+        """Stop every worker in parallel; the state file then says stopped, no supervisor."""
+        await asyncio.gather(*(w.stop() for w in self.workers.values()))
+        self.save(supervisor_gone=True)
