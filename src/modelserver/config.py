@@ -144,10 +144,86 @@ class LauncherConfig(_Section):
     """Each backoff delay is shortened by a random share up to this (spreads restarts)."""
 
 
+class BreakerConfig(_Section):
+    """Circuit breaker per worker: closed -> open after `failure_threshold` consecutive
+    failures -> half-open (one trial request at a time) after `cooldown_s` -> closed after
+    `success_threshold` trial successes. Names and defaults follow SGLang's model gateway
+    (sgl-project/sglang `sgl-model-gateway/src/core/circuit_breaker.rs`, CircuitBreakerConfig
+    default: failure_threshold 5, success_threshold 2, timeout_duration 30 s)."""
+
+    failure_threshold: int = Field(default=5, ge=1)
+    success_threshold: int = Field(default=2, ge=1)
+    cooldown_s: float = Field(default=30.0, gt=0)
+
+
+class BackoffConfig(_Section):
+    """Backoff before retrying when no other worker is left: initial × multiplier^n, capped,
+    ± jitter. Defaults from SGLang's model gateway RetryConfig (sgl-project/sglang
+    `sgl-model-gateway/src/config/types.rs`: initial_backoff_ms 50, max_backoff_ms 30000,
+    backoff_multiplier 1.5, jitter_factor 0.2); the request deadline bounds it anyway."""
+
+    initial_s: float = Field(default=0.05, gt=0)
+    max_s: float = Field(default=30.0, gt=0)
+    multiplier: float = Field(default=1.5, ge=1.0)
+    jitter: float = Field(default=0.2, ge=0, le=1)
+
+
+class HealthConfig(_Section):
+    """Active probes: GET `endpoint` on every worker each `interval_s` (never a generation).
+    `failure_threshold` consecutive failed probes take a worker out, `success_threshold`
+    bring it back. SGLang's HealthCheckConfig (`sgl-model-gateway/src/config/types.rs`) uses
+    3 / 2, a 5 s timeout and 60 s interval; probes here are one cheap GET, so more often."""
+
+    endpoint: str = "/health"
+    interval_s: float = Field(default=5.0, gt=0)
+    timeout_s: float = Field(default=2.0, gt=0)
+    failure_threshold: int = Field(default=3, ge=1)
+    success_threshold: int = Field(default=2, ge=1)
+
+
+class LatencyConfig(_Section):
+    """Latency learned from real traffic, and ejection of workers that grow slow.
+
+    A worker whose EWMA latency per output token exceeds `ejection_ratio` × the median of
+    its model's other workers is ejected (the seed's LATENCY_GROWING_RATE, made relative);
+    after `readmit_after_s` it gets one trial request and is re-admitted if the trial is
+    back within the bound."""
+
+    ewma_alpha: float = Field(default=0.2, gt=0, le=1)
+    ejection_ratio: float = Field(default=3.0, gt=1)
+    min_samples: int = Field(default=5, ge=1)
+    """Samples a worker needs before it can be compared (and ejected)."""
+    readmit_after_s: float = Field(default=30.0, gt=0)
+
+
+class CacheAwareConfig(_Section):
+    """Prefix affinity (policy `cache_aware`). `cache_threshold`, `balance_abs_threshold` and
+    `balance_rel_threshold` mean what they mean in SGLang's router (sgl-project/sglang
+    `sgl-model-gateway/src/policies/cache_aware.rs`; defaults 0.3 / 64 / 1.5 from its
+    `CliArgs::default`). The tree holds `block_chars`-long blocks of rendered conversations,
+    at most `max_blocks` per model, least recently used evicted first."""
+
+    cache_threshold: float = Field(default=0.3, ge=0, le=1)
+    balance_abs_threshold: int = Field(default=64, ge=0)
+    balance_rel_threshold: float = Field(default=1.5, ge=1)
+    block_chars: int = Field(default=64, ge=1)
+    max_blocks: int = Field(default=1_000_000, ge=1)
+
+
 class RouterConfig(_Section):
     policy: PolicyName = "cache_aware"
     request_timeout_s: float = Field(default=600.0, gt=0)
+    """Deadline of one request, all attempts and backoffs included."""
     max_attempts: int = Field(default=3, ge=1, le=32)
+    attempt_timeout_s: float = Field(default=300.0, gt=0)
+    """One attempt: the whole answer, or (streams) the first chunk. A hung worker is
+    abandoned after this and the request goes elsewhere."""
+    connect_timeout_s: float = Field(default=3.0, gt=0)
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    backoff: BackoffConfig = Field(default_factory=BackoffConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    latency: LatencyConfig = Field(default_factory=LatencyConfig)
+    cache_aware: CacheAwareConfig = Field(default_factory=CacheAwareConfig)
 
 
 class GatewayConfig(_Section):

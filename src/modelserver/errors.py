@@ -5,8 +5,12 @@
     ├── LaunchError               an engine could not be placed, started or stopped
     │   ├── NoGpuInventory        NVML is not there, but a GPU backend was asked for
     │   └── PlacementError        a replica cannot get the GPUs or port it needs
+    ├── UnknownPolicy             no routing policy by that name; lists the valid ones
+    ├── BenchError                a benchmark cannot run as asked (bad workload, flag, peer)
+    ├── ModelPrepareError         `models prepare` cannot write the local CPU models; says the fix
     └── RequestError              a request to the fleet did not succeed
         ├── UnknownModel          the fleet serves no model by that name (not retryable)
+        ├── WrongModelKind        e.g. a chat request to an embedding model (not retryable)
         ├── NoHealthyWorker       every worker of the model is out; says why each one is
         ├── DeadlineExceeded      the per-request deadline or attempt budget ran out
         └── WorkerError           one attempt on one worker failed
@@ -52,6 +56,26 @@ class PlacementError(LaunchError):
     """A replica cannot be given the GPUs or the port it needs."""
 
 
+class UnknownPolicy(ModelServerError):
+    """No routing policy is registered under the name asked for."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        self.known = sorted(known)
+        valid = ", ".join(self.known)
+        super().__init__(f"unknown routing policy {name!r}; valid policies: {valid}")
+
+
+class ModelPrepareError(ModelServerError):
+    """The local CPU models cannot be written: a package is missing (the message gives the pip
+    command) or the models folder cannot be written."""
+
+
+class BenchError(ModelServerError):
+    """`modelserver bench` cannot run as asked: an unknown workload or contender, a bad flag,
+    a peer router that does not start."""
+
+
 class RequestError(ModelServerError):
     """A request sent to the fleet did not succeed."""
 
@@ -64,6 +88,18 @@ class UnknownModel(RequestError):
         self.known = sorted(known)
         names = ", ".join(repr(k) for k in self.known) or "none"
         super().__init__(f"unknown model {model!r}; the fleet serves: {names}")
+
+
+class WrongModelKind(RequestError):
+    """The request does not fit the model's kind (a chat request to an embedding model)."""
+
+    def __init__(self, model: str, kind: str, wanted: str) -> None:
+        self.model = model
+        self.kind = kind
+        self.wanted = wanted
+        super().__init__(
+            f"model {model!r} is a {kind} model; it cannot serve a {wanted} request"
+        )
 
 
 class NoHealthyWorker(RequestError):
