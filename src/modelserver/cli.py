@@ -30,6 +30,7 @@ FleetArg = Annotated[Path, typer.Argument(help="The fleet file (TOML).", show_de
 # Modules whose `register(app)` adds their commands, in the order `--help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
     "modelserver.sim.command",
+    "modelserver.models_commands",
 )
 
 
