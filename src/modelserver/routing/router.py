@@ -287,6 +287,8 @@ class Router:
                 tried.clear()
                 last_failed = None
                 continue
+            if budget.remaining_s() <= 0:
+                raise _deadline_error(model, budget)
             worker = self.policy.select(candidates, request)
             try:
                 response = await self._attempt(

@@ -194,7 +194,8 @@ class _MockResponseHandle:
         return self._response.body
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        for chunk in self._response.chunks or [await self.read()]:
+        chunks = self._response.chunks
+        for chunk in [await self.read()] if chunks is None else chunks:
             if isinstance(chunk, BaseException):
                 raise chunk
             yield chunk
