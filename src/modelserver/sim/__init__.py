@@ -1,0 +1,9 @@
+"""A simulated SGLang engine: SGLang's HTTP surface, timing from a model of a GPU engine
+(continuous batching over a radix prefix cache), and faults on demand. See docs/SIMULATOR.md.
+"""
+
+from modelserver.sim.config import SimConfig
+from modelserver.sim.faults import Faults, FaultSpecError, parse_faults
+from modelserver.sim.server import SimServer, SimThread
+
+__all__ = ["FaultSpecError", "Faults", "SimConfig", "SimServer", "SimThread", "parse_faults"]

@@ -1,0 +1,94 @@
+"""`modelserver sim`: run one simulated SGLang engine as a process.
+
+The launcher spawns it with exactly these flags; SIGTERM or SIGINT stop it cleanly (exit 0),
+a crash fault ends it with exit status 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from typing import Annotated
+
+import typer
+
+from modelserver.errors import LaunchError
+from modelserver.sim.config import Kind, SimConfig
+from modelserver.sim.server import SimServer
+
+CRASH_EXIT_STATUS = 1
+
+
+def _crash() -> None:
+    print("sim: crash fault: exiting", file=sys.stderr, flush=True)
+    os._exit(CRASH_EXIT_STATUS)
+
+
+async def serve(config: SimConfig, host: str, port: int) -> None:
+    """Serve until SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    server = SimServer(config, host, port, on_crash=_crash)
+    try:
+        await server.start()
+    except OSError as exc:
+        await server.stop()
+        raise LaunchError(f"sim: cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    try:
+        print(
+            f"sim: {config.model} ({config.kind}, speed {config.speed:g}) on {server.url}",
+            flush=True,
+        )
+        await stop.wait()
+    finally:
+        await server.stop()
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("sim")
+    def sim(
+        port: Annotated[int, typer.Option(help="Port to listen on.", min=0, max=65535)],
+        model: Annotated[str, typer.Option(help="Model name clients ask for.")],
+        host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+        kind: Annotated[Kind, typer.Option(help="chat or embedding.")] = "chat",
+        speed: Annotated[
+            float, typer.Option(help="Time scale: 2 runs every GPU step twice as fast.")
+        ] = 1.0,
+        fault: Annotated[
+            list[str] | None,
+            typer.Option(help="Fault spec, e.g. 'error-rate=0.1:503,slow-start=5'. Repeatable."),
+        ] = None,
+        model_path: Annotated[
+            str | None, typer.Option(help="Path reported by /model_info (default: the name).")
+        ] = None,
+        max_running: Annotated[
+            int | None, typer.Option(help="Most requests decoding at once.", min=1)
+        ] = None,
+        cache_tokens: Annotated[
+            int | None, typer.Option(help="KV pool size in tokens (prefix cache + running).")
+        ] = None,
+        api_key: Annotated[
+            str | None, typer.Option(help="Require 'Authorization: Bearer KEY'.")
+        ] = None,
+        seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
+    ) -> None:
+        """Run a simulated SGLang engine (no GPU): SGLang's HTTP surface, GPU-like timing."""
+        try:
+            config = SimConfig(
+                model=model,
+                kind=kind,
+                speed=speed,
+                faults=",".join(fault or []),
+                max_running=max_running,
+                cache_tokens=cache_tokens,
+                seed=seed,
+                api_key=api_key,
+                model_path=model_path,
+            )
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+        asyncio.run(serve(config, host, port))

@@ -1,0 +1,56 @@
+"""What one simulated engine is: its model, its speed, its faults and its limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from modelserver.sim.faults import parse_faults
+from modelserver.sim.perf import DEFAULT_MAX_RUNNING, KV_POOL_TOKENS
+
+Kind = Literal["chat", "embedding"]
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """One simulated SGLang engine.
+
+    `max_running` defaults to `perf.DEFAULT_MAX_RUNNING`, `cache_tokens` (the KV pool, shared
+    by the prefix cache and running requests) to `perf.KV_POOL_TOKENS`; `model_path` is what
+    /model_info reports (default: the model name).
+    """
+
+    model: str
+    kind: Kind = "chat"
+    speed: float = 1.0
+    faults: str = ""
+    max_running: int | None = None
+    cache_tokens: int | None = None
+    seed: int = 0
+    api_key: str | None = None
+    model_path: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ValueError("model must be a non-empty name")
+        if self.kind not in ("chat", "embedding"):
+            raise ValueError(f"kind must be 'chat' or 'embedding', got {self.kind!r}")
+        if not self.speed > 0:
+            raise ValueError(f"speed must be a number > 0, got {self.speed}")
+        if self.max_running is not None and self.max_running < 1:
+            raise ValueError(f"max_running must be at least 1, got {self.max_running}")
+        if self.cache_tokens is not None and self.cache_tokens < 16:
+            raise ValueError(f"cache_tokens must be at least 16, got {self.cache_tokens}")
+        parse_faults(self.faults)  # fail now, not at start
+
+    @property
+    def effective_max_running(self) -> int:
+        return self.max_running if self.max_running is not None else DEFAULT_MAX_RUNNING
+
+    @property
+    def effective_cache_tokens(self) -> int:
+        return self.cache_tokens if self.cache_tokens is not None else KV_POOL_TOKENS
+
+    @property
+    def effective_model_path(self) -> str:
+        return self.model_path or self.model
