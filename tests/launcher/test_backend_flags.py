@@ -1,0 +1,58 @@
+"""Every flag we pass to SGLang and vLLM exists in the pinned releases' own argument parsers.
+
+The flag lists in data/ were read from the release files named in each list's header
+(sgl-project/sglang v0.5.2 and v0.2.15 python/sglang/srt/server_args.py; vllm-project/vllm
+v0.11.0 vllm/engine/arg_utils.py + vllm/entrypoints/openai/cli_args.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelserver.backends import backend_for
+from modelserver.config import parse_fleet
+from modelserver.gpus import GIB, Gpu
+from modelserver.placement import GpuView, plan
+
+DATA = Path(__file__).parent / "data"
+
+
+def _flags(name: str) -> set[str]:
+    lines = (DATA / name).read_text().splitlines()
+    return {line for line in lines if line.startswith("--")}
+
+
+def _our_flags(model: dict[str, Any]) -> set[str]:
+    fleet = parse_fleet({"hosts": [{"name": "h"}], "models": [
+        {"name": "m", "port": 30000, "path": "/w", "gpus_per_replica": 2, "api_key": "k", **model}
+    ]})
+    view = GpuView(tuple(Gpu(i, f"GPU-{i}", "H100", 80 * GIB, 0) for i in range(2)))
+    [placement] = plan(fleet, "h", view).placed
+    argv = backend_for(model["backend"]).command(placement, fleet).argv
+    return {arg for arg in argv if arg.startswith("--")}
+
+
+@pytest.mark.parametrize("release", ["sglang-0.5.2-flags.txt", "sglang-0.2.15-flags.txt"])
+@pytest.mark.parametrize("kind", ["chat", "embedding"])
+def test_sglang_flags_exist_in_the_release(release: str, kind: str) -> None:
+    ours = _our_flags({"backend": "sglang", "kind": kind})
+    assert ours - _flags(release) == set()
+    assert "--mem-fraction-static" in ours and "--tp-size" in ours
+
+
+@pytest.mark.parametrize("kind", ["chat", "embedding"])
+def test_vllm_flags_exist_in_the_release(kind: str) -> None:
+    ours = _our_flags({"backend": "vllm", "kind": kind})
+    assert ours - _flags("vllm-0.11.0-flags.txt") == set()
+    assert "--gpu-memory-utilization" in ours
+
+
+def test_the_flag_lists_are_real_lists() -> None:
+    # Guards against an empty or truncated data file making the checks above vacuous.
+    assert len(_flags("sglang-0.5.2-flags.txt")) > 150
+    assert len(_flags("sglang-0.2.15-flags.txt")) > 40
+    assert len(_flags("vllm-0.11.0-flags.txt")) > 100
+    assert "--is-embedding" not in _flags("vllm-0.11.0-flags.txt")

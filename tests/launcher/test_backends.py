@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelserver.backends import backend_for, check_options
+from modelserver.backends.base import LaunchSpec, engine_env
+from modelserver.backends.llamacpp import RUNNER_MODULE
+from modelserver.config import Fleet, parse_fleet
+from modelserver.errors import FleetFileError
+from modelserver.gpus import GIB, Gpu
+from modelserver.placement import GpuView, Placement, plan
+
+
+def _fleet(model: dict[str, Any]) -> Fleet:
+    return parse_fleet({"hosts": [{"name": "local"}], "models": [{"port": 31000, **model}]})
+
+
+def _placed(fleet: Fleet, gpus: int = 0) -> Placement:
+    view = GpuView(tuple(Gpu(i, f"GPU-{i}", "A100", 80 * GIB, GIB) for i in range(gpus)))
+    [placement] = plan(fleet, "local", view).placed
+    return placement
+
+
+def _command(model: dict[str, Any], gpus: int = 0) -> LaunchSpec:
+    fleet = _fleet(model)
+    placement = _placed(fleet, gpus)
+    return backend_for(placement.worker.backend).command(placement, fleet)
+
+
+def test_sim_argv_carries_options_and_key() -> None:
+    spec = _command({"name": "tiny", "backend": "sim", "kind": "embedding", "api_key": "k1",
+                     "options": {"speed": 2.0, "fault": "crash-at=0", "max_running": 4,
+                                 "cache_tokens": 1000, "seed": 7}})
+    assert list(spec.argv) == [
+        sys.executable, "-m", "modelserver", "sim", "--host", "127.0.0.1", "--port", "31000",
+        "--model", "tiny", "--kind", "embedding", "--speed", "2.0", "--fault", "crash-at=0",
+        "--max-running", "4", "--cache-tokens", "1000", "--seed", "7", "--api-key", "k1"]
+    assert "k1" not in spec.shown() and "--api-key ***" in spec.shown()
+
+
+def test_sglang_argv_for_an_embedding_model_on_two_gpus() -> None:
+    spec = _command({"name": "e5", "backend": "sglang", "kind": "embedding", "path": "/w/e5",
+                     "gpus_per_replica": 2, "api_key": "s", "args": ["--dtype", "bfloat16"]},
+                    gpus=2)
+    argv = list(spec.argv)
+    assert argv[1:3] == ["-m", "sglang.launch_server"]
+    assert argv[argv.index("--model-path") + 1] == "/w/e5"
+    assert argv[argv.index("--tp-size") + 1] == "2"
+    assert 0 < float(argv[argv.index("--mem-fraction-static") + 1]) <= 0.88
+    assert argv[argv.index("--served-model-name") + 1] == "e5"
+    assert "--is-embedding" in argv and argv[-2:] == ["--dtype", "bfloat16"]
+    assert spec.env["CUDA_VISIBLE_DEVICES"] == "GPU-0,GPU-1"
+
+
+def test_vllm_argv_serves_the_path_and_pools_embeddings() -> None:
+    spec = _command({"name": "e5", "backend": "vllm", "kind": "embedding", "path": "/w/e5"},
+                    gpus=1)
+    argv = list(spec.argv)
+    assert argv[1:3] == ["serve", "/w/e5"]
+    assert argv[argv.index("--tensor-parallel-size") + 1] == "1"
+    assert argv[argv.index("--runner") + 1] == "pooling"
+    assert "--gpu-memory-utilization" in argv
+
+
+def test_llamacpp_uses_llama_server_when_on_path(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    model = {"name": "qwen", "backend": "llamacpp", "kind": "embedding", "path": "/w/q.gguf",
+             "options": {"ctx_size": 4096, "parallel": 2, "threads": 2}}
+    monkeypatch.setenv("PATH", str(tmp_path))
+    argv = list(_command(model).argv)
+    assert argv[:3] == [sys.executable, "-m", RUNNER_MODULE]
+    binary = tmp_path / "llama-server"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    argv = list(_command(model).argv)
+    assert argv[0] == str(binary)
+    assert argv[1:] == ["--model", "/w/q.gguf", "--host", "127.0.0.1", "--port", "31000",
+                        "--alias", "qwen", "--ctx-size", "4096", "--parallel", "2",
+                        "--threads", "2", "--embedding", "--pooling", "mean"]
+
+
+def test_engine_env_drops_the_parents_cuda_settings() -> None:
+    fleet = _fleet({"name": "tiny", "backend": "sim"})
+    env = engine_env(_placed(fleet), parent={"PATH": "/bin", "CUDA_VISIBLE_DEVICES": "0,1",
+                                             "CUDA_MPS_PIPE_DIRECTORY": "/x", "HOME": "/h"})
+    assert env == {"PATH": "/bin", "HOME": "/h", "CUDA_VISIBLE_DEVICES": "",
+                   "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+
+
+def test_gpus_without_uuid_are_named_by_index() -> None:
+    fleet = _fleet({"name": "m", "backend": "sglang", "path": "/w"})
+    view = GpuView((Gpu(3, "", "A100", 80 * GIB, 0),))
+    [placement] = plan(fleet, "local", view).placed
+    assert engine_env(placement, parent={})["CUDA_VISIBLE_DEVICES"] == "3"
+
+
+def test_unknown_option_names_the_key_and_the_allowed_ones() -> None:
+    fleet = parse_fleet({"hosts": [{"name": "local"}], "models": [
+        {"name": "a", "backend": "sim", "port": 1000, "options": {"speed": 1}},
+        {"name": "b", "backend": "sim", "port": 2000, "options": {"sped": 1}},
+    ]})
+    with pytest.raises(FleetFileError) as info:
+        check_options(fleet)
+    assert info.value.problems == [
+        "models[1].options.sped: unknown option for backend 'sim'; allowed: cache_tokens,"
+        " fault, max_running, seed, speed"]
