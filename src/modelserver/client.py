@@ -322,7 +322,7 @@ class ModelServer:
             return server
 
         try:
-            self._async = self._run(build())
+            self._async = self._run(build)
         except BaseException:
             self._stop_loop()
             raise
@@ -331,32 +331,34 @@ class ModelServer:
     def router(self) -> Router:
         return self._async.router
 
-    def _run(self, coro: Awaitable[T]) -> T:
+    def _run(self, make: Callable[[], Awaitable[T]]) -> T:
+        """Run `make()` on the router's loop and wait for it (`make` is called only when the
+        client is open, so a closed client leaves no coroutine behind)."""
         if self._closed:
             raise ModelServerError("this ModelServer is closed")
-        future: Future[T] = asyncio.run_coroutine_threadsafe(_as_coroutine(coro), self._loop)
+        future: Future[T] = asyncio.run_coroutine_threadsafe(_as_coroutine(make), self._loop)
         return future.result()
 
     def chat(self, model: str, messages: str | Messages, **params: Any) -> Completion:
-        return self._run(self._async.chat(model, messages, **params))
+        return self._run(lambda: self._async.chat(model, messages, **params))
 
     def complete(self, model: str, prompt: str, **params: Any) -> Completion:
-        return self._run(self._async.complete(model, prompt, **params))
+        return self._run(lambda: self._async.complete(model, prompt, **params))
 
     def embed(self, model: str, texts: str | Sequence[str]) -> list[list[float]]:
-        return self._run(self._async.embed(model, texts))
+        return self._run(lambda: self._async.embed(model, texts))
 
     def stream(self, model: str, messages: str | Messages, **params: Any) -> Iterator[str]:
         agen = self._async.stream(model, messages, **params)
         try:
             while True:
                 try:
-                    yield self._run(agen.__anext__())
+                    yield self._run(agen.__anext__)
                 except StopAsyncIteration:
                     return
         finally:
             if not self._closed:
-                self._run(agen.aclose())
+                self._run(agen.aclose)
 
     def map(
         self,
@@ -368,8 +370,7 @@ class ModelServer:
         progress: bool = False,
         **params: Any,
     ) -> list[MapItem]:
-        return self._run(
-            self._async.map(
+        return self._run(lambda: self._async.map(
                 model, inputs, op=op, concurrency=concurrency, progress=progress, **params
             )
         )
@@ -383,20 +384,19 @@ class ModelServer:
         get_embedding: bool = False,
     ) -> str | list[float]:
         """The seed's call, unchanged: text, or a vector with get_embedding=True."""
-        return self._run(
-            self._async.get_completion_or_embedding(
+        return self._run(lambda: self._async.get_completion_or_embedding(
                 model, message, temperature, max_tokens, get_embedding
             )
         )
 
     def workers(self, model: str | None = None) -> list[WorkerStats]:
-        return self._run(_call(lambda: self._async.workers(model)))
+        return self._run(lambda: _call(lambda: self._async.workers(model)))
 
     def close(self) -> None:
         if self._closed:
             return
         try:
-            self._run(self._async.close())
+            self._run(lambda: self._async.close())
         finally:
             self._closed = True
             self._stop_loop()
@@ -414,8 +414,8 @@ class ModelServer:
         self.close()
 
 
-async def _as_coroutine(awaitable: Awaitable[T]) -> T:
-    return await awaitable
+async def _as_coroutine(make: Callable[[], Awaitable[T]]) -> T:
+    return await make()
 
 
 async def _call(fn: Callable[[], T]) -> T:

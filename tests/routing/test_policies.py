@@ -63,7 +63,7 @@ def test_fastest_sticks_until_latency_grows_past_the_bound() -> None:
     policy = make_policy("fastest", RouterConfig(), random.Random(3))
     # Unmeasured workers are tried first, once each.
     first_three = set()
-    for w in pool:
+    for _w in pool:
         chosen = policy.select(pool, request())
         first_three.add(chosen.url)
         chosen.ewma_latency = {"http://w0:1": 0.02, "http://w1:1": 0.01, "http://w2:1": 0.03}[

@@ -98,7 +98,7 @@ async def test_backoff_only_when_the_failed_worker_is_the_only_one_left() -> Non
 
 
 async def test_request_deadline_bounds_the_whole_request() -> None:
-    router, transport, clock, sleep, _ = make_router(
+    router, transport, _clock, sleep, _ = make_router(
         lambda r: error_answer(503, "busy"),
         urls=[URLS[0]],
         max_attempts=32,
@@ -267,7 +267,7 @@ async def test_a_worker_growing_slow_is_ejected_then_readmitted_after_a_good_tri
 
 
 async def test_admin_add_remove_and_drain() -> None:
-    router, transport, *_ = make_router(lambda r: chat_answer(), urls=[URLS[0]])
+    router, _transport, *_ = make_router(lambda r: chat_answer(), urls=[URLS[0]])
     router.add_worker("m", URLS[1])
     router.drain(URLS[0])
     for _ in range(3):
