@@ -32,6 +32,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "modelserver.launch_commands",
     "modelserver.sim.command",
     "modelserver.models_commands",
+    "modelserver.gateway.command",
+    "modelserver.route_commands",
+    "modelserver.bench.command",
 )
 
 
