@@ -7,18 +7,30 @@ a crash fault ends it with exit status 1.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sys
 from typing import Annotated
 
 import typer
+from aiohttp.http_exceptions import BadHttpMessage
 
 from modelserver.errors import LaunchError
 from modelserver.sim.config import Kind, SimConfig
+from modelserver.sim.faults import FaultSpecError
 from modelserver.sim.server import SimServer
 
 CRASH_EXIT_STATUS = 1
+
+
+class _DropProtocolProbes(logging.Filter):
+    """SGLang's router first tries gRPC (HTTP/2) on every worker; aiohttp answers 400 and
+    would log a traceback for each probe. A real SGLang worker refuses them just as quietly."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(exc, BadHttpMessage) and "PRI" in str(exc))
 
 
 def _crash() -> None:
@@ -28,6 +40,7 @@ def _crash() -> None:
 
 async def serve(config: SimConfig, host: str, port: int) -> None:
     """Serve until SIGTERM or SIGINT."""
+    logging.getLogger("aiohttp.server").addFilter(_DropProtocolProbes())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -89,6 +102,8 @@ def register(app: typer.Typer) -> None:
                 api_key=api_key,
                 model_path=model_path,
             )
+        except FaultSpecError:
+            raise  # already a ModelServerError: `modelserver` prints it and exits 2
         except ValueError as exc:
-            raise typer.BadParameter(str(exc)) from None
+            raise LaunchError(f"sim: {exc}") from None
         asyncio.run(serve(config, host, port))

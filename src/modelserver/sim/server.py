@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
+from pydantic import ValidationError
 
 from modelserver.sim import responses
 from modelserver.sim.config import SimConfig
@@ -100,6 +101,7 @@ class SimServer:
         self._crash_timer: asyncio.TimerHandle | None = None
         self._in_flight: dict[asyncio.Future[None], Callable[[], None] | None] = {}
         self._crashed = False
+        self._stopping = False
         self._started_at = time.time()
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -118,13 +120,18 @@ class SimServer:
     async def start(self) -> None:
         app = web.Application(middlewares=self._middlewares(), client_max_size=64 * 2**20)
         self._add_routes(app)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # In-flight requests get half a second to finish on stop, as a killed engine would not
+        # wait for keep-alive clients at all.
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=0.5
+        )
         await self._runner.setup()
         await self._listen()
         self._driver = asyncio.create_task(self._drive(), name=f"sim-engine-{self.port}")
         self._apply_faults_at_start()
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._crash_timer is not None:
             self._crash_timer.cancel()
         if self._driver is not None:
@@ -305,6 +312,8 @@ class SimServer:
             return error_response(f"simulated fault: injected HTTP {status}", status)
         if self.faults.faults.hang:
             await self._unhang.wait()  # until the faults change or the server stops
+            if self._stopping or self._crashed:
+                raise _Crashed()
         return None
 
     def _require_kind(self, kind: str) -> None:
@@ -722,14 +731,20 @@ class SimServer:
         if not isinstance(data, dict):
             raise BadRequest("the body must be a JSON object")
         if "messages" in data:
-            chat = ChatCompletionRequest.model_validate(data)
+            try:
+                chat = ChatCompletionRequest.model_validate(data)
+            except ValidationError as exc:
+                raise BadRequest(f"messages: {exc.errors()[0]['msg']}", param="messages") from None
             prompts = [
                 apply_chat_template({"role": m.role, "content": m.content} for m in chat.messages)
             ]
         elif "prompt" in data or "input" in data:
             prompts = self._prompt_tokens(data.get("prompt", data.get("input")))
         elif "text" in data or "input_ids" in data:
-            gen = GenerateRequest.model_validate(data)
+            try:
+                gen = GenerateRequest.model_validate(data)
+            except ValidationError as exc:
+                raise BadRequest(f"text/input_ids: {exc.errors()[0]['msg']}") from None
             prompts = self._prompt_tokens(gen.input_ids if gen.input_ids is not None else gen.text)
         else:
             raise BadRequest("give `messages`, `prompt`, `input`, `text` or `input_ids`")
