@@ -21,7 +21,7 @@ from modelserver.config import Fleet, WorkerSpec, resolve_address
 from modelserver.errors import LaunchError, NoGpuInventory
 from modelserver.gpus import Gpu, GpuInventory, inventory_for
 from modelserver.placement import GpuView, Placement, Plan, plan, settle
-from modelserver.state import HostState, log_path, process_is, read_state, state_path
+from modelserver.state import HostState, WorkerRecord, log_path, process_is, read_state, state_path
 from modelserver.supervisor import AdoptedProcess, Probe, Spawner, Supervisor, WorkerPlan
 
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -181,15 +181,25 @@ async def launch(
         spec = next(s for s in specs if s.name == name)
         record = records[name]
         placement = Placement(spec, _recorded_gpus(record.gpus), _restart_fraction(fleet, spec))
-        supervisor.add(worker_plan(fleet, placement), records.get(name)).start(adopted=proc)
+        supervisor.add(worker_plan(fleet, placement), record).start(adopted=proc)
     for placement in settled.placed:
-        supervisor.add(worker_plan(fleet, placement), records.get(placement.worker.name)).start()
+        carried = _died_unwatched(records.get(placement.worker.name))
+        supervisor.add(worker_plan(fleet, placement), carried).start()
     for blocked in settled.blocked:
         stub = WorkerPlan(blocked.worker, LaunchSpec((), {}), (), (), "",
                           log_path(fleet, blocked.worker.name))
         supervisor.add(stub).fail_now(f"cannot be placed: {blocked.reason}")
     supervisor.save()
     return supervisor
+
+
+def _died_unwatched(record: WorkerRecord | None) -> WorkerRecord | None:
+    """A worker that was meant to run but died while no launcher watched: starting it again
+    is a restart. One that failed or was stopped starts afresh, with a new restart budget."""
+    if record is None or record.status in ("failed", "stopped"):
+        return None
+    record.restarts += 1
+    return record
 
 
 def _gpus_of_adopted(

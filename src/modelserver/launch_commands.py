@@ -81,7 +81,10 @@ def up(
         code = _detach(fleet, loaded, name)
     else:
         code = asyncio.run(_serve(loaded, name, progress=not supervise))
-    raise typer.Exit(code)
+    if code:
+        # SystemExit, not typer.Exit: click in standalone_mode=False returns an Exit's code
+        # instead of exiting with it.
+        sys.exit(code)
 
 
 async def _serve(fleet: Fleet, host: str, progress: bool) -> int:
