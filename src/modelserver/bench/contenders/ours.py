@@ -1,0 +1,115 @@
+"""Our router, in process, through the client library `AsyncModelServer`, one policy each.
+
+Non-streamed requests go through `AsyncModelServer.chat`. Streamed ones go through the same
+client's router (`ms.router.forward(..., stream=True)`), the call `AsyncModelServer.stream`
+makes, read here chunk by chunk so the final usage chunk (cached tokens) is kept too.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+from modelserver.bench.contenders.base import Contender, Target
+from modelserver.bench.outcome import Outcome, usage_counts
+from modelserver.client import CHAT_PATH, AsyncModelServer
+from modelserver.config import RouterConfig
+from modelserver.errors import ModelServerError
+
+
+class OursContender(Contender):
+    family = "ours"
+
+    def __init__(self, policy: str, config: RouterConfig | None = None) -> None:
+        self.policy = policy
+        self.name = f"ours:{policy}"
+        self._config = config
+        self._client: AsyncModelServer | None = None
+        self._model = ""
+
+    async def start(self, target: Target) -> None:
+        config = (self._config or RouterConfig()).model_copy(
+            update={"policy": self.policy, "request_timeout_s": target.request_timeout_s}
+        )
+        fleet = {target.model: {"kind": target.kind, "urls": list(target.urls)}}
+        self._client = AsyncModelServer(fleet, config=config)
+        self._model = target.model
+        await self._client.__aenter__()
+
+    @property
+    def client(self) -> AsyncModelServer:
+        if self._client is None:
+            raise RuntimeError(f"{self.name} is not started")
+        return self._client
+
+    async def chat(self, messages: list[dict[str, str]], max_tokens: int, stream: bool) -> Outcome:
+        start = time.monotonic()
+        try:
+            if not stream:
+                result = await self.client.chat(
+                    self._model, messages, max_tokens=max_tokens, temperature=0.0
+                )
+                return Outcome(
+                    ok=True, e2e_s=time.monotonic() - start, worker=result.worker,
+                    prompt_tokens=result.usage.prompt_tokens,
+                    cached_tokens=result.usage.cached_tokens,
+                    completion_tokens=result.usage.completion_tokens, text=result.text,
+                )
+            return await self._stream(messages, max_tokens, start)
+        except ModelServerError as exc:
+            return Outcome(ok=False, e2e_s=time.monotonic() - start, streamed=stream,
+                           error=f"{type(exc).__name__}: {exc}")
+
+    async def _stream(self, messages: list[dict[str, str]], max_tokens: int,
+                      start: float) -> Outcome:
+        body: dict[str, Any] = {
+            "model": self._model, "messages": messages, "max_tokens": max_tokens,
+            "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True},
+        }
+        response = await self.client.router.forward(self._model, CHAT_PATH, body, stream=True)
+        assert response.chunks is not None
+        ttft: float | None = None
+        parts: list[str] = []
+        usage: dict[str, Any] | None = None
+        buffer = b""
+        done = False
+        async with response:
+            async for chunk in response.chunks:
+                buffer += chunk
+                while b"\n\n" in buffer:
+                    event, buffer = buffer.split(b"\n\n", 1)
+                    payload = event.strip()
+                    if not payload.startswith(b"data:"):
+                        continue
+                    payload = payload[5:].strip()
+                    if payload == b"[DONE]":
+                        done = True
+                        continue
+                    data = orjson.loads(payload)
+                    usage = data.get("usage") or usage
+                    for choice in data.get("choices") or []:
+                        piece = (choice.get("delta") or {}).get("content")
+                        if piece:
+                            if ttft is None:
+                                ttft = time.monotonic() - start
+                            parts.append(piece)
+        p, c, o = usage_counts(usage)
+        return Outcome(ok=done, e2e_s=time.monotonic() - start, ttft_s=ttft, prompt_tokens=p,
+                       cached_tokens=c, completion_tokens=o, worker=response.worker,
+                       text="".join(parts), streamed=True,
+                       error=None if done else "stream ended before data: [DONE]")
+
+    async def embed(self, text: str) -> Outcome:
+        start = time.monotonic()
+        try:
+            await self.client.embed(self._model, text)
+        except ModelServerError as exc:
+            return Outcome(ok=False, e2e_s=time.monotonic() - start, error=str(exc))
+        return Outcome(ok=True, e2e_s=time.monotonic() - start)
+
+    async def stop(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
