@@ -88,26 +88,33 @@ def ports_held_by_others(workers: Sequence[WorkerSpec], own_pids: frozenset[int]
             except OSError as exc:
                 if exc.errno == errno.EADDRINUSE:
                     holder = _listener(worker.port)
-                    if holder is None or holder[0] not in own_pids:
-                        held[worker.port] = (
-                            f"pid {holder[0]} ({holder[1]})" if holder else "another process"
-                        )
+                    if isinstance(holder, str):
+                        held[worker.port] = holder
+                    elif holder[0] not in own_pids:
+                        held[worker.port] = f"pid {holder[0]} ({holder[1]})"
     return held
 
 
-def _listener(port: int) -> tuple[int, str] | None:
+def _listener(port: int) -> tuple[int, str] | str:
+    """Who listens on `port` (pid, name), or a description when no listener is visible."""
     try:
         connections = psutil.net_connections(kind="inet")
     except psutil.AccessDenied:
-        return None
+        return "a process we may not see"
+    states = set()
     for conn in connections:
-        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
-            if conn.pid is None:
-                return None
-            with contextlib.suppress(psutil.Error):
+        if not conn.laddr or conn.laddr.port != port:
+            continue
+        if conn.status == psutil.CONN_LISTEN and conn.pid is not None:
+            try:
                 return conn.pid, psutil.Process(conn.pid).name()
-            return conn.pid, "?"
-    return None
+            except psutil.Error:
+                return conn.pid, "?"
+        states.add(conn.status)
+    if states:
+        # e.g. an outgoing connection that got this port as its ephemeral port
+        return f"a connection ({', '.join(sorted(states))})"
+    return "a process we may not see"
 
 
 def gpu_view(inventory: GpuInventory) -> GpuView:
