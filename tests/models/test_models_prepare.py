@@ -81,6 +81,19 @@ def test_a_damaged_or_missing_file_is_written_again(tmp_path: Path, damage: str)
     assert sha256(again.embedding_path) == good
 
 
+def test_a_file_from_an_older_generator_is_written_again(tmp_path: Path) -> None:
+    prepare_models(tmp_path)
+    manifest_path = tmp_path / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"][CHAT_FILE]["generator"] = "tiny-chat/0"
+    manifest_path.write_text(json.dumps(manifest))
+
+    again = prepare_models(tmp_path)
+
+    assert again.written == (CHAT_FILE,)
+    assert json.loads(manifest_path.read_text())["files"][CHAT_FILE]["generator"] != "tiny-chat/0"
+
+
 def test_an_unreadable_manifest_means_the_files_are_written_again(tmp_path: Path) -> None:
     prepare_models(tmp_path)
     (tmp_path / "manifest.json").write_text("{not json")
@@ -139,6 +152,19 @@ def test_the_tiny_chat_gguf_is_a_llama_with_a_chatml_template(prepared: Prepared
     assert 256 < len(tokens) < 1000
     assert "<|im_start|>" in field(reader, "tokenizer.chat_template")
     assert field(reader, "tokenizer.ggml.eos_token_id") == tokens.index(SPECIAL_TOKENS[-1])
+
+
+def test_the_tiny_chat_model_can_emit_only_printable_text(prepared: PreparedModels) -> None:
+    """Zero output rows: special tokens (so answers run to max_tokens) and non-ASCII bytes."""
+    reader = gguf.GGUFReader(prepared.chat_path)
+    tokens = field(reader, "tokenizer.ggml.tokens")
+    (output,) = [t for t in reader.tensors if t.name == "output.weight"]
+    rows = np.asarray(output.data).reshape(len(tokens), -1)
+    silent = {i for i, row in enumerate(rows) if not row.any()}
+
+    assert {tokens.index(t) for t in SPECIAL_TOKENS} <= silent
+    assert {0x80, 0xFF, 0x00, 0x7F} <= silent  # the byte tokens come first, in byte order
+    assert tokens.index("Ġthe") not in silent and ord("a") not in silent
 
 
 def test_the_minilm_gguf_is_a_mean_pooled_bert_with_f16_weights(prepared: PreparedModels) -> None:

@@ -52,17 +52,16 @@ def test_a_chat_completion_comes_back_with_usage(chat_runner: Runner) -> None:
 
     choice = answer["choices"][0]
     assert choice["message"]["role"] == "assistant"
-    assert isinstance(choice["message"]["content"], str)
-    assert choice["finish_reason"] in ("stop", "length")
+    assert choice["message"]["content"].strip(), "printable text came back"
+    # The tiny model never picks its end token, so every answer runs to max_tokens.
+    assert choice["finish_reason"] == "length"
     usage = answer["usage"]
     assert usage["prompt_tokens"] > 5  # the ChatML template wrapped the message
-    assert 1 <= usage["completion_tokens"] <= 16
+    assert usage["completion_tokens"] == 16
 
 
-def test_a_long_answer_stops_at_max_tokens(chat_runner: Runner) -> None:
-    answer = chat_runner.post_json(
-        "/v1/completions", {"prompt": "The fleet", "max_tokens": 40, "ignore_eos": True}
-    )
+def test_a_text_completion_runs_to_max_tokens(chat_runner: Runner) -> None:
+    answer = chat_runner.post_json("/v1/completions", {"prompt": "The fleet", "max_tokens": 40})
 
     assert answer["choices"][0]["finish_reason"] == "length"
     assert answer["usage"]["completion_tokens"] == 40
@@ -72,7 +71,7 @@ def test_a_chat_stream_sends_chunks_and_ends_with_done(chat_runner: Runner) -> N
     status, raw = chat_runner.request(
         "/v1/chat/completions",
         {"messages": [{"role": "user", "content": "Stream please."}], "max_tokens": 12,
-         "stream": True, "ignore_eos": True},
+         "stream": True},
     )
 
     assert status == 200

@@ -2,8 +2,9 @@
 
 It exists so a real llama.cpp engine can serve chat on any machine with no download: two
 layers, hidden size 64, a byte-level BPE vocabulary of a few hundred tokens trained here on a
-paragraph of text, and a ChatML template. Its answers are noise; what is real is the engine:
-tokenizer, template, batching, sampling, streaming.
+paragraph of text, and a ChatML template. Its answers are printable noise that runs until
+`max_tokens` (it never picks its end token); what is real is the engine: tokenizer, template,
+batching, sampling, streaming.
 
 GGUF conventions followed (ggml-org/llama.cpp, gguf-py/gguf/constants.py as installed with
 the `gguf` package, and src/llama-vocab.cpp):
@@ -29,7 +30,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-GENERATOR_VERSION = "tiny-chat/1"
+GENERATOR_VERSION = "tiny-chat/2"
 """Bumped whenever the bytes written change, so `models prepare` rewrites older files."""
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
@@ -200,7 +201,7 @@ def write_tiny_chat(path: Path, shape: TinyChatShape | None = None) -> None:
         writer.add_tensor(f"{prefix}.ffn_up.weight", weight(shape.n_ff, shape.n_embd))
         writer.add_tensor(f"{prefix}.ffn_down.weight", weight(shape.n_embd, shape.n_ff))
     writer.add_tensor("output_norm.weight", np.ones(shape.n_embd, np.float32))
-    writer.add_tensor("output.weight", _output_weight(rng, tokens, shape.n_embd, im_end))
+    writer.add_tensor("output.weight", _output_weight(rng, tokens, shape.n_embd))
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -208,22 +209,21 @@ def write_tiny_chat(path: Path, shape: TinyChatShape | None = None) -> None:
     writer.close()
 
 
-def _output_weight(
-    rng: np.random.Generator, tokens: list[str], n_embd: int, im_end: int
-) -> np.ndarray:
+def _output_weight(rng: np.random.Generator, tokens: list[str], n_embd: int) -> np.ndarray:
     """The output projection, with zero rows for tokens the model should not emit.
 
     Random weights would otherwise emit stray bytes of multi-byte characters and control
-    characters, which make invalid UTF-8 text. A zero row gives logit 0, far below the
-    largest logits of the printable tokens (their rows are scaled so logits spread over
-    about ±4 standard deviations), so sampling all but never picks them. `<|im_end|>` keeps
-    a row of a quarter that scale, so an answer ends now and then by itself.
+    characters (invalid UTF-8 text) and the end token at random. A zero row gives logit 0,
+    while the printable tokens' rows are scaled so their logits have a standard deviation of
+    about 4: some hundred of them beat 0, so llama.cpp's default top-k (40) never lets a
+    zero-row token through. The model therefore never ends an answer by itself: it stops at
+    `max_tokens`, or when its slot's context is full, which makes answer lengths predictable.
     """
     inverse = {ch: b for b, ch in bytes_to_unicode().items()}
-    scale = 4.0 / np.sqrt(n_embd)
+    scale = 4.0 / np.sqrt(n_embd)  # the final RMS norm leaves the hidden state at length √n_embd
     out = np.zeros((len(tokens), n_embd), np.float32)
     for index, token in enumerate(tokens):
-        if _printable_token(token, inverse):
+        # Special tokens are spelled in printable characters too, but must stay silent.
+        if token not in SPECIAL_TOKENS and _printable_token(token, inverse):
             out[index] = rng.standard_normal(n_embd) * scale
-    out[im_end] = rng.standard_normal(n_embd) * scale * 0.25
     return out
