@@ -24,10 +24,10 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> PreparedModels:
 def chat_runner(
     prepared: PreparedModels, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Runner]:
-    """The tiny chat model served by the runner, with an API key (as a fleet file may set)."""
+    """The tiny chat model served by the runner, with an API key and Prometheus metrics."""
     log = tmp_path_factory.mktemp("chat") / "runner.log"
     args = ["--model", str(prepared.chat_path), "--alias", "tiny-chat", "-c", "2048"]
-    runner = start_runner([*args, "-np", "2", "-t", "1"], log, api_key="sk-test-key")
+    runner = start_runner([*args, "-np", "2", "-t", "1", "--metrics"], log, api_key="sk-test-key")
     try:
         yield runner
     finally:

@@ -229,6 +229,26 @@ def test_without_the_cpu_extra_the_error_gives_the_pip_command(
         prepare_models(tmp_path / "models")
 
 
+def test_an_unexpected_package_content_is_a_clear_error_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelserver.models import minilm
+
+    def broken(source: object, path: Path) -> None:
+        path.write_bytes(b"GGUF partial")
+        raise ValueError("no GGUF name for tensor 'encoder.mystery.weight'")
+
+    monkeypatch.setattr(minilm, "write_minilm_gguf", broken)
+
+    with pytest.raises(ModelPrepareError, match=r"all-minilm-l6-v2.gguf .*mystery"):
+        prepare_models(tmp_path)
+
+    assert not (tmp_path / EMBEDDING_FILE).exists()
+    assert not list(tmp_path.glob(".*.tmp"))
+    manifest = json.loads((tmp_path / "manifest.json").read_text())["files"]
+    assert EMBEDDING_FILE not in manifest  # the chat model, written first, is recorded
+
+
 def test_a_folder_that_cannot_be_made_is_a_clear_error(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

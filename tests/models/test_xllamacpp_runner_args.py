@@ -17,7 +17,8 @@ def test_long_flags_become_the_matching_xllamacpp_parameters(tmp_path: Path) -> 
     model = tmp_path / "m.gguf"
     options = parse_args(
         ["--model", str(model), "--host", "10.0.0.5", "--port", "32000", "--alias", "tiny-chat",
-         "--ctx-size", "2048", "--parallel", "4", "--threads", "3", "--api-key", "k1,k2"]
+         "--ctx-size", "2048", "--parallel", "4", "--threads", "3", "--api-key", "k1,k2",
+         "--metrics"]
     )
 
     params = common_params(options, xllamacpp)
@@ -30,6 +31,7 @@ def test_long_flags_become_the_matching_xllamacpp_parameters(tmp_path: Path) -> 
     assert params.cpuparams.n_threads == 3
     assert params.cpuparams_batch.n_threads == 3  # llama-server: --threads-batch follows
     assert params.api_keys == ["k1", "k2"]
+    assert params.endpoint_metrics is True
     assert params.embedding is False
 
 
@@ -55,6 +57,7 @@ def test_flags_left_out_keep_llama_cpp_defaults(tmp_path: Path) -> None:
     assert (params.n_ctx, params.n_parallel) == (defaults.n_ctx, defaults.n_parallel)
     assert params.pooling_type == defaults.pooling_type
     assert params.api_keys == []
+    assert params.endpoint_metrics is False
 
 
 @pytest.mark.parametrize(
@@ -86,6 +89,18 @@ def test_a_missing_model_file_exits_2_naming_it(
     assert main(["--model", str(missing), "--port", "1"]) == 2
 
     assert f"model file {missing} does not exist" in capsys.readouterr().err
+
+
+def test_without_xllamacpp_the_error_gives_the_pip_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    monkeypatch.setitem(sys.modules, "xllamacpp", None)  # `import xllamacpp` now fails
+
+    assert main(["--model", str(model), "--port", "1"]) == 2
+
+    assert "pip install 'modelserver[cpu]'" in capsys.readouterr().err
 
 
 def test_a_folder_given_as_model_exits_2(

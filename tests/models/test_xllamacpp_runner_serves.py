@@ -85,6 +85,19 @@ def test_a_chat_stream_sends_chunks_and_ends_with_done(chat_runner: Runner) -> N
     assert finishes[-1] == "length"
 
 
+def test_metrics_count_the_tokens_generated(chat_runner: Runner) -> None:
+    chat_runner.post_json("/v1/completions", {"prompt": "Count me", "max_tokens": 5})
+
+    status, raw = chat_runner.request("/metrics")
+
+    assert status == 200
+    samples = dict(
+        line.split(" ", 1) for line in raw.decode().splitlines() if line.startswith("llamacpp:")
+    )
+    assert float(samples["llamacpp:tokens_predicted_total"]) >= 5
+    assert chat_runner.request("/metrics", key=None)[0] == 401
+
+
 def test_embeddings_are_unit_vectors_of_384_dimensions(embedding_runner: Runner) -> None:
     answer = embedding_runner.post_json(
         "/v1/embeddings", {"model": "minilm", "input": ["first text", "second text"]}

@@ -16,6 +16,7 @@ read at commit 00dc8057ab28c9cb4c79a6dd6dfce07fe779f63b, tables "Common params" 
     -t, --threads N            --embedding, --embeddings
     --pooling {none,mean,cls,last,rank}
     --api-key KEY (comma-separated for several)
+    --metrics                  (Prometheus metrics at /metrics)
 
 Exit status: 0 after a clean stop, 2 for bad arguments or a missing model file or missing
 package, 1 when llama.cpp refuses to start (a file that is not a GGUF model, a port in use);
@@ -54,6 +55,7 @@ class RunnerOptions:
     embedding: bool
     pooling: str | None
     api_keys: tuple[str, ...]
+    metrics: bool = False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--pooling", choices=POOLING_TYPES, help="embedding pooling")
     parser.add_argument("--api-key", default="", help="API key(s), comma-separated")
+    parser.add_argument("--metrics", action="store_true", help="serve Prometheus /metrics")
     return parser
 
 
@@ -91,6 +94,7 @@ def parse_args(argv: Sequence[str] | None = None) -> RunnerOptions:
         embedding=args.embedding,
         pooling=args.pooling,
         api_keys=_split(args.api_key),
+        metrics=args.metrics,
     )
 
 
@@ -117,6 +121,7 @@ def common_params(options: RunnerOptions, xllamacpp: Any) -> Any:
         )
     if options.api_keys:
         params.api_keys = list(options.api_keys)
+    params.endpoint_metrics = options.metrics
     return params
 
 

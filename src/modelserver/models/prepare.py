@@ -146,7 +146,10 @@ def _prepare_one(
                 recipe.name, path, found[0], found[1], recipe.generator, False,
                 time.perf_counter() - started,
             )
-    _write_atomically(path, recipe.write)
+    try:
+        _write_atomically(path, recipe.write)
+    except (ValueError, KeyError) as exc:  # the installed package holds something unexpected
+        raise ModelPrepareError(f"cannot write {path} ({recipe.generator}): {exc}") from exc
     size, digest = _describe(path) or (0, "")
     return PreparedFile(
         recipe.name, path, size, digest, recipe.generator, True, time.perf_counter() - started
