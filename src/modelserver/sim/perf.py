@@ -50,8 +50,9 @@ HBM_EFFICIENCY = 0.80
 # --- SGLang defaults: python/sglang/srt/server_args.py (v0.4-v0.5, tp_size 1, >60 GB GPU) --
 MEM_FRACTION_STATIC = 0.88  # share of GPU memory for weights + KV pool at tp_size 1
 CHUNKED_PREFILL_SIZE = 8192  # most prompt tokens one prefill step takes (large GPUs)
-# SGLang sizes its own cap from memory; 256 keeps queueing visible under benchmark load and
-# is within the CUDA-graph batch sizes SGLang captures on an H100.
+# SGLang sizes its own cap on running requests from the KV pool (`--max-running-requests`
+# overrides it). The simulator's default is a round 256, an assumption, not SGLang's
+# figure: high enough that a fleet benchmark runs batched, low enough that overload queues.
 DEFAULT_MAX_RUNNING = 256
 
 # KV pool: memory SGLang may use, minus the weights, over the bytes one token's KV takes.
