@@ -118,7 +118,7 @@ async def _serve(fleet: Fleet, host: str, progress: bool) -> int:
             err_console.print(f"[red]{worker.record.name} failed:[/] {worker.record.last_error}",
                               highlight=False)
         if len(failed) == len(supervisor.workers):
-            return 1
+            return 1  # nothing to supervise
         if progress and not stop.is_set():
             console.print(f"supervising {len(supervisor.workers) - len(failed)} workers on"
                           f" {host}; Ctrl-C stops them")
@@ -126,7 +126,7 @@ async def _serve(fleet: Fleet, host: str, progress: bool) -> int:
         return 0
     finally:
         if supervisor is not None:
-            await supervisor.stop_all()
+            await supervisor.stop_all(keep_failed=True)
         await probe.close()
         lock.release()
 

@@ -185,8 +185,9 @@ def _automatic(
     own_pids: frozenset[int],
 ) -> tuple[Gpu, ...] | Blocked:
     if len(allowed) < need:
-        return Blocked(worker, f"needs {need} GPUs, host {host.name} has {len(allowed)}",
-                       final=True)
+        return Blocked(
+            worker, f"needs {_gpus(need)}, host {host.name} has {len(allowed)}", final=True
+        )
     free = [g for g in allowed if g.index not in taken and g.used_bytes <= busy_bytes]
     if len(free) >= need:
         return tuple(free[:need])
@@ -198,9 +199,13 @@ def _automatic(
     ]
     return Blocked(
         worker,
-        f"needs {need} free GPUs on {host.name}, {len(free)} free: " + "; ".join(why),
+        f"needs {_gpus(need)} free on {host.name}, {len(free)} free: " + "; ".join(why),
         final=False,
     )
+
+
+def _gpus(count: int) -> str:
+    return f"{count} GPU" if count == 1 else f"{count} GPUs"
 
 
 def _mem_fraction(model: ModelConfig, gpus: Sequence[Gpu], fleet: Fleet) -> float | str | None:

@@ -422,7 +422,14 @@ class Supervisor:
         """Every worker is ready or failed (the end of a launch)."""
         return all(w.status in (S.READY, S.FAILED) for w in self.workers.values())
 
-    async def stop_all(self) -> None:
-        """Stop every worker in parallel; the state file then says stopped, no supervisor."""
-        await asyncio.gather(*(w.stop() for w in self.workers.values()))
+    async def stop_all(self, keep_failed: bool = False) -> None:
+        """Stop every worker in parallel; the state file then says stopped, no supervisor.
+
+        `keep_failed` leaves failed workers recorded as failed (a launch that gave up), so
+        `status` still shows why.
+        """
+        await asyncio.gather(
+            *(w.stop() for w in self.workers.values()
+              if not (keep_failed and w.status is S.FAILED))
+        )
         self.save(supervisor_gone=True)

@@ -69,7 +69,7 @@ class Fleet:
         raise AssertionError(f"timed out waiting for {what}; state: {self.state.read_text()}")
 
 
-def _write_fleet(tmp_path: Path, models: str) -> Fleet:
+def _write_fleet(tmp_path: Path, models: str, hosts: str = "") -> Fleet:
     path = tmp_path / "fleet.toml"
     path.write_text(f"""
 [fleet]
@@ -80,6 +80,7 @@ state_dir = "{tmp_path / 'state'}"
 name = "local"
 address = "127.0.0.1"
 gpus = "none"
+{hosts}
 
 {models}
 
@@ -102,11 +103,11 @@ def _sim(name: str, **extra: str) -> str:
 
 
 @pytest.fixture
-def make_fleet(tmp_path: Path) -> Iterator[Callable[[str], Fleet]]:
+def make_fleet(tmp_path: Path) -> Iterator[Callable[..., Fleet]]:
     made: list[Fleet] = []
 
-    def make(models: str) -> Fleet:
-        made.append(_write_fleet(tmp_path, models))
+    def make(models: str, hosts: str = "") -> Fleet:
+        made.append(_write_fleet(tmp_path, models, hosts))
         return made[-1]
 
     yield make
@@ -128,7 +129,7 @@ def _all_ready(state: dict[str, Any]) -> bool:
 
 
 def test_up_detach_then_status_json_then_down_leaves_no_process(
-    make_fleet: Callable[[str], Fleet],
+    make_fleet: Callable[..., Fleet],
 ) -> None:
     fleet = make_fleet(_sim("tiny", api_key=f'"{SECRET}"') + _sim("other"))
     up = fleet.run("up", str(fleet.path), "--detach")
@@ -162,7 +163,7 @@ def test_up_detach_then_status_json_then_down_leaves_no_process(
     assert {w["status"] for w in after["workers"]} == {"stopped"}
 
 
-def test_a_worker_killed_with_sigkill_comes_back(make_fleet: Callable[[str], Fleet]) -> None:
+def test_a_worker_killed_with_sigkill_comes_back(make_fleet: Callable[..., Fleet]) -> None:
     fleet = make_fleet(_sim("tiny"))
     assert fleet.run("up", str(fleet.path), "--detach").returncode == 0
     [before] = fleet.read()["workers"]
@@ -177,7 +178,7 @@ def test_a_worker_killed_with_sigkill_comes_back(make_fleet: Callable[[str], Fle
 
 
 def test_a_worker_crashing_on_every_start_ends_failed_with_its_log_tail(
-    make_fleet: Callable[[str], Fleet],
+    make_fleet: Callable[..., Fleet],
 ) -> None:
     fleet = make_fleet(_sim("good") + _sim("broken", options='{ fault = "crash-at=0" }'))
     up = fleet.run("up", str(fleet.path), "--detach")
@@ -192,7 +193,7 @@ def test_a_worker_crashing_on_every_start_ends_failed_with_its_log_tail(
     assert workers["good-0@local"]["status"] == "ready"  # the others keep running
 
 
-def test_a_relaunched_launcher_adopts_its_live_workers(make_fleet: Callable[[str], Fleet]) -> None:
+def test_a_relaunched_launcher_adopts_its_live_workers(make_fleet: Callable[..., Fleet]) -> None:
     fleet = make_fleet(_sim("tiny") + _sim("other"))
     assert fleet.run("up", str(fleet.path), "--detach").returncode == 0
     first = fleet.read()
@@ -220,7 +221,7 @@ def test_a_relaunched_launcher_adopts_its_live_workers(make_fleet: Callable[[str
     )
 
 
-def test_foreground_up_stops_every_worker_on_sigterm(make_fleet: Callable[[str], Fleet]) -> None:
+def test_foreground_up_stops_every_worker_on_sigterm(make_fleet: Callable[..., Fleet]) -> None:
     fleet = make_fleet(_sim("tiny"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "modelserver", "up", str(fleet.path)],
@@ -240,7 +241,7 @@ def test_foreground_up_stops_every_worker_on_sigterm(make_fleet: Callable[[str],
 
 
 def test_logs_resolves_a_prefix_and_a_second_up_is_refused(
-    make_fleet: Callable[[str], Fleet],
+    make_fleet: Callable[..., Fleet],
 ) -> None:
     fleet = make_fleet(_sim("tiny"))
     assert fleet.run("up", str(fleet.path), "--detach").returncode == 0
@@ -250,3 +251,62 @@ def test_logs_resolves_a_prefix_and_a_second_up_is_refused(
     assert fleet.run("logs", str(fleet.path), url).stdout == logs.stdout
     twice = fleet.run("up", str(fleet.path), "--detach")
     assert twice.returncode == 2 and "already runs" in twice.stderr
+
+
+def test_down_stops_the_workers_of_a_launcher_killed_with_sigkill(
+    make_fleet: Callable[..., Fleet],
+) -> None:
+    fleet = make_fleet(_sim("tiny"))
+    assert fleet.run("up", str(fleet.path), "--detach").returncode == 0
+    state = fleet.read()
+    pid = state["workers"][0]["pid"]
+    os.kill(state["supervisor"]["pid"], signal.SIGKILL)
+    down = fleet.run("down", str(fleet.path))
+    assert down.returncode == 0, down.stderr
+    assert not running(pid)
+    assert fleet.workers()["tiny-0@local"]["status"] == "stopped"
+
+
+@pytest.fixture
+def far_engine(tmp_path: Path) -> Iterator[int]:
+    """A simulated engine this test runs itself, standing for a worker on another host."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modelserver", "sim", "--port", str(port), "--model", "far"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + DEADLINE_S
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            time.sleep(0.05)
+        yield port
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_status_probes_the_workers_of_other_hosts(
+    make_fleet: Callable[..., Fleet], far_engine: int,
+) -> None:
+    # Host "far" is reached over HTTP; both hosts use 127.0.0.1 so traffic stays local.
+    far = """
+[[hosts]]
+name = "far"
+address = "127.0.0.1"
+"""
+    models = (
+        _sim("tiny").replace("[[models]]", '[[models]]\nhosts = ["local"]')
+        + f'[[models]]\nname = "far"\nbackend = "sim"\nport = {far_engine}\nhosts = ["far"]\n'
+        + f'[[models]]\nname = "gone"\nbackend = "sim"\nport = {_free_port()}\n'
+          'hosts = ["far"]\n'
+    )
+    fleet = make_fleet(models, far)
+    status = fleet.run("status", str(fleet.path), "--host", "local", "--json")
+    assert status.returncode == 0, status.stderr
+    rows = {r["name"]: r for r in json.loads(status.stdout)}
+    assert rows["tiny-0@local"]["status"] == "stopped"  # nothing launched here
+    assert rows["far-0@far"]["status"] == "ready"
+    assert rows["gone-0@far"]["status"] == "unreachable"
+    assert "GET /health" in rows["gone-0@far"]["last_error"]

@@ -171,10 +171,14 @@ async def test_adopted_worker_is_ready_without_a_spawn(tmp_path: Path) -> None:
     await sup.stop_all()
 
 
-async def test_failed_worker_stops_to_stopped(tmp_path: Path) -> None:
+async def test_failed_worker_stops_to_stopped_unless_kept(tmp_path: Path) -> None:
     sup = _supervisor(tmp_path, FakeSpawner(), FakeProbe(), FakeClock())
     sup.add(_plan(tmp_path)).fail_now("cannot be placed: GPU 9 does not exist on h (0-7)")
+    await sup.stop_all(keep_failed=True)
+    assert sup.workers["m-0@h"].status is S.FAILED  # a launch that gave up still says why
     await sup.stop_all()
     assert sup.workers["m-0@h"].status is S.STOPPED
+    assert sup.workers["m-0@h"].record.last_error == (
+        "cannot be placed: GPU 9 does not exist on h (0-7)")
 
 
