@@ -14,7 +14,7 @@ from modelserver.bench.runner import BenchSettings
 from modelserver.bench.workloads import WORKLOADS
 
 # Defaults: a run of a few minutes on a 2-core machine (see docs/BENCHMARKS.md).
-DEFAULT_SPEED = 0.5
+DEFAULT_SPEED = 1.0
 DEFAULT_MAX_RUNNING = 32
 
 
@@ -26,7 +26,8 @@ def register(app: typer.Typer) -> None:
         contenders: Annotated[str, typer.Option(
             help="Comma-separated contenders or groups: ours:fastest, ours:round_robin, "
                  "ours:least_load, ours:cache_aware, seed, sglang:cache_aware, "
-                 "sglang:power_of_two, litellm:latency, litellm:shuffle, oracle; groups "
+                 "sglang:power_of_two, sglang:round_robin, litellm:latency, "
+                 "litellm:shuffle, oracle; groups "
                  "ours, sglang, litellm, peers, all.")] = "all",
         requests: Annotated[int, typer.Option(
             help="Requests per contender (shared-prefix: 16 per prefix group).", min=1)] = 256,
