@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
 from typing import Any
 
 import aiohttp
@@ -435,3 +437,45 @@ async def test_the_openai_client_library_can_use_it(start_sim: StartSim) -> None
         assert "".join(p or "" for p in pieces) == reply.choices[0].message.content
     finally:
         await client.close()
+
+
+async def test_queue_and_running_gauges_follow_the_engine(
+    start_sim: StartSim, http: aiohttp.ClientSession
+) -> None:
+    sim = await start_sim(speed=1.0, max_running=1)
+    body = {**CHAT, "max_tokens": 100}
+    tasks = [
+        asyncio.create_task(post(http, sim.url + "/v1/chat/completions", body)) for _ in range(3)
+    ]
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            async with http.get(sim.url + "/metrics") as response:
+                text = await response.text()
+            if metric(text, "sglang:num_queue_reqs") == 2:
+                break
+            assert time.monotonic() < deadline, (
+                "three requests never showed as 1 running + 2 queued"
+            )
+            await asyncio.sleep(0.01)
+        assert metric(text, "sglang:num_running_reqs") == 1
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_client_leaving_a_stream_frees_its_place(
+    start_sim: StartSim, http: aiohttp.ClientSession
+) -> None:
+    sim = await start_sim(speed=1.0)
+    body = {**CHAT, "max_tokens": 1000, "stream": True}
+    async with http.post(sim.url + "/v1/chat/completions", json=body) as response:
+        await response.content.readuntil(b"\n\n")
+        assert len(sim.engine.running) == 1
+        response.close()  # the client goes away mid-stream
+    deadline = time.monotonic() + 10
+    while sim.engine.running:
+        assert time.monotonic() < deadline, "the abandoned stream kept running"
+        await asyncio.sleep(0.01)
+    assert sim.engine.cache.locked_size == 0
