@@ -4,6 +4,7 @@ hand everything to a `Supervisor`. Also the HTTP probe the supervisor and `statu
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
@@ -162,9 +163,11 @@ async def launch(
         if await probe(record.url, (health,), spec.api_key) is None:
             with contextlib.suppress(ProcessLookupError):
                 adopted[spec.name] = AdoptedProcess(record.pid, record.create_time)
-        else:  # ours but sick: clear the way for a fresh start
+        else:  # ours but sick: clear the way (and its port) for a fresh start
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(record.pid, signal.SIGKILL)
+            with contextlib.suppress(psutil.Error):
+                await asyncio.to_thread(psutil.Process(record.pid).wait, 10)
 
     own_pids = frozenset(p.pid for p in adopted.values())
     needs_gpus = any(fleet.model(s.model).gpus_each for s in specs if s.name not in adopted)

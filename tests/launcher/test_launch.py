@@ -1,14 +1,28 @@
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
+from pathlib import Path
 
 import pytest
 
 from modelserver.config import WorkerSpec, parse_fleet
-from modelserver.errors import LaunchError
-from modelserver.launch import detect_host, ports_held_by_others
+from modelserver.errors import LaunchError, NoGpuInventory
+from modelserver.gpus import Gpu, StaticInventory
+from modelserver.launch import detect_host, launch, ports_held_by_others
 from modelserver.launch_commands import resolve_worker
+from modelserver.lifecycle import WorkerStatus
+from modelserver.state import read_state
+from modelserver.supervisor import Supervisor
+
+from .fakes import FakeClock, FakeProbe, FakeSpawner
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _spec(port: int) -> WorkerSpec:
@@ -58,3 +72,58 @@ def test_workers_are_found_by_name_prefix_or_url() -> None:
         resolve_worker(fleet, "llama-8b")
     with pytest.raises(LaunchError, match="no worker 'qwen'"):
         resolve_worker(fleet, "qwen")
+
+
+class _NoNvml:
+    def gpus(self) -> list[Gpu]:
+        raise NoGpuInventory("cannot list GPUs: NVML is not usable here (no library)")
+
+
+async def test_launch_without_nvml_starts_cpu_workers_and_fails_gpu_ones(tmp_path: Path) -> None:
+    fleet = parse_fleet({
+        "fleet": {"state_dir": str(tmp_path)},
+        "hosts": [{"name": "local"}],
+        "models": [{"name": "big", "backend": "sglang", "path": "/w", "port": _free_port()},
+                   {"name": "tiny", "backend": "sim", "port": _free_port()}],
+    })
+    spawner, probe = FakeSpawner(), FakeProbe()
+    probe.up.update(w.url for w in fleet.workers())
+    sup = await launch(fleet, "local", spawner=spawner, probe=probe, clock=FakeClock(),
+                       inventory=_NoNvml())
+    try:
+        await asyncio.wait_for(sup.wait_until(Supervisor.settled), 10)
+        big, tiny = sup.workers["big-0@local"], sup.workers["tiny-0@local"]
+        assert big.status is WorkerStatus.FAILED
+        assert big.record.last_error == (
+            "cannot be placed: cannot list GPUs: NVML is not usable here (no library)")
+        assert tiny.status is WorkerStatus.READY
+        assert [spec.argv[3] for spec in spawner.specs] == ["sim"]  # only the CPU worker ran
+        state = read_state(tmp_path / "state-local.json")
+        assert state is not None
+        assert {w.name: w.status for w in state.workers} == {
+            "big-0@local": "failed", "tiny-0@local": "ready"}
+    finally:
+        await sup.stop_all()
+
+
+async def test_launch_places_gpu_workers_from_a_static_inventory(tmp_path: Path) -> None:
+    fleet = parse_fleet({
+        "fleet": {"state_dir": str(tmp_path)},
+        "hosts": [{"name": "local", "inventory": [
+            {"index": 0, "uuid": "GPU-busy", "total_gib": 80, "used_gib": 40},
+            {"index": 1, "uuid": "GPU-free", "total_gib": 80, "used_gib": 8}]}],
+        "models": [{"name": "big", "backend": "sglang", "path": "/w", "port": _free_port()}],
+    })
+    spawner, probe = FakeSpawner(), FakeProbe()
+    probe.up.update(w.url for w in fleet.workers())
+    sup = await launch(fleet, "local", spawner=spawner, probe=probe, clock=FakeClock(),
+                       inventory=StaticInventory.from_host(fleet.host("local")))
+    try:
+        await asyncio.wait_for(sup.wait_until(Supervisor.settled), 10)
+        [spec] = spawner.specs
+        assert spec.env["CUDA_VISIBLE_DEVICES"] == "GPU-free"
+        argv = list(spec.argv)
+        assert argv[argv.index("--mem-fraction-static") + 1] == "0.85"  # 72/80 - 0.05
+        assert sup.workers["big-0@local"].record.gpus == ["GPU-free"]
+    finally:
+        await sup.stop_all()
