@@ -193,6 +193,9 @@ class LatencyConfig(_Section):
     ejection_ratio: float = Field(default=3.0, gt=1)
     min_samples: int = Field(default=5, ge=1)
     """Samples a worker needs before it can be compared (and ejected)."""
+    min_gap_s: float = Field(default=0.002, ge=0)
+    """...and it must also be this many seconds per token slower than the median, so the
+    jitter of very fast engines (sub-millisecond tokens) never ejects anyone."""
     readmit_after_s: float = Field(default=30.0, gt=0)
 
 

@@ -19,13 +19,11 @@ import random
 import statistics
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from modelserver import _files
 from modelserver.config import Fleet, RouterConfig
 from modelserver.errors import (
     DeadlineExceeded,
@@ -37,97 +35,22 @@ from modelserver.errors import (
     WorkerUnreachable,
     WrongModelKind,
 )
+from modelserver.routing.availability import Availability
+from modelserver.routing.entries import WorkerEntry, entries_from_mapping
 from modelserver.routing.events import AttemptResult, RouterObserver
+from modelserver.routing.health import probe_round, read_launcher_states
 from modelserver.routing.policies import Policy, make_policy
 from modelserver.routing.request_key import RequestInfo, kind_of_path, render_text
+from modelserver.routing.response import RoutedResponse
 from modelserver.routing.retry import AttemptBudget, backoff_delay, error_for_status
 from modelserver.routing.transport import AiohttpTransport, Transport, TransportResponse
 from modelserver.routing.worker import Worker, WorkerStats
 
 log = logging.getLogger(__name__)
 
-AVAILABILITY_FILE = "availability.json"
+__all__ = ["RoutedResponse", "Router", "WorkerEntry", "entries_from_mapping"]
+
 _JSON_HEADERS = {"content-type": "application/json"}
-
-
-@dataclass(frozen=True)
-class WorkerEntry:
-    """A worker to route to: what the fleet file, a dict or the gateway's admin API gives."""
-
-    model: str
-    url: str
-    kind: str = "chat"
-    name: str | None = None
-    api_key: str | None = None
-
-
-class RoutedResponse:
-    """The answer of the worker that served a request.
-
-    `status` and `headers` are the engine's. `worker` is its URL and `attempts` how many
-    attempts the request took. A non-streamed answer has `body` (bytes, exactly as the engine
-    sent it) and `chunks` None; a streamed one has `chunks`, an async iterator of the raw SSE
-    bytes as they arrive (nothing buffered), and `body` None. A stream must be consumed to
-    the end or closed with `aclose()` (or `async with response:`), which frees the worker's
-    in-flight slot. After the first chunk has been handed out there is no failover: a worker
-    dying mid-stream raises `WorkerUnreachable` / `WorkerTimeout` from the iterator.
-    """
-
-    __slots__ = (
-        "_json",
-        "attempts",
-        "body",
-        "chunks",
-        "headers",
-        "latency_s",
-        "status",
-        "ttft_s",
-        "worker",
-    )
-
-    def __init__(
-        self,
-        status: int,
-        headers: Mapping[str, str],
-        worker: str,
-        attempts: int,
-        latency_s: float,
-        body: bytes | None = None,
-        chunks: AsyncIterator[bytes] | None = None,
-        ttft_s: float | None = None,
-        parsed: Any = None,
-    ) -> None:
-        self.status = status
-        self.headers = headers
-        self.worker = worker
-        self.attempts = attempts
-        self.latency_s = latency_s
-        """Non-streamed: seconds from the winning attempt's send to the full body.
-        Streamed: seconds to the first chunk (same as `ttft_s`)."""
-        self.body = body
-        self.chunks = chunks
-        self.ttft_s = ttft_s
-        self._json = parsed
-
-    def json(self) -> Any:
-        """The body parsed as JSON (parsed once; the router may have done it already)."""
-        if self._json is None:
-            if self.body is None:
-                raise TypeError("a streamed response has no body; iterate `chunks`")
-            self._json = orjson.loads(self.body)
-        return self._json
-
-    async def aclose(self) -> None:
-        """Stop a stream early and free the worker (no-op for a non-streamed answer)."""
-        closer = getattr(self.chunks, "aclose", None)
-        if closer is not None:
-            await closer()
-
-    async def __aenter__(self) -> RoutedResponse:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
 
 class Router:
@@ -161,16 +84,13 @@ class Router:
         self._transport = transport
         self._owns_transport = transport is None
         self._observers: list[RouterObserver] = list(observers)
-        self.state_dir = state_dir
+        self._availability = Availability(state_dir, wall_clock)
         self._clock = clock
-        self._wall_clock = wall_clock
         self._sleep = sleep
         self._models: dict[str, list[Worker]] = {}
         self._kinds: dict[str, str] = {}
         self._by_url: dict[str, Worker] = {}
         self._headers: dict[str, dict[str, str]] = {}
-        self._down: dict[str, dict[str, Any]] = {}
-        """model -> availability record, for models that had no usable worker."""
         self._probe_task: asyncio.Task[None] | None = None
         for entry in entries:
             self.add_worker(entry.model, entry.url, entry.kind, name=entry.name,
@@ -194,6 +114,15 @@ class Router:
     def from_mapping(cls, mapping: Mapping[str, Any], **kwargs: Any) -> Router:
         """Workers from `{model: [url, ...]}` or `{model: {"kind": ..., "urls": [...]}}`."""
         return cls(entries_from_mapping(mapping), **kwargs)
+
+    @property
+    def state_dir(self) -> Path | None:
+        """Where the launcher's state files are read and `availability.json` is written."""
+        return self._availability.state_dir
+
+    @state_dir.setter
+    def state_dir(self, value: Path | None) -> None:
+        self._availability.state_dir = value
 
     @property
     def transport(self) -> Transport:
@@ -306,8 +235,8 @@ class Router:
                 if any(w is not worker and w.out_reason(now, readmit) is None for w in workers):
                     self._notify_retry(model, worker, budget, 0.0)
                 continue
-            if model in self._down:
-                await self._mark_available(model)
+            if model in self._availability.down:
+                await self._availability.mark_up(model, self._models)
             return response
 
     async def _attempt(
@@ -507,7 +436,9 @@ class Router:
                 _readmit(worker)
             return
         median = statistics.median(others)
-        too_slow = latency > settings.ejection_ratio * median
+        too_slow = (
+            latency > settings.ejection_ratio * median and latency - median > settings.min_gap_s
+        )
         if trial:
             worker.trial_in_flight = False
             if too_slow:
@@ -547,36 +478,8 @@ class Router:
                 reasons[url] = f"{reasons[url]}; last error: {error}"
         for observer in self._observers:
             _safely(observer.on_no_healthy_worker, model, reasons)
-        await self._mark_unavailable(model, reasons)
+        await self._availability.mark_down(model, reasons, self._models)
         return NoHealthyWorker(model, reasons)
-
-    # -- availability file (the seed's running flag, done properly) ---------------------------
-
-    async def _mark_unavailable(self, model: str, reasons: dict[str, str]) -> None:
-        if model in self._down:
-            self._down[model]["reasons"] = reasons
-            return
-        self._down[model] = {"available": False, "since": self._wall_clock(), "reasons": reasons}
-        await self._write_availability()
-
-    async def _mark_available(self, model: str) -> None:
-        del self._down[model]
-        await self._write_availability(recovered=model)
-
-    async def _write_availability(self, recovered: str | None = None) -> None:
-        if self.state_dir is None:
-            return
-        path = self.state_dir / AVAILABILITY_FILE
-        record: dict[str, Any] = {
-            model: {"available": True, "since": self._wall_clock(), "reasons": {}}
-            for model in self._models
-            if model not in self._down
-        }
-        record.update(self._down)
-        try:
-            await asyncio.to_thread(_files.atomic_write_json, path, record)
-        except OSError as exc:
-            log.warning("cannot write %s: %s", path, exc)
 
     # -- health probing and the launcher's state file ---------------------------------------
 
@@ -598,57 +501,16 @@ class Router:
         """One round: read the launcher's state files, GET the health endpoint of every
         worker concurrently (short timeout), update each worker's probe health."""
         self.apply_state_files()
-        workers = list(self._by_url.values())
-        results = await asyncio.gather(*(self._probe(w) for w in workers))
-        health = self.config.health
-        for worker, error in zip(workers, results, strict=True):
-            if error is None:
-                worker.probe_failures = 0
-                worker.probe_successes += 1
-                if not worker.probe_healthy and worker.probe_successes >= health.success_threshold:
-                    worker.probe_healthy = True
-                    log.info("%s answers its health probe again", worker.url)
-            else:
-                worker.probe_successes = 0
-                worker.probe_failures += 1
-                worker.last_probe_error = error
-                if worker.probe_healthy and worker.probe_failures >= health.failure_threshold:
-                    worker.probe_healthy = False
-                    log.warning("%s is out: %s", worker.url, error)
-
-    async def _probe(self, worker: Worker) -> str | None:
-        health = self.config.health
-        try:
-            answer = await self.transport.send(
-                "GET",
-                worker.url + health.endpoint,
-                headers=self._headers.get(worker.url),
-                timeout_s=health.timeout_s,
-            )
-            await answer.read()
-        except WorkerError as exc:
-            return _short(exc)
-        if answer.status >= 400:
-            return f"HTTP {answer.status}"
-        return None
+        await probe_round(
+            list(self._by_url.values()), self.transport, self.config.health, self._headers
+        )
 
     def apply_state_files(self) -> None:
-        """Take workers the launcher reports not ready (failed, stopped, ...) out of rotation.
-
-        Reads `{state_dir}/state-*.json` (one per host, written atomically by the launcher);
-        absent or unreadable files mean "no news": probes and traffic decide alone.
-        """
+        """Take workers the launcher reports not ready (failed, stopped, ...) out of rotation
+        (reads `{state_dir}/state-*.json`; absent files change nothing)."""
         if self.state_dir is None:
             return
-        statuses: dict[str, str] = {}
-        for path in sorted(self.state_dir.glob("state-*.json")):
-            try:
-                state = _files.read_json(path)
-            except (OSError, ValueError):
-                continue
-            for record in state.get("workers", []) if isinstance(state, dict) else []:
-                if isinstance(record, dict) and isinstance(record.get("url"), str):
-                    statuses[record["url"].rstrip("/")] = str(record.get("status"))
+        statuses = read_launcher_states(self.state_dir)
         for url, worker in self._by_url.items():
             worker.launcher_status = statuses.get(url)
 
@@ -758,38 +620,6 @@ class Router:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-
-def entries_from_mapping(mapping: Mapping[str, Any]) -> list[WorkerEntry]:
-    """`{model: [url, ...]}` or `{model: {"kind": "embedding", "urls": [...]}}` -> entries."""
-    entries: list[WorkerEntry] = []
-    for model, value in mapping.items():
-        kind = "chat"
-        api_key = None
-        if isinstance(value, Mapping):
-            unknown = set(value) - {"kind", "urls", "api_key"}
-            if unknown:
-                raise ValueError(
-                    f"fleet[{model!r}]: unknown keys {sorted(unknown)}; allowed: kind, urls,"
-                    " api_key"
-                )
-            kind = str(value.get("kind", "chat"))
-            api_key = value.get("api_key")
-            urls = value.get("urls", [])
-        else:
-            urls = value
-        if isinstance(urls, str) or not isinstance(urls, Iterable):
-            raise ValueError(f"fleet[{model!r}]: expected a list of URLs (got {urls!r})")
-        if kind not in ("chat", "embedding"):
-            raise ValueError(f"fleet[{model!r}].kind: must be 'chat' or 'embedding' (got {kind!r})")
-        urls = list(urls)
-        if not urls:
-            raise ValueError(f"fleet[{model!r}]: no URLs")
-        for url in urls:
-            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-                raise ValueError(f"fleet[{model!r}]: {url!r} is not an http(s) URL")
-            entries.append(WorkerEntry(model, url, kind, api_key=api_key))
-    return entries
 
 
 def _readmit(worker: Worker) -> None:
