@@ -121,10 +121,17 @@ class Engine:
     def has_work(self) -> bool:
         return bool(self.queue or self.running)
 
+    def used_tokens(self) -> int:
+        """KV tokens that cannot be freed: running requests' prompts and outputs so far.
+
+        As SGLang's `max_total_num_tokens - (available + evictable)` (scheduler
+        `_get_token_info`): cached tokens no request holds count as free.
+        """
+        return self.cache.locked_size + sum(r.generated for r in self.running)
+
     def token_usage(self) -> float:
-        """Share of the KV pool in use (cache plus tokens generated so far), sglang:token_usage."""
-        in_flight = sum(r.generated for r in self.running)
-        return (self.cache.size + in_flight) / self.cache.budget
+        """`used_tokens` over the pool size: sglang:token_usage."""
+        return self.used_tokens() / self.cache.budget
 
     def flush_cache(self) -> bool:
         """Empty the prefix cache; refused (False) while anything runs or waits, as SGLang."""

@@ -57,7 +57,7 @@ class _EngineCollector(Collector):
         yield self._gauge(
             "sglang:num_used_tokens",
             "The number of used tokens.",
-            cache.size + sum(r.generated for r in engine.running),
+            engine.used_tokens(),
         )
         yield self._gauge("sglang:token_usage", "The token usage.", engine.token_usage())
         yield self._gauge(
