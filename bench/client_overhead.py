@@ -130,7 +130,9 @@ def wait_ready(url: str, timeout_s: float = 30.0) -> None:
 # -- the clients -------------------------------------------------------------------------------
 
 
-async def run_batch(call: Callable[[int], Awaitable[Any]], requests: int, concurrency: int) -> tuple[float, float]:
+async def run_batch(
+    call: Callable[[int], Awaitable[Any]], requests: int, concurrency: int
+) -> tuple[float, float]:
     """(CPU seconds, wall seconds) of the client process for `requests` calls."""
     semaphore = asyncio.Semaphore(concurrency)
 
@@ -143,7 +145,9 @@ async def run_batch(call: Callable[[int], Awaitable[Any]], requests: int, concur
     return time.process_time() - cpu0, time.perf_counter() - wall0
 
 
-async def measure(urls: list[str], requests: int, concurrencies: list[int], policy: str) -> list[dict[str, Any]]:
+async def measure(
+    urls: list[str], requests: int, concurrencies: list[int], policy: str
+) -> list[dict[str, Any]]:
     from modelserver import AsyncModelServer
 
     rows: list[dict[str, Any]] = []
@@ -171,8 +175,7 @@ async def measure(urls: list[str], requests: int, concurrencies: list[int], poli
         await run_batch(call, 300, 16)
     for concurrency in concurrencies:
         for name, call in clients.items():
-            cpu, wall = run = await run_batch(call, requests, concurrency)
-            del run
+            cpu, wall = await run_batch(call, requests, concurrency)
             rows.append(
                 {
                     "client": name,
@@ -217,7 +220,9 @@ async def routing_only(requests: int, policy: str) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--engine", choices=["minimal", "sim"], default="minimal")
     parser.add_argument("--engines", type=int, default=2)
