@@ -7,7 +7,8 @@ Each worker is one asyncio task walking the lifecycle of `modelserver.lifecycle`
     READY:    race the process's exit against a health probe every health_interval_s;
               `unhealthy_after` failures in a row count as a crash
     BACKOFF:  capped exponential delay with jitter, then STARTING again, at most
-              max_restarts times; after that FAILED, with the last error and the log's tail
+              max_restarts times in a row; after that FAILED, with the last error and the
+              log's tail. A worker that served for stable_after_s starts a new streak.
 
 Nothing polls a process with sleeps: a child is awaited (`proc.wait()`), a process adopted
 from a previous launcher through a pidfd registered with the event loop. The process
@@ -178,6 +179,9 @@ class Worker:
         self.proc: ProcessHandle | None = None
         self._exit: asyncio.Future[int | None] | None = None
         self._task: asyncio.Task[None] | None = None
+        self.streak = 0
+        """Failures since the worker last served for stable_after_s: what max_restarts
+        limits and the backoff grows with (`record.restarts` counts every restart)."""
         spec = plan.spec
         self.record = WorkerRecord(
             name=spec.name, model=spec.model, kind=spec.kind, url=spec.url, host=spec.host,
@@ -217,16 +221,20 @@ class Worker:
             else:
                 problem = None  # adopted: already ready
             if problem is None:
+                ready_at = self._clock.now()
                 problem = await self._watch()
+                if self._clock.now() - ready_at >= self.settings.stable_after_s:
+                    self.streak = 0  # it served well for a while: a new streak of failures
             await self._clean_up_after_failure()
-            if self.record.restarts >= self.settings.max_restarts:
+            if self.streak >= self.settings.max_restarts:
                 tail = log_tail(self.plan.log)
                 self.record.last_error = problem + (f"\n--- log tail ---\n{tail}" if tail else "")
                 self._set(S.FAILED)
                 return
             self.record.last_error = problem
             self._set(S.BACKOFF)
-            await self._clock.sleep(self.backoff_delay(self.record.restarts))
+            await self._clock.sleep(self.backoff_delay(self.streak))
+            self.streak += 1
             self.record.restarts += 1
 
     def backoff_delay(self, restarts: int) -> float:
@@ -377,6 +385,7 @@ class Supervisor:
         self._clock = clock
         self._rng = rng
         self._changed = asyncio.Condition()
+        self._notifying: set[asyncio.Task[None]] = set()
         self._started_at = time.time()
 
     def add(self, plan: WorkerPlan, previous: WorkerRecord | None = None) -> Worker:
@@ -392,7 +401,9 @@ class Supervisor:
 
     def _worker_changed(self, _worker: Worker) -> None:
         self.save()
-        asyncio.get_running_loop().create_task(self._notify())
+        task = asyncio.get_running_loop().create_task(self._notify())
+        self._notifying.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._notifying.discard)
 
     async def _notify(self) -> None:
         async with self._changed:

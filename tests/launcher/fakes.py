@@ -16,6 +16,7 @@ class FakeClock:
     def __init__(self) -> None:
         self.t = 1000.0
         self.sleeps: list[float] = []
+        self._waiters: list[tuple[float, asyncio.Future[None]]] = []
 
     def now(self) -> float:
         return self.t
@@ -23,7 +24,18 @@ class FakeClock:
     async def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
         self.t += seconds
+        for when, waiter in self._waiters:
+            if when <= self.t and not waiter.done():
+                waiter.set_result(None)
         await asyncio.sleep(0)
+
+    async def reached(self, when: float) -> None:
+        """Return once someone's sleeping has moved the clock to `when`."""
+        if self.t >= when:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((when, waiter))
+        await waiter
 
 
 class FakeProcess:

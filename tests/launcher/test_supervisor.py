@@ -182,3 +182,26 @@ async def test_failed_worker_stops_to_stopped_unless_kept(tmp_path: Path) -> Non
         "cannot be placed: GPU 9 does not exist on h (0-7)")
 
 
+
+
+async def test_a_worker_that_served_long_enough_starts_a_new_failure_streak(
+    tmp_path: Path,
+) -> None:
+    spawner, probe, clock = FakeSpawner(), FakeProbe(), FakeClock()
+    probe.up.add("http://127.0.0.1:40000")
+    sup = _supervisor(tmp_path, spawner, probe, clock, max_restarts=1, stable_after_s=60.0,
+                      ready_poll_s=0.25)
+    sup.add(_plan(tmp_path)).start()
+    worker = await _until(sup, S.READY)
+    for crash in range(3):  # more crashes than max_restarts, each after a long healthy run
+        # The health loop's sleeps move the fake clock past stable_after_s.
+        await asyncio.wait_for(clock.reached(clock.now() + 60), 10)
+        spawner.spawned[crash].exit(1)
+        await asyncio.wait_for(sup.wait_until(
+            lambda s, n=crash + 1: worker.record.restarts == n and worker.status is S.READY), 10)
+    assert worker.status is S.READY and worker.streak == 1
+    assert clock.sleeps.count(FAST["backoff_initial_s"]) == 3  # never a longer backoff
+    # A crash soon after a restart continues the streak: with max_restarts=1 that is the end.
+    spawner.spawned[3].exit(1)
+    await _until(sup, S.FAILED)
+    assert worker.record.restarts == 3
