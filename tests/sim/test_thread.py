@@ -19,3 +19,11 @@ def test_sim_thread_serves_and_takes_faults_from_sync_code() -> None:
         url = sim.url
     with pytest.raises(httpx.ConnectError):  # stopped with the with block
         httpx.get(url + "/health")
+
+
+def test_a_taken_port_fails_cleanly() -> None:
+    with SimThread(SimConfig(model="llama")) as first:
+        taken = SimThread(SimConfig(model="llama"), port=first.port)
+        with pytest.raises(OSError):
+            taken.start()
+        assert not taken._thread.is_alive()

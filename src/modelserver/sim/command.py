@@ -49,7 +49,6 @@ async def serve(config: SimConfig, host: str, port: int) -> None:
     try:
         await server.start()
     except OSError as exc:
-        await server.stop()
         raise LaunchError(f"sim: cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     try:
         print(

@@ -126,7 +126,11 @@ class SimServer:
             app, access_log=None, handle_signals=False, shutdown_timeout=0.5
         )
         await self._runner.setup()
-        await self._listen()
+        try:
+            await self._listen()
+        except OSError:
+            await self.stop()  # nothing half-started: the port was taken
+            raise
         self._driver = asyncio.create_task(self._drive(), name=f"sim-engine-{self.port}")
         self._apply_faults_at_start()
 
@@ -808,7 +812,11 @@ class SimThread:
             await server.start()
             return server
 
-        self._server = self._call(start())
+        try:
+            self._server = self._call(start())
+        except BaseException:
+            self.stop()  # do not leave the loop thread behind
+            raise
         return self
 
     def set_faults(self, spec: str) -> None:
