@@ -145,12 +145,6 @@ class LauncherConfig(_Section):
     stable_after_s: float = Field(default=120.0, gt=0)
     """A worker that served this long has recovered: its next crash starts a new streak for
     max_restarts and the backoff."""
-    ready_poll_s: float = Field(default=0.5, gt=0)
-    """How often a starting engine's readiness probe is asked."""
-    unhealthy_after: int = Field(default=3, ge=1)
-    """Failed health probes in a row after which a ready worker is restarted."""
-    backoff_jitter: float = Field(default=0.2, ge=0, lt=1)
-    """Each backoff delay is shortened by a random share up to this (spreads restarts)."""
 
 
 class BreakerConfig(_Section):
