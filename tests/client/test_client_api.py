@@ -77,13 +77,17 @@ async def test_complete_and_embed_in_order() -> None:
 async def test_stream_yields_text_pieces_across_split_chunks() -> None:
     async with client() as ms:
         pieces = [p async for p in ms.stream("chat-m", "hi")]
+        served = [w for w in ms.workers("chat-m") if w.requests]
     assert pieces == ["He", "llo", "!"]
+    # The stream counted as a success: latency and time to first token were learned.
+    assert len(served) == 1 and served[0].in_flight == 0 and served[0].errors == 0
+    assert served[0].ewma_ttft_s is not None and served[0].ewma_latency_s is not None
 
 
 async def test_map_keeps_input_order_and_reports_failures_per_item() -> None:
     inputs = ["one", "bad", "three", "four"]
     async with client() as ms:
-        items = await ms.map("chat-m", inputs, concurrency=2)
+        items = await ms.map("chat-m", inputs, concurrency=2, progress=True)
     assert [i.index for i in items] == [0, 1, 2, 3]
     assert [i.ok for i in items] == [True, False, True, True]
     assert items[0].value.text == "echo one" and items[3].value.text == "echo four"
@@ -122,3 +126,13 @@ def test_sync_client_same_api() -> None:
         assert {w.url for w in ms.workers()} == {"http://c1:1", "http://c2:2", "http://e1:1"}
     with pytest.raises(ModelServerError, match="closed"):
         ms.chat("chat-m", "x")
+
+
+async def test_map_embeds_and_completes_too() -> None:
+    async with client() as ms:
+        vectors = await ms.map("emb-m", ["a", "bb"], op="embed")
+        completions = await ms.map("chat-m", ["x"], op="complete")
+        with pytest.raises(ValueError, match="op must be"):
+            await ms.map("chat-m", ["x"], op="translate")  # type: ignore[arg-type]
+    assert [v.value for v in vectors] == [[1.0, 1.0], [2.0, 1.0]]
+    assert completions[0].value.text == "X"

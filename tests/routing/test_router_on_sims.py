@@ -11,13 +11,15 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from modelserver import AsyncModelServer, ModelServer
 from modelserver.config import RouterConfig
-from modelserver.errors import EngineRejected
+from modelserver.errors import EngineRejected, NoHealthyWorker
 from modelserver.routing import Router, WorkerEntry
 from modelserver.routing.breaker import BreakerState
 from modelserver.sim import SimConfig, SimServer, SimThread
@@ -243,3 +245,49 @@ def test_sync_client_from_16_threads_at_once() -> None:
             assert client.get_completion_or_embedding("m", "seed style", max_tokens=4)
     assert len(results) == 96 and all(r.text for r in results)
     assert {r.worker for r in results} == set(urls)
+
+
+async def test_fleet_file_client_records_a_model_down_and_back(tmp_path: Path) -> None:
+    async with sims(chat()) as servers:
+        sim = servers[0]
+        fleet = tmp_path / "fleet.toml"
+        fleet.write_text(
+            f"""
+[fleet]
+state_dir = "state"
+
+[[hosts]]
+name = "local"
+gpus = "none"
+
+[[models]]
+name = "m"
+backend = "sim"
+port = {sim.port}
+
+[router.breaker]
+failure_threshold = 1
+cooldown_s = 0.1
+success_threshold = 1
+"""
+        )
+        availability = tmp_path / "state" / "availability.json"
+        async with AsyncModelServer(fleet, probe=False) as client:
+            assert (await client.chat("m", "hi", max_tokens=4)).worker == sim.url
+            await sim.set_faults("refuse")
+            with pytest.raises(NoHealthyWorker) as caught:
+                await client.chat("m", "hi", max_tokens=4)
+            assert "circuit open" in caught.value.reasons[sim.url]
+            record = orjson.loads(availability.read_bytes())
+            assert record["m"]["available"] is False and sim.url in record["m"]["reasons"]
+            await sim.set_faults("")  # listening again on the same port
+
+            async def until_served() -> None:
+                while True:
+                    with contextlib.suppress(NoHealthyWorker):
+                        await client.chat("m", "hi", max_tokens=4)
+                        return
+                    await asyncio.sleep(0.05)  # the breaker's cool-down, then a trial
+
+            await asyncio.wait_for(until_served(), 20)
+            assert orjson.loads(availability.read_bytes())["m"]["available"] is True

@@ -338,18 +338,24 @@ class Router:
     ) -> AsyncIterator[bytes]:
         """Hand chunks on as they come; account for the attempt when the stream ends."""
         events = first.count(b"data:")
+        # A caller may stop reading once it has seen `data: [DONE]` (the end of an OpenAI
+        # stream); that is a complete, successful answer, not an abandoned one.
+        done = b"[DONE]" in first
         verdict: bool | None = None
         error: str | None = "stream closed by the caller"
         try:
             yield first
             async for chunk in chunks:
                 events += chunk.count(b"data:")
+                done = done or b"[DONE]" in chunk
                 yield chunk
             verdict, error = True, None
         except RetryableWorkerError as exc:
             verdict, error = False, _short(exc)
             raise
         finally:
+            if verdict is None and done:
+                verdict, error = True, None
             closer = getattr(chunks, "aclose", None)
             if closer is not None and verdict is None:
                 await closer()
