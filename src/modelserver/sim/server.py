@@ -51,7 +51,7 @@ from modelserver.sim.protocol import (
     error_response,
     parse_body,
 )
-from modelserver.sim.tokenizer import OUTPUT_WORDS, apply_chat_template, encode, output_text
+from modelserver.sim.tokenizer import OUTPUT_WORDS, apply_chat_template, encode, token_text
 
 VERSION = "0.5.0-sim"  # reported as SGLang's `version`; the suffix says what answered
 # SGLang's /health waits this long for its probe generation before answering 503
@@ -543,7 +543,7 @@ class SimServer:
                 out.append(_sse(responses.chat_chunk(rid, model, created, role, None)))
             for i in range(sent, req.generated):
                 last = finished and i == req.generated - 1
-                delta = {"content": output_text(req.words[: i + 1], start=i)}
+                delta = {"content": token_text(req.words, i)}
                 finish = responses.finish_reason(req) if last else None
                 out.append(_sse(responses.chat_chunk(rid, model, created, delta, finish)))
             if finished and include_usage:
@@ -577,7 +577,7 @@ class SimServer:
                 out: list[bytes] = []
                 for i in range(sent, req.generated):
                     last = finished and i == req.generated - 1
-                    text = output_text(req.words[: i + 1], start=i)
+                    text = token_text(req.words, i)
                     finish = responses.finish_reason(req) if last else None
                     out.append(
                         _sse(responses.completion_chunk(rid, body.model, created, text, finish))

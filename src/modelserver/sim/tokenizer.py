@@ -65,14 +65,18 @@ OUTPUT_FIRST_IDS: tuple[int, ...] = tuple(encode(w)[0] for w in OUTPUT_WORDS)
 OUTPUT_NEXT_IDS: tuple[int, ...] = tuple(encode(" " + w)[0] for w in OUTPUT_WORDS)
 
 
-def output_text(word_indices: Sequence[int], start: int = 0) -> str:
-    """Text of generated tokens `start..` given each token's word index.
+def output_text(word_indices: Sequence[int]) -> str:
+    """Text of generated tokens given each token's word index.
 
     The first generated token has no leading space, the others have one, so
     `encode(output_text(w))` equals `output_ids(w)`.
     """
-    parts = [(" " if i > 0 else "") + OUTPUT_WORDS[w] for i, w in enumerate(word_indices)]
-    return "".join(parts[start:])
+    return " ".join(OUTPUT_WORDS[w] for w in word_indices)
+
+
+def token_text(word_indices: Sequence[int], i: int) -> str:
+    """The text of generated token `i` alone (what one stream chunk carries)."""
+    return (" " if i > 0 else "") + OUTPUT_WORDS[word_indices[i]]
 
 
 def output_ids(word_indices: Sequence[int]) -> list[int]:
