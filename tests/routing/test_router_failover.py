@@ -309,3 +309,10 @@ async def test_launcher_state_and_probes_take_workers_out(tmp_path: Path) -> Non
     assert stats[URLS[2]] == "up"
     for _ in range(3):
         assert (await router.forward("m", CHAT, chat_body())).worker == URLS[2]
+
+    # The refused worker answers again: back after success_threshold (2) good probes.
+    router.transport.handler = lambda r: MockResponse(body=b"")  # type: ignore[attr-defined]
+    await router.probe_once()
+    assert {s.url: s.status for s in router.workers()}[URLS[1]] != "up"
+    await router.probe_once()
+    assert {s.url: s.status for s in router.workers()}[URLS[1]] == "up"
