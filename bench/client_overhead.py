@@ -91,9 +91,7 @@ def start_engines(kind: str, count: int) -> tuple[list[subprocess.Popen[bytes]],
     urls: list[str] = []
     for _ in range(count):
         if kind == "minimal":
-            proc = subprocess.Popen(
-                [sys.executable, __file__, "--serve"], stdout=subprocess.PIPE
-            )
+            proc = subprocess.Popen([sys.executable, __file__, "--serve"], stdout=subprocess.PIPE)
             assert proc.stdout is not None
             port = int(proc.stdout.readline())
         else:

@@ -139,9 +139,7 @@ class AsyncModelServer:
 
     # -- requests --------------------------------------------------------------------------
 
-    async def chat(
-        self, model: str, messages: str | Messages, **params: Any
-    ) -> Completion:
+    async def chat(self, model: str, messages: str | Messages, **params: Any) -> Completion:
         """One chat completion. `messages` is a list of OpenAI messages (a string is one user
         message). `params` go to the engine as they are (max_tokens, temperature, ...)."""
         body = {"model": model, "messages": _user_messages(messages), **params}
@@ -190,9 +188,7 @@ class AsyncModelServer:
         except (KeyError, TypeError):
             raise RequestError(f"{response.worker}: unexpected embeddings answer") from None
         if len(vectors) != len(inputs):
-            raise RequestError(
-                f"{response.worker}: {len(vectors)} vectors for {len(inputs)} texts"
-            )
+            raise RequestError(f"{response.worker}: {len(vectors)} vectors for {len(inputs)} texts")
         return vectors
 
     async def stream(
@@ -279,9 +275,7 @@ class AsyncModelServer:
         if get_embedding:
             text = message if isinstance(message, str) else str(message)
             return (await self.embed(model, [text]))[0]
-        result = await self.chat(
-            model, message, temperature=temperature, max_tokens=max_tokens
-        )
+        result = await self.chat(model, message, temperature=temperature, max_tokens=max_tokens)
         return result.text
 
     # -- fleet view and lifecycle ------------------------------------------------------------
@@ -370,7 +364,9 @@ class ModelServer:
         progress: bool = False,
         **params: Any,
     ) -> list[MapItem]:
-        return self._run(lambda: self._async.map(
+        """`AsyncModelServer.map`, waited for (the progress bar draws from the loop thread)."""
+        return self._run(
+            lambda: self._async.map(
                 model, inputs, op=op, concurrency=concurrency, progress=progress, **params
             )
         )
@@ -384,7 +380,8 @@ class ModelServer:
         get_embedding: bool = False,
     ) -> str | list[float]:
         """The seed's call, unchanged: text, or a vector with get_embedding=True."""
-        return self._run(lambda: self._async.get_completion_or_embedding(
+        return self._run(
+            lambda: self._async.get_completion_or_embedding(
                 model, message, temperature, max_tokens, get_embedding
             )
         )
@@ -396,7 +393,7 @@ class ModelServer:
         if self._closed:
             return
         try:
-            self._run(lambda: self._async.close())
+            self._run(self._async.close)
         finally:
             self._closed = True
             self._stop_loop()

@@ -38,8 +38,11 @@ def engine(request: MockRequest) -> MockResponse:
     return MockResponse(
         json={
             "choices": [{"message": {"content": f"echo {last}"}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 12, "completion_tokens": 3,
-                      "prompt_tokens_details": {"cached_tokens": 8}},
+            "usage": {
+                "prompt_tokens": 12,
+                "completion_tokens": 3,
+                "prompt_tokens_details": {"cached_tokens": 8},
+            },
         }
     )
 

@@ -43,8 +43,11 @@ def chat_answer(
             "id": "x",
             "object": "chat.completion",
             "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": text},
-                 "finish_reason": "stop"}
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "stop",
+                }
             ],
             "usage": {
                 "prompt_tokens": prompt_tokens,

@@ -38,9 +38,10 @@ async def test_hung_worker_is_cut_off_and_failing_one_reported() -> None:
 
 
 def test_latency_command_prints_a_table_sorted_by_latency(tmp_path: Path) -> None:
-    with SimThread(SimConfig(model="a", speed=50)) as a, SimThread(
-        SimConfig(model="b", speed=50)
-    ) as b:
+    with (
+        SimThread(SimConfig(model="a", speed=50)) as a,
+        SimThread(SimConfig(model="b", speed=50)) as b,
+    ):
         fleet = tmp_path / "fleet.toml"
         fleet.write_text(
             f"""

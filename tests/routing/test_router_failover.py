@@ -295,9 +295,13 @@ async def test_launcher_state_and_probes_take_workers_out(tmp_path: Path) -> Non
     router.state_dir = tmp_path
     (tmp_path / "state-local.json").write_bytes(
         orjson.dumps(
-            {"host": "local", "workers": [
-                {"url": URLS[0], "status": "failed"}, {"url": URLS[2], "status": "ready"}
-            ]}
+            {
+                "host": "local",
+                "workers": [
+                    {"url": URLS[0], "status": "failed"},
+                    {"url": URLS[2], "status": "ready"},
+                ],
+            }
         )
     )
     await router.probe_once()

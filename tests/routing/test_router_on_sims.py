@@ -70,13 +70,13 @@ async def wait_until(condition: Callable[[], bool], what: str, timeout_s: float 
 @pytest.mark.parametrize("policy", ["round_robin", "least_load", "cache_aware", "fastest"])
 async def test_load_spreads_over_every_replica(policy: str) -> None:
     async with sims(chat(), chat(), chat()) as servers:
-        client = AsyncModelServer(
-            {"m": [s.url for s in servers]}, policy=policy, probe=False
-        )
+        client = AsyncModelServer({"m": [s.url for s in servers]}, policy=policy, probe=False)
         async with client:
             results = await asyncio.gather(
-                *(client.chat("m", messages(f"question {i} " * 30), max_tokens=16)
-                  for i in range(60))
+                *(
+                    client.chat("m", messages(f"question {i} " * 30), max_tokens=16)
+                    for i in range(60)
+                )
             )
     counts = Counter(r.worker for r in results)
     # fastest sticks to one worker by design, but must have measured every one first.
@@ -146,8 +146,9 @@ async def test_a_worker_killed_mid_run_loses_no_request(how: str) -> None:
                 for i in range(45)
             ]
             if not how.startswith("crash"):
-                await wait_until(lambda: client.router.worker(victim.url).in_flight > 0,
-                                 "requests on the victim")
+                await wait_until(
+                    lambda: client.router.worker(victim.url).in_flight > 0, "requests on the victim"
+                )
                 if how == "refuse":
                     await victim.set_faults("refuse")
                 else:
@@ -163,8 +164,7 @@ async def test_a_hung_worker_is_abandoned_and_the_request_succeeds_elsewhere() -
         router.add_observer(recorder)
         async with router:
             body = {"model": "m", "messages": messages("hi"), "max_tokens": 8}
-            responses = [await router.forward("m", "/v1/chat/completions", body)
-                         for _ in range(4)]
+            responses = [await router.forward("m", "/v1/chat/completions", body) for _ in range(4)]
     assert all(r.worker == servers[1].url for r in responses)
     assert responses[0].attempts == 2  # first try went to the hung worker, then elsewhere
     hung = [r for r in recorder.results if r.worker == servers[0].url]
@@ -216,7 +216,9 @@ async def test_a_400_is_not_retried() -> None:
 
 async def test_embeddings_route_to_embedding_workers_only() -> None:
     async with sims(
-        chat(), chat(), SimConfig(model="emb", kind="embedding", speed=FAST),
+        chat(),
+        chat(),
+        SimConfig(model="emb", kind="embedding", speed=FAST),
         SimConfig(model="emb", kind="embedding", speed=FAST),
     ) as servers:
         embedding_urls = {s.url for s in servers[2:]}
@@ -239,8 +241,7 @@ def test_sync_client_from_16_threads_at_once() -> None:
         with ModelServer({"m": urls}, policy="least_load") as client:
             with ThreadPoolExecutor(16) as pool:
                 results = list(
-                    pool.map(lambda i: client.chat("m", messages(f"t{i}"), max_tokens=8),
-                             range(96))
+                    pool.map(lambda i: client.chat("m", messages(f"t{i}"), max_tokens=8), range(96))
                 )
             assert client.get_completion_or_embedding("m", "seed style", max_tokens=4)
     assert len(results) == 96 and all(r.text for r in results)

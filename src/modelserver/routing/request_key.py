@@ -24,7 +24,7 @@ class RequestInfo:
 
 
 def kind_of_path(path: str) -> str | None:
-    """"chat" or "embedding" for the OpenAI routes, None for anything else (passed through)."""
+    """ "chat" or "embedding" for the OpenAI routes, None for anything else (passed through)."""
     if path in EMBEDDING_PATHS:
         return "embedding"
     if path in CHAT_PATHS:
@@ -58,7 +58,5 @@ def _content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # OpenAI content parts: keep the text ones
-        return "".join(
-            str(part.get("text", "")) for part in content if isinstance(part, dict)
-        )
+        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
     return "" if content is None else str(content)

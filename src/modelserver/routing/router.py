@@ -93,8 +93,9 @@ class Router:
         self._headers: dict[str, dict[str, str]] = {}
         self._probe_task: asyncio.Task[None] | None = None
         for entry in entries:
-            self.add_worker(entry.model, entry.url, entry.kind, name=entry.name,
-                            api_key=entry.api_key)
+            self.add_worker(
+                entry.model, entry.url, entry.kind, name=entry.name, api_key=entry.api_key
+            )
 
     # -- construction --------------------------------------------------------------------
 
@@ -279,18 +280,21 @@ class Router:
                 return await self._start_stream(worker, request, answer, attempt, start)
             data = await answer.read()
         except RetryableWorkerError as exc:
-            self._finish(worker, request, attempt, False, status, _short(exc), start, None, None,
-                         stream)
+            self._finish(
+                worker, request, attempt, False, status, _short(exc), start, None, None, stream
+            )
             raise
         except EngineRejected as exc:
             # The request was wrong, not the worker: no mark against its circuit.
-            self._finish(worker, request, attempt, None, status, _short(exc), start, None, None,
-                         stream)
+            self._finish(
+                worker, request, attempt, None, status, _short(exc), start, None, None, stream
+            )
             raise
         except BaseException:
             # Cancelled by the caller: no verdict on the worker either.
-            self._finish(worker, request, attempt, None, status, "cancelled", start, None, None,
-                         stream)
+            self._finish(
+                worker, request, attempt, None, status, "cancelled", start, None, None, stream
+            )
             raise
         parsed: Any = None
         tokens: int | None = None
@@ -361,8 +365,9 @@ class Router:
                 await closer()
             # The last event of an OpenAI stream is `data: [DONE]`, not a token.
             tokens = max(events - 1, 1)
-            self._finish(worker, request, attempt, verdict, status, error, start, ttft, tokens,
-                         True)
+            self._finish(
+                worker, request, attempt, verdict, status, error, start, ttft, tokens, True
+            )
 
     def _finish(
         self,
