@@ -134,7 +134,9 @@ class AsyncModelServer:
         if not self._started:
             self._started = True
             if self._probe:
-                await self.router.start()
+                await self.router.start()  # probes, and re-reads the state files each round
+            else:
+                self.router.apply_state_files()  # still honour what the launcher knows
         return self.router
 
     # -- requests --------------------------------------------------------------------------

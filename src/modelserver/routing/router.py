@@ -39,7 +39,7 @@ from modelserver.routing.availability import Availability
 from modelserver.routing.entries import WorkerEntry, entries_from_mapping
 from modelserver.routing.events import AttemptResult, RouterObserver
 from modelserver.routing.health import probe_round, read_launcher_states
-from modelserver.routing.policies import Policy, make_policy
+from modelserver.routing.policies import Policy, make_policy, usable_workers
 from modelserver.routing.request_key import RequestInfo, kind_of_path, render_text
 from modelserver.routing.response import RoutedResponse
 from modelserver.routing.retry import AttemptBudget, backoff_delay, error_for_status
@@ -197,7 +197,7 @@ class Router:
         backoff_round = 0
         while True:
             now = self._clock()
-            usable = [w for w in workers if w.out_reason(now, readmit) is None]
+            usable = usable_workers(workers, now, readmit)
             if not usable:
                 raise await self._no_healthy_worker(model, workers, now, budget)
             candidates = [w for w in usable if w.url not in tried] if tried else usable

@@ -10,7 +10,7 @@ import random
 
 from modelserver.config import RouterConfig
 from modelserver.errors import UnknownPolicy
-from modelserver.routing.policies.base import Policy, least_loaded
+from modelserver.routing.policies.base import Policy, least_loaded, usable_workers
 from modelserver.routing.policies.cache_aware import CacheAwarePolicy
 from modelserver.routing.policies.fastest import FastestPolicy
 from modelserver.routing.policies.least_load import LeastLoadPolicy
@@ -39,4 +39,5 @@ __all__ = [
     "RoundRobinPolicy",
     "least_loaded",
     "make_policy",
+    "usable_workers",
 ]

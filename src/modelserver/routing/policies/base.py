@@ -42,6 +42,13 @@ class Policy(ABC):
         """Called when a worker leaves the fleet; forget anything kept about it."""
 
 
+def usable_workers(workers: Sequence[Worker], now: float, readmit_after_s: float) -> list[Worker]:
+    """The one shared rule for "may take a request now": healthy (probes, launcher), circuit
+    not open (half-open: only if its trial slot is free), not draining, not ejected
+    (`Worker.out_reason` gives the reason for each one left out)."""
+    return [w for w in workers if w.out_reason(now, readmit_after_s) is None]
+
+
 def latency_estimate(worker: Worker, default: float) -> float:
     """The worker's learned seconds per token, or `default` while it has no samples."""
     return worker.ewma_latency if worker.ewma_latency is not None else default
