@@ -43,12 +43,26 @@ def _encode_piece(piece: str) -> tuple[int, ...]:
     )
 
 
-def encode(text: str) -> list[int]:
-    """Token ids of `text` (no special tokens)."""
+def _encode(text: str) -> list[int]:
     ids: list[int] = []
     for match in _PIECE.finditer(text):
         ids.extend(_encode_piece(match.group()))
     return ids
+
+
+@lru_cache(maxsize=4096)
+def _encode_cached(text: str) -> tuple[int, ...]:
+    return tuple(_encode(text))
+
+
+_CACHED_TEXT_LIMIT = 8192  # characters; system prompts and roles repeat, documents rarely
+
+
+def encode(text: str) -> list[int]:
+    """Token ids of `text` (no special tokens)."""
+    if len(text) <= _CACHED_TEXT_LIMIT:
+        return list(_encode_cached(text))
+    return _encode(text)
 
 
 # Output vocabulary: words of at most three letters, so " word" (with its leading space) is
