@@ -161,18 +161,23 @@ def _detach(fleet_file: Path, fleet: Fleet, host: str) -> int:
         os.close(out)
     expected = {w.name for w in fleet.workers(host)}
     path = state_path(fleet, host)
-    with console.status(f"starting {len(expected)} workers on {host}…"):
-        while True:
-            code = child.poll()
-            if code is not None:
-                raise LaunchError(
-                    f"the supervisor exited with code {code} before its workers were ready;"
-                    f" {log}:\n{log_tail(log)}"
-                )
-            state = read_state(path)
-            if state and _launch_done(state, child.pid, expected):
-                break
-            time.sleep(0.2)
+    try:
+        with console.status(f"starting {len(expected)} workers on {host}…"):
+            while True:
+                code = child.poll()
+                if code is not None:
+                    raise LaunchError(
+                        f"the supervisor exited with code {code} before its workers were"
+                        f" ready; {log}:\n{log_tail(log)}"
+                    )
+                state = read_state(path)
+                if state and _launch_done(state, child.pid, expected):
+                    break
+                time.sleep(0.2)
+    except KeyboardInterrupt:
+        err_console.print(f"the supervisor (pid {child.pid}) goes on in the background;"
+                          " `modelserver status` shows it, `modelserver down` stops it")
+        return 130
     rows = _state_rows(fleet, host, state)
     console.print(_table(rows))
     failed = [r for r in rows if r["status"] == "failed"]
@@ -254,16 +259,27 @@ def status(
     try:
         local: str | None = detect_host(loaded, host)
     except LaunchError:
-        local = None
+        if host is not None:
+            raise
+        local = None  # this machine is none of the hosts: probe them all
     rows: list[dict[str, Any]] = []
+    state = read_state(state_path(loaded, local)) if local is not None else None
     if local is not None:
-        rows += _state_rows(loaded, local, read_state(state_path(loaded, local)))
+        rows += _state_rows(loaded, local, state)
     remote = [w for w in loaded.workers() if w.host != local]
     rows += asyncio.run(_probe_rows(loaded, remote))
     if json_out:
         sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n")
-    else:
-        console.print(_table(rows))
+        return
+    table = _table(rows)
+    if local is not None:
+        sup = state.supervisor if state else None
+        alive = sup is not None and process_is(sup.pid, sup.create_time)
+        table.caption = (
+            f"supervisor of {local}: pid {sup.pid}" if sup is not None and alive
+            else f"no supervisor runs on {local}"
+        )
+    console.print(table)
 
 
 def _state_rows(fleet: Fleet, host: str, state: HostState | None) -> list[dict[str, Any]]:
@@ -353,13 +369,14 @@ def logs(
         for line in text:
             sys.stdout.write(line + "\n")
         sys.stdout.flush()
-        while follow:
-            chunk = handle.read()
-            if chunk:
-                sys.stdout.write(chunk.decode("utf-8", "replace"))
-                sys.stdout.flush()
-            else:
-                time.sleep(0.5)
+        with contextlib.suppress(KeyboardInterrupt):
+            while follow:
+                chunk = handle.read()
+                if chunk:
+                    sys.stdout.write(chunk.decode("utf-8", "replace"))
+                    sys.stdout.flush()
+                else:
+                    time.sleep(0.5)
 
 
 def resolve_worker(fleet: Fleet, query: str) -> WorkerSpec:
