@@ -151,3 +151,18 @@ def test_speed_scales_every_step() -> None:
     slow, fast = PerfModel(1.0), PerfModel(4.0)
     assert fast.prefill_time(4000, 4000) * 4 == slow.prefill_time(4000, 4000)
     assert fast.decode_time(32, 32_000) * 4 == slow.decode_time(32, 32_000)
+
+
+def test_decode_step_grows_with_the_context_the_batch_attends_to() -> None:
+    times = {}
+    for length in (500, 8000):
+        engine = make_engine(max_running=16, cache_tokens=400_000)
+        for i in range(16):
+            engine.submit(Request(prompt(i, length), 10, arrival=0.0))
+        clock = VirtualClock()
+        while (step := engine.begin_step(clock.now)) is not None and step.prefill:
+            clock.now += step.duration
+            engine.complete_step(step, clock.now)
+        assert step is not None and len(step.decode) == 16
+        times[length] = step.duration
+    assert times[8000] > 2 * times[500]  # 128k tokens of KV to read dwarf the weights

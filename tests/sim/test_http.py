@@ -65,6 +65,13 @@ async def test_server_info_and_its_alias(
     assert "version" in body
 
 
+async def test_old_get_server_args_route(start_sim: StartSim, http: aiohttp.ClientSession) -> None:
+    sim = await start_sim(max_running=3)
+    async with http.get(sim.url + "/get_server_args") as response:
+        body = await response.json()
+    assert body["max_running_requests"] == 3 and body["model_path"] == "llama"
+
+
 async def test_models_list_and_card(start_sim: StartSim, http: aiohttp.ClientSession) -> None:
     sim = await start_sim()
     async with http.get(sim.url + "/v1/models") as response:

@@ -6,6 +6,7 @@ from python/sglang/srt/server.py are the `get_` aliases):
     GET  /health, /health_generate                 200 when up, 503 while starting
     GET  /model_info, /get_model_info              model_path, tokenizer_path, is_generation
     GET  /server_info, /get_server_info            server args, internal_states, version
+    GET  /get_server_args                          server args alone (SGLang 0.2-0.3)
     GET  /v1/models, /v1/models/{model}            OpenAI model list / card
     POST /v1/chat/completions, /v1/completions     OpenAI-compatible, `stream` as SSE
     POST /v1/embeddings                            embedding models only
@@ -41,7 +42,12 @@ from modelserver.sim.embedding import embed
 from modelserver.sim.engine import Engine, Request, RequestTooLarge
 from modelserver.sim.faults import FaultSpecError, FaultState, parse_faults
 from modelserver.sim.metrics import SimMetrics
-from modelserver.sim.perf import CHUNKED_PREFILL_SIZE, CONTEXT_LENGTH, PerfModel
+from modelserver.sim.perf import (
+    CHUNKED_PREFILL_SIZE,
+    CONTEXT_LENGTH,
+    MEM_FRACTION_STATIC,
+    PerfModel,
+)
 from modelserver.sim.protocol import (
     BadRequest,
     ChatCompletionRequest,
@@ -384,6 +390,7 @@ class SimServer:
             r.add_get(path, self.model_info)
         for path in ("/server_info", "/get_server_info"):
             r.add_get(path, self.server_info)
+        r.add_get("/get_server_args", self.server_args)
         r.add_get("/v1/models", self.models)
         r.add_get("/v1/models/{model:.+}", self.model_card)
         r.add_post("/v1/chat/completions", self.chat)
@@ -437,25 +444,32 @@ class SimServer:
     async def model_info(self, request: web.Request) -> web.Response:
         return _json(self._model_info_body())
 
+    def _server_args(self) -> dict[str, Any]:
+        """The subset of SGLang's ServerArgs a client or router may read."""
+        config = self.config
+        return {
+            "model_path": config.effective_model_path,
+            "tokenizer_path": config.effective_model_path,
+            "served_model_name": config.model,
+            "is_embedding": config.kind == "embedding",
+            "host": self.host,
+            "port": self.port,
+            "tp_size": 1,
+            "dp_size": 1,
+            "max_running_requests": self.engine.max_running,
+            "chunked_prefill_size": CHUNKED_PREFILL_SIZE,
+            "mem_fraction_static": MEM_FRACTION_STATIC,
+            "context_length": CONTEXT_LENGTH,
+            "api_key": None,
+            "random_seed": config.seed,
+        }
+
     async def server_info(self, request: web.Request) -> web.Response:
         engine = self.engine
-        config = self.config
         return _json(
             {
-                "model_path": config.effective_model_path,
-                "tokenizer_path": config.effective_model_path,
-                "served_model_name": config.model,
-                "is_embedding": config.kind == "embedding",
-                "host": self.host,
-                "port": self.port,
-                "tp_size": 1,
-                "dp_size": 1,
-                "max_running_requests": engine.max_running,
+                **self._server_args(),
                 "max_total_num_tokens": engine.cache.budget,
-                "chunked_prefill_size": CHUNKED_PREFILL_SIZE,
-                "context_length": CONTEXT_LENGTH,
-                "api_key": None,
-                "random_seed": config.seed,
                 "internal_states": [
                     {
                         "last_gen_throughput": 0.0,
@@ -464,9 +478,13 @@ class SimServer:
                     }
                 ],
                 "version": VERSION,
-                "sim": {"speed": config.speed, "faults": self.faults.faults.describe()},
+                "sim": {"speed": self.config.speed, "faults": self.faults.faults.describe()},
             }
         )
+
+    async def server_args(self, request: web.Request) -> web.Response:
+        """SGLang 0.2.x-0.3.x `/get_server_args`: the server arguments alone."""
+        return _json(self._server_args())
 
     def _model_card(self) -> dict[str, Any]:
         return {
