@@ -165,4 +165,5 @@ def test_decode_step_grows_with_the_context_the_batch_attends_to() -> None:
             engine.complete_step(step, clock.now)
         assert step is not None and len(step.decode) == 16
         times[length] = step.duration
-    assert times[8000] > 2 * times[500]  # 128k tokens of KV to read dwarf the weights
+    # 128k tokens of KV (16.8 GB) take about as long to read as the weights (16.1 GB).
+    assert times[8000] > 1.5 * times[500]
