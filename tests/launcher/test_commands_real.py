@@ -113,15 +113,23 @@ def make_fleet(tmp_path: Path) -> Iterator[Callable[..., Fleet]]:
     yield make
     for fleet in made:
         with contextlib.suppress(Exception):
-            fleet.run("down", str(fleet.path))
+            if _pids(fleet):  # a test that ran `down` itself leaves nothing to do
+                fleet.run("down", str(fleet.path))
         with contextlib.suppress(Exception):
-            state = fleet.read()
-            pids = [w["pid"] for w in state["workers"]]
-            pids.append((state.get("supervisor") or {}).get("pid"))
-            for pid in pids:
-                if running(pid):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(pid, signal.SIGKILL)
+            for pid in _pids(fleet):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+
+
+def _pids(fleet: Fleet) -> list[int]:
+    """Processes the state file names that still run (supervisor and workers)."""
+    try:
+        state = fleet.read()
+    except FileNotFoundError:
+        return []
+    pids = [w["pid"] for w in state["workers"]]
+    pids.append((state.get("supervisor") or {}).get("pid"))
+    return [pid for pid in pids if running(pid)]
 
 
 def _all_ready(state: dict[str, Any]) -> bool:

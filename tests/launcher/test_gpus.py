@@ -4,12 +4,21 @@ import os
 from types import SimpleNamespace
 from typing import Any
 
+import psutil
 import pynvml
 import pytest
 
 from modelserver.config import parse_fleet
 from modelserver.errors import NoGpuInventory
-from modelserver.gpus import GIB, Gpu, GpuProcess, NvmlInventory, StaticInventory, describe_use
+from modelserver.gpus import (
+    GIB,
+    Gpu,
+    GpuProcess,
+    NvmlInventory,
+    StaticInventory,
+    describe_use,
+    inventory_for,
+)
 
 
 def _fake_nvml(monkeypatch: pytest.MonkeyPatch, devices: list[dict[str, Any]]) -> None:
@@ -86,3 +95,30 @@ def test_describe_use_names_the_biggest_foreign_users_not_ours() -> None:
               (GpuProcess(7781, "python", 40 * GIB), GpuProcess(42, "ours", GIB)))
     expected = "GPU 3 has 41 GiB used by pid 7781 (python)"
     assert describe_use(gpu, own_pids=frozenset({42})) == expected
+
+
+def test_placement_on_nvml_data_names_a_foreign_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelserver.placement import GpuView, plan
+
+    me = os.getpid()
+    _fake_nvml(monkeypatch, [
+        {"uuid": "GPU-0", "name": "A100", "total": 80 * GIB, "used": 41 * GIB,
+         "compute": [(me, 41 * GIB)]},
+        {"uuid": "GPU-1", "name": "A100", "total": 80 * GIB, "used": 0},
+    ])
+    fleet = parse_fleet({"hosts": [{"name": "gpu-a"}], "models": [
+        {"name": "m", "backend": "vllm", "path": "/w", "port": 31000, "replicas": 2}]})
+    result = plan(fleet, "gpu-a", GpuView(tuple(NvmlInventory().gpus())))
+    [placed] = result.placed
+    assert placed.gpu_ids == ["GPU-1"]
+    [waiting] = result.waiting
+    name = psutil.Process(me).name()
+    assert waiting.reason == (f"needs 1 GPU free on gpu-a, 0 free: GPU 0 has 41 GiB used by"
+                              f" pid {me} ({name}); GPU 1 is given to m-0@gpu-a")
+
+
+def test_hosts_with_an_inventory_in_the_fleet_file_do_not_ask_nvml() -> None:
+    fleet = parse_fleet({"hosts": [{"name": "a", "inventory": [{"index": 0, "total_gib": 8}]},
+                                   {"name": "b"}]})
+    assert isinstance(inventory_for(fleet.host("a")), StaticInventory)
+    assert isinstance(inventory_for(fleet.host("b")), NvmlInventory)
