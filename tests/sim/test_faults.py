@@ -185,3 +185,50 @@ async def test_faults_endpoint_rejects_a_bad_spec(
     async with http.post(sim.url + "/sim/faults", json={"spec": "error-rate=1"}) as response:
         assert (await response.json())["faults"] == "error-rate=1:500"
     assert await chat(http, sim.url) == 500
+
+
+async def test_crash_at_set_at_start(start_sim: StartSim) -> None:
+    sim = await start_sim(faults="crash-at=0.05")
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+        await eventually(lambda: refused(http, sim.url))
+
+
+async def test_crash_after_set_at_run_time_counts_from_then(start_sim: StartSim) -> None:
+    sim = await start_sim()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+        for _ in range(3):
+            assert await chat(http, sim.url) == 200
+        async with http.post(sim.url + "/sim/faults", json={"spec": "crash-after=1"}) as reply:
+            assert reply.status == 200
+        assert await chat(http, sim.url) == 200
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await chat(http, sim.url)
+
+
+async def test_hang_set_at_run_time_holds_new_requests(
+    start_sim: StartSim, http: aiohttp.ClientSession
+) -> None:
+    sim = await start_sim()
+    assert await chat(http, sim.url) == 200
+    await sim.set_faults("hang")
+    pending = asyncio.create_task(chat(http, sim.url))
+
+    async def accepted() -> bool:
+        return sim.faults.accepted == 1
+
+    await eventually(accepted)
+    async with http.get(sim.url + "/sim/state") as response:  # a full round trip later
+        assert (await response.json())["faults"] == "hang"
+    assert not pending.done()
+    await sim.set_faults("")
+    assert await pending == 200
+
+
+async def test_slow_ramp_is_reported_and_cleared(
+    start_sim: StartSim, http: aiohttp.ClientSession
+) -> None:
+    sim = await start_sim(faults="slow-ramp=2")
+    assert sim.faults.latency_multiplier(sim.faults.since + 10) == 21
+    assert await chat(http, sim.url) == 200  # slower, still answered
+    await sim.set_faults("")
+    assert sim.faults.latency_multiplier(sim.faults.since + 10) == 1
