@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -117,6 +118,7 @@ def make_router(
         clock=clock,
         sleep=sleep,
         observers=[recorder],
+        rng=random.Random(0),
     )
     return router, transport, clock, sleep, recorder
 

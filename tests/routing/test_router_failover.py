@@ -235,11 +235,16 @@ async def test_observer_sees_attempts_results_and_latency() -> None:
     assert router.worker(response.worker).ewma_latency == pytest.approx(0.05)  # 0.2 s / 4 tokens
 
 
-async def test_a_worker_growing_slow_is_ejected_then_readmitted_after_a_good_trial() -> None:
-    slow_url = URLS[0]
+# (`fastest` needs no ejection: it leaves a worker that grew slow by its own rule.)
+@pytest.mark.parametrize("policy", ["round_robin", "least_load", "cache_aware"])
+async def test_a_worker_growing_slow_is_ejected_then_readmitted_after_a_good_trial(
+    policy: str,
+) -> None:
     latency = {URLS[0]: 0.1, URLS[1]: 0.1, URLS[2]: 0.1}
     router, _, clock, *_ = make_router(
-        lambda r: chat_answer(), latency={"min_samples": 2, "readmit_after_s": 10}
+        lambda r: chat_answer(),
+        policy=policy,
+        latency={"min_samples": 2, "readmit_after_s": 10},
     )
 
     async def handler(request: MockRequest) -> MockResponse:
@@ -247,12 +252,17 @@ async def test_a_worker_growing_slow_is_ejected_then_readmitted_after_a_good_tri
         return chat_answer(completion_tokens=1)
 
     router.transport.handler = handler  # type: ignore[attr-defined]
-    for _ in range(9):
-        await router.forward("m", CHAT, chat_body())
-    latency[slow_url] = 2.0  # 20x the others
-    for _ in range(9):
-        await router.forward("m", CHAT, chat_body())
+    for i in range(30):
+        await router.forward("m", CHAT, chat_body(f"warm-up {i}"))
+    assert all(router.worker(url).latency_samples >= 2 for url in URLS)  # all measured
+    # The worker the policy favours now (fastest sticks to one) is the one that grows slow.
+    slow_url = (await router.forward("m", CHAT, chat_body("which one"))).worker
     slow = router.worker(slow_url)
+    latency[slow_url] = 2.0  # 20x the others
+    for i in range(30):
+        await router.forward("m", CHAT, chat_body(f"slow phase {i}"))
+        if slow.ejected_at is not None:
+            break
     assert slow.ejected_at is not None
     assert "ejected as slow" in (slow.out_reason(clock(), 10) or "")
     served_while_ejected = slow.requests
@@ -261,8 +271,8 @@ async def test_a_worker_growing_slow_is_ejected_then_readmitted_after_a_good_tri
     assert slow.requests == served_while_ejected  # no traffic during the cool-down
     latency[slow_url] = 0.1  # recovered
     clock.advance(10)
-    for _ in range(6):
-        await router.forward("m", CHAT, chat_body())
+    for i in range(30):
+        await router.forward("m", CHAT, chat_body(f"recovered {i}"))
     assert slow.ejected_at is None and slow.requests > served_while_ejected
 
 

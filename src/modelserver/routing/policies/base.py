@@ -50,14 +50,18 @@ def usable_workers(workers: Sequence[Worker], now: float, readmit_after_s: float
 
 
 def latency_estimate(worker: Worker, default: float) -> float:
-    """The worker's learned seconds per token, or `default` while it has no samples."""
-    return worker.ewma_latency if worker.ewma_latency is not None else default
+    """The worker's learned seconds per token, or `default` while it has none we trust: not
+    measured yet, or ejected and now on trial (its old EWMA is what got it ejected; judging
+    the trial by it would mean never picking it again)."""
+    if worker.ewma_latency is None or worker.ejected_at is not None:
+        return default
+    return worker.ewma_latency
 
 
 def fleet_default_latency(workers: Sequence[Worker]) -> float:
     """What to assume for a worker not measured yet: the mean of those that are (so a new
     worker is neither shunned nor flooded), or 1.0 when none is."""
-    known = [w.ewma_latency for w in workers if w.ewma_latency is not None]
+    known = [w.ewma_latency for w in workers if w.ewma_latency is not None and w.ejected_at is None]
     return sum(known) / len(known) if known else 1.0
 
 

@@ -28,10 +28,15 @@ class FastestPolicy(Policy):
 
     def select(self, workers: Sequence[Worker], request: RequestInfo) -> Worker:
         current_urls = self._current
-        unmeasured = [w for w in workers if w.ewma_latency is None and w.in_flight == 0]
+        # Not measured yet, or back from ejection for a trial: try it before judging.
+        unmeasured = [
+            w
+            for w in workers
+            if (w.ewma_latency is None or w.ejected_at is not None) and w.in_flight == 0
+        ]
         if unmeasured:
             return self.rng.choice(unmeasured)
-        measured = [w for w in workers if w.ewma_latency is not None]
+        measured = [w for w in workers if w.ewma_latency is not None and w.ejected_at is None]
         if not measured:  # all unmeasured ones are busy with their first request
             return self.rng.choice(list(workers))
         best = min(measured, key=lambda w: w.ewma_latency or 0.0)
