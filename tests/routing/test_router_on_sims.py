@@ -292,3 +292,23 @@ success_threshold = 1
 
             await asyncio.wait_for(until_served(), 20)
             assert orjson.loads(availability.read_bytes())["m"]["available"] is True
+
+
+async def test_stream_from_a_real_engine_fails_over_before_its_first_piece() -> None:
+    async with sims(chat(faults="refuse"), chat()) as servers:
+        recorder = Recorder()
+        client = AsyncModelServer(
+            {"m": [s.url for s in servers]},
+            policy="round_robin",
+            probe=False,
+            observers=[recorder],
+        )
+        async with client:
+            pieces = [p async for p in client.stream("m", "tell me a story", max_tokens=24)]
+            again = [p async for p in client.stream("m", "tell me a story", max_tokens=24)]
+    assert pieces and again and all(isinstance(p, str) for p in pieces)
+    # Each stream: refused before any chunk reached the caller, then served elsewhere.
+    assert [(r.worker == servers[0].url, r.ok) for r in recorder.results] == [
+        (True, False),
+        (False, True),
+    ] * 2
