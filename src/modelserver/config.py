@@ -152,7 +152,8 @@ class BreakerConfig(_Section):
     failures -> half-open (one trial request at a time) after `cooldown_s` -> closed after
     `success_threshold` trial successes. Names and defaults follow SGLang's model gateway
     (sgl-project/sglang `sgl-model-gateway/src/core/circuit_breaker.rs`, CircuitBreakerConfig
-    default: failure_threshold 5, success_threshold 2, timeout_duration 30 s)."""
+    default: failure_threshold 5, success_threshold 2, timeout_duration 30 s; its
+    `src/config/types.rs` uses 10 / 3 / 60 s for the router-wide default)."""
 
     failure_threshold: int = Field(default=5, ge=1)
     success_threshold: int = Field(default=2, ge=1)
