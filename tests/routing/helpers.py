@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +35,7 @@ class RecordedSleep:
     async def __call__(self, seconds: float) -> None:
         self.delays.append(seconds)
         self.clock.advance(seconds)
+        await asyncio.sleep(0)  # still let other tasks run, as a real sleep would
 
 
 def chat_answer(

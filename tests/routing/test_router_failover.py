@@ -1,5 +1,6 @@
 """The router's pick -> send -> observe -> retry loop, on a mock transport and fake clock."""
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -330,3 +331,25 @@ async def test_launcher_state_and_probes_take_workers_out(tmp_path: Path) -> Non
     assert {s.url: s.status for s in router.workers()}[URLS[1]] != "up"
     await router.probe_once()
     assert {s.url: s.status for s in router.workers()}[URLS[1]] == "up"
+
+
+async def test_drain_lets_in_flight_requests_finish_and_sends_no_new_ones() -> None:
+    release, arrived = asyncio.Event(), asyncio.Event()
+
+    async def handler(request: MockRequest) -> MockResponse:
+        if request.worker == URLS[0]:
+            arrived.set()
+            await release.wait()
+        return chat_answer()
+
+    router, *_ = make_router(handler, urls=URLS[:2])
+    held = asyncio.create_task(router.forward("m", CHAT, chat_body()))  # round robin: URLS[0]
+    await arrived.wait()
+    router.drain(URLS[0])
+    waiter = asyncio.create_task(router.wait_drained(URLS[0], timeout_s=60))
+    for _ in range(3):
+        assert (await router.forward("m", CHAT, chat_body())).worker == URLS[1]
+    assert not waiter.done()
+    release.set()
+    assert await waiter is True
+    assert (await held).worker == URLS[0]  # the in-flight request finished normally
