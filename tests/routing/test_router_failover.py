@@ -1,6 +1,7 @@
 """The router's pick -> send -> observe -> retry loop, on a mock transport and fake clock."""
 
 import asyncio
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -353,3 +354,23 @@ async def test_drain_lets_in_flight_requests_finish_and_sends_no_new_ones() -> N
     release.set()
     assert await waiter is True
     assert (await held).worker == URLS[0]  # the in-flight request finished normally
+
+
+@pytest.mark.parametrize("policy", ["fastest", "round_robin", "least_load", "cache_aware"])
+async def test_no_policy_retries_on_the_worker_that_just_failed(policy: str) -> None:
+    failed: list[str] = []
+
+    def handler(request: MockRequest) -> MockResponse:
+        if not failed or request.worker == failed[0]:
+            failed.append(request.worker)
+            return error_answer(503, "busy")
+        return chat_answer()
+
+    router, transport, _, sleep, _ = make_router(handler, policy=policy)
+    for i in range(5):  # the failing worker stays failing; the others never are
+        response = await router.forward("m", CHAT, chat_body(f"same conversation {i}" * 20))
+        assert response.worker != failed[0]
+    attempts = [r.worker for r in transport.requests]
+    # Whenever an attempt went to the failing worker, the next one went elsewhere.
+    assert all(b != a for a, b in itertools.pairwise(attempts) if a == failed[0])
+    assert sleep.delays == []
