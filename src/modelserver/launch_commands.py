@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,6 +29,7 @@ from modelserver.state import (
     LOG_MODE,
     HostState,
     SupervisorLock,
+    WorkerRecord,
     log_path,
     log_tail,
     process_is,
@@ -105,6 +107,8 @@ async def _serve(fleet: Fleet, host: str, progress: bool) -> int:
             starting.cancel()
             return 130
         supervisor = starting.result()
+        if not progress:
+            supervisor.listeners.append(_transition_logger())
         settled = asyncio.ensure_future(supervisor.wait_until(Supervisor.settled))
         if progress:
             with Live(get_renderable=lambda: _table(_local_rows(supervisor)), console=console):
@@ -137,6 +141,25 @@ async def _first(work: asyncio.Future[Any], stop: asyncio.Event) -> bool:
     await asyncio.wait({work, stopper}, return_when=asyncio.FIRST_COMPLETED)
     stopper.cancel()
     return work.done()
+
+
+def _transition_logger() -> Callable[[WorkerRecord], None]:
+    """Log each status change of a worker (the detached supervisor's log tells its story)."""
+    last: dict[str, tuple[str, int | None]] = {}
+
+    def log(record: WorkerRecord) -> None:
+        if last.get(record.name) != (record.status, record.pid):
+            last[record.name] = (record.status, record.pid)
+            _log(_describe(record))
+
+    return log
+
+
+def _describe(record: WorkerRecord) -> str:
+    error = (record.last_error or "").splitlines()
+    why = f" ({error[0]})" if error and record.status in ("backoff", "failed") else ""
+    pid = f" pid {record.pid}" if record.pid else ""
+    return f"{record.name} {record.status}{pid} restarts {record.restarts}{why}"
 
 
 def _log(message: str) -> None:

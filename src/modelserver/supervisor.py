@@ -386,6 +386,8 @@ class Supervisor:
         self._rng = rng
         self._changed = asyncio.Condition()
         self._notifying: set[asyncio.Task[None]] = set()
+        self.listeners: list[Callable[[WorkerRecord], None]] = []
+        """Called with a worker's record after each change (e.g. to log transitions)."""
         self._started_at = time.time()
 
     def add(self, plan: WorkerPlan, previous: WorkerRecord | None = None) -> Worker:
@@ -399,8 +401,10 @@ class Supervisor:
         self.workers[plan.spec.name] = worker
         return worker
 
-    def _worker_changed(self, _worker: Worker) -> None:
+    def _worker_changed(self, worker: Worker) -> None:
         self.save()
+        for listener in self.listeners:
+            listener(worker.record)
         task = asyncio.get_running_loop().create_task(self._notify())
         self._notifying.add(task)  # the loop keeps only weak references to tasks
         task.add_done_callback(self._notifying.discard)
