@@ -97,8 +97,9 @@ class WrongModelKind(RequestError):
         self.model = model
         self.kind = kind
         self.wanted = wanted
+        article = "an" if kind[:1] in "aeiou" else "a"
         super().__init__(
-            f"model {model!r} is a {kind} model; it cannot serve a {wanted} request"
+            f"model {model!r} is {article} {kind} model; it cannot serve a {wanted} request"
         )
 
 

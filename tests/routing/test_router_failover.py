@@ -161,7 +161,7 @@ async def test_chat_to_an_embedding_model_names_its_kind() -> None:
     router, transport, *_ = make_router(
         lambda r: chat_answer(), extra=[WorkerEntry("emb", "http://e1:1", "embedding")]
     )
-    with pytest.raises(WrongModelKind, match="'emb' is a embedding model"):
+    with pytest.raises(WrongModelKind, match="'emb' is an embedding model"):
         await router.forward("emb", CHAT, chat_body())
     with pytest.raises(WrongModelKind):
         await router.forward("m", "/v1/embeddings", {"input": ["x"]})
