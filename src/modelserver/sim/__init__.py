@@ -4,6 +4,7 @@
 
 from modelserver.sim.config import SimConfig
 from modelserver.sim.faults import Faults, FaultSpecError, parse_faults
-from modelserver.sim.server import SimServer, SimThread
+from modelserver.sim.server import SimServer
+from modelserver.sim.thread import SimThread
 
 __all__ = ["FaultSpecError", "Faults", "SimConfig", "SimServer", "SimThread", "parse_faults"]

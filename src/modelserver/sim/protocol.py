@@ -1,4 +1,5 @@
-"""Request bodies the simulated engine accepts, and the error body it answers with.
+"""Request bodies the simulated engine accepts, how prompts become token ids, and the error
+body it answers with.
 
 Field names and defaults follow SGLang's own models
 (python/sglang/srt/entrypoints/openai/protocol.py: ChatCompletionRequest, CompletionRequest,
@@ -15,6 +16,9 @@ from typing import Any, TypeVar
 import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from modelserver.sim.perf import CONTEXT_LENGTH
+from modelserver.sim.tokenizer import encode
 
 M = TypeVar("M", bound="BaseModel")
 
@@ -98,6 +102,11 @@ class GenerateRequest(_Lenient):
         return value
 
 
+class EngineDied(Exception):
+    """The simulated engine crashed (or stopped) while the request was in flight; the
+    connection is dropped without an answer, as a dead process would drop it."""
+
+
 class BadRequest(Exception):
     """The request body is wrong; answered as a 400 in OpenAI's error shape."""
 
@@ -114,6 +123,10 @@ _ERROR_TYPES = {
     500: "InternalServerError",
     503: "ServiceUnavailableError",
 }
+
+
+def json_response(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
 
 def error_response(message: str, status: int = 400, param: str | None = None) -> web.Response:
@@ -147,3 +160,36 @@ async def parse_body(request: web.Request, model: type[M]) -> M:
             f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
         )
         raise BadRequest(problems, param=where) from None
+
+
+def prompts_of(prompt: object, param: str = "prompt") -> list[list[int]]:
+    """Token ids of each prompt: a string, token ids, or a list of either."""
+    prompts: list[list[int]] = []
+    if isinstance(prompt, str):
+        prompts = [encode(prompt)]
+    elif isinstance(prompt, list) and prompt and all(isinstance(p, int) for p in prompt):
+        prompts = [[int(p) for p in prompt]]
+    elif isinstance(prompt, list):
+        for item in prompt:
+            if isinstance(item, str):
+                prompts.append(encode(item))
+            elif isinstance(item, list) and all(isinstance(t, int) for t in item):
+                prompts.append([int(t) for t in item])
+            else:
+                raise BadRequest("prompts are strings or lists of token ids", param=param)
+    else:
+        raise BadRequest("prompts are strings or lists of token ids", param=param)
+    if not prompts or any(not p for p in prompts):
+        raise BadRequest("the prompt is empty", param=param)
+    return prompts
+
+
+def check_context(prompt_tokens: int, max_new: int) -> None:
+    if prompt_tokens + max_new > CONTEXT_LENGTH:
+        raise BadRequest(
+            f"Requested token count exceeds the model's maximum context length of "
+            f"{CONTEXT_LENGTH} tokens. You requested a total of {prompt_tokens + max_new} "
+            f"tokens: {prompt_tokens} tokens from the input messages and {max_new} tokens "
+            f"for the completion. Please reduce the number of tokens in the input "
+            f"messages or the completion to fit within the limit."
+        )

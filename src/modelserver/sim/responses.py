@@ -13,8 +13,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from modelserver.sim.engine import Request
 from modelserver.sim.tokenizer import output_ids, output_text
+
+
+def sse(body: Any) -> bytes:
+    """One server-sent event carrying `body` as JSON."""
+    return b"data: " + orjson.dumps(body) + b"\n\n"
 
 
 def usage(requests: list[Request]) -> dict[str, Any]:
