@@ -56,3 +56,26 @@ def test_the_flag_lists_are_real_lists() -> None:
     assert len(_flags("sglang-0.2.15-flags.txt")) > 40
     assert len(_flags("vllm-0.11.0-flags.txt")) > 100
     assert "--is-embedding" not in _flags("vllm-0.11.0-flags.txt")
+
+
+@pytest.mark.parametrize("kind", ["chat", "embedding"])
+def test_llamacpp_flags_exist_in_llama_server_and_parse_in_our_runner(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelserver.backends import xllamacpp_runner
+
+    monkeypatch.setenv("PATH", "")  # no llama-server: the argv starts with our runner
+    fleet = parse_fleet({"hosts": [{"name": "h"}], "models": [
+        {"name": "q", "backend": "llamacpp", "kind": kind, "path": "/w/q.gguf", "port": 30000,
+         "api_key": "k", "options": {"ctx_size": 2048, "parallel": 2, "threads": 1}}]})
+    [placement] = plan(fleet, "h", GpuView()).placed
+    argv = list(backend_for("llamacpp").command(placement, fleet).argv)
+    assert argv[1:3] == ["-m", xllamacpp_runner.__name__]
+    flags = {arg for arg in argv if arg.startswith("--")}
+    assert flags - _flags("llama-server-flags.txt") == set()
+    options = xllamacpp_runner.parse_args(argv[3:])
+    numbers = (options.port, options.ctx_size, options.parallel, options.threads)
+    assert numbers == (30000, 2048, 2, 1)
+    assert options.aliases == ("q",) and options.api_keys == ("k",)
+    assert options.embedding is (kind == "embedding")
+    assert options.pooling == ("mean" if kind == "embedding" else None)
