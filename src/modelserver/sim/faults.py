@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Any
 
 from modelserver.errors import ModelServerError
 
@@ -78,7 +79,7 @@ def _number(item: str, text: str, *, integer: bool = False) -> float:
 
 def parse_faults(spec: str) -> Faults:
     """Parse a fault spec (see the module docstring); raises FaultSpecError."""
-    fields: dict[str, object] = {}
+    fields: dict[str, Any] = {}
     for raw in spec.split(","):
         item = raw.strip()
         if not item:
@@ -113,7 +114,7 @@ def parse_faults(spec: str) -> Faults:
             fields["error_status"] = status
         else:
             raise FaultSpecError(f"unknown fault {name!r} in {spec!r}; allowed: {GRAMMAR}")
-    return Faults(**fields)  # type: ignore[arg-type]
+    return Faults(**fields)
 
 
 class FaultState:

@@ -129,7 +129,7 @@ class GenerationRoutes:
         await self.server.wait_all(reqs, await self.server.admit(reqs))
         return json_response(responses.completion(rid, body.model, created, reqs))
 
-    async def embeddings(self, request: web.Request) -> web.Response:
+    async def embeddings(self, request: web.Request) -> web.StreamResponse:
         body = await parse_body(request, EmbeddingRequest)
         self.server.require_kind("embedding")
         prompts = prompts_of(body.input)
@@ -137,7 +137,7 @@ class GenerationRoutes:
             check_context(len(tokens), 0)
         early = await self.server.gate(request)
         if early is not None:
-            return early  # type: ignore[return-value]
+            return early
         reqs = [self.server.new_request(t, 0) for t in prompts]
         await self.server.wait_all(reqs, await self.server.admit(reqs))
         vectors = [embed(r.tokens) for r in reqs]
