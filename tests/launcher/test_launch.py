@@ -3,8 +3,12 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import psutil
 import pytest
 
 from modelserver.config import WorkerSpec, parse_fleet
@@ -13,7 +17,7 @@ from modelserver.gpus import Gpu, StaticInventory
 from modelserver.launch import detect_host, launch, ports_held_by_others
 from modelserver.launch_commands import resolve_worker
 from modelserver.lifecycle import WorkerStatus
-from modelserver.state import read_state
+from modelserver.state import HostState, WorkerRecord, read_state, write_state
 from modelserver.supervisor import Supervisor
 
 from .fakes import FakeClock, FakeProbe, FakeSpawner
@@ -125,5 +129,77 @@ async def test_launch_places_gpu_workers_from_a_static_inventory(tmp_path: Path)
         argv = list(spec.argv)
         assert argv[argv.index("--mem-fraction-static") + 1] == "0.85"  # 72/80 - 0.05
         assert sup.workers["big-0@local"].record.gpus == ["GPU-free"]
+    finally:
+        await sup.stop_all()
+
+
+@pytest.fixture
+def stranger() -> Iterator[subprocess.Popen[bytes]]:
+    """A live process in its own session, standing for a worker a previous launcher left."""
+    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _previous_state(tmp_path: Path, url: str, pid: int, create_time: float) -> None:
+    record = WorkerRecord(name="tiny-0@local", model="tiny", kind="chat", url=url,
+                          host="local", port=int(url.rsplit(":", 1)[1]), status="ready",
+                          pid=pid, create_time=create_time, restarts=4)
+    write_state(tmp_path / "state-local.json",
+                HostState(host="local", fleet="fleet", workers=[record]))
+
+
+def _tiny_fleet(tmp_path: Path) -> Any:
+    return parse_fleet({"fleet": {"state_dir": str(tmp_path)}, "hosts": [{"name": "local"}],
+                        "models": [{"name": "tiny", "backend": "sim", "port": _free_port()}]})
+
+
+@pytest.mark.parametrize("healthy", [True, False])
+async def test_a_live_worker_of_a_previous_launcher_is_adopted_only_if_healthy(
+    tmp_path: Path, stranger: subprocess.Popen[bytes], healthy: bool,
+) -> None:
+    fleet = _tiny_fleet(tmp_path)
+    [spec] = fleet.workers()
+    _previous_state(tmp_path, spec.url, stranger.pid, psutil.Process(stranger.pid).create_time())
+    spawner, probe = FakeSpawner(), FakeProbe()
+    if healthy:
+        probe.up.add(spec.url)
+    else:
+        probe.fail_next = 1  # the adoption probe fails; the fresh start then answers
+        probe.up.add(spec.url)
+    sup = await launch(fleet, "local", spawner=spawner, probe=probe, clock=FakeClock())
+    try:
+        await asyncio.wait_for(sup.wait_until(Supervisor.settled), 10)
+        worker = sup.workers[spec.name]
+        assert worker.status is WorkerStatus.READY
+        if healthy:
+            assert worker.record.pid == stranger.pid and spawner.specs == []
+            assert worker.record.restarts == 4  # its history is kept
+        else:
+            stranger.wait(timeout=10)  # its group was killed (launch reaped it already)
+            assert not psutil.pid_exists(stranger.pid)
+            assert worker.record.pid == 5000 and len(spawner.specs) == 1
+            assert worker.record.restarts == 5  # dying unwatched counts as a restart
+    finally:
+        sup.workers[spec.name].detach()
+
+
+async def test_a_reused_pid_is_neither_adopted_nor_killed(
+    tmp_path: Path, stranger: subprocess.Popen[bytes],
+) -> None:
+    fleet = _tiny_fleet(tmp_path)
+    [spec] = fleet.workers()
+    created = psutil.Process(stranger.pid).create_time()
+    _previous_state(tmp_path, spec.url, stranger.pid, created - 3600)  # same pid, older process
+    spawner, probe = FakeSpawner(), FakeProbe()
+    probe.up.add(spec.url)
+    sup = await launch(fleet, "local", spawner=spawner, probe=probe, clock=FakeClock())
+    try:
+        await asyncio.wait_for(sup.wait_until(Supervisor.settled), 10)
+        assert sup.workers[spec.name].record.pid == 5000  # started afresh
+        assert stranger.poll() is None  # the stranger was left alone
     finally:
         await sup.stop_all()
