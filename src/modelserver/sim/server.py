@@ -46,6 +46,8 @@ from modelserver.sim.protocol import BadRequest, EngineDied, error_response, jso
 from modelserver.sim.tokenizer import OUTPUT_WORDS
 
 _UNAUTHENTICATED_PREFIXES = ("/health", "/metrics", "/sim/")
+# How far behind its planned timeline the engine may fall and still catch up.
+CATCH_UP_SECONDS = 0.05
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -209,18 +211,30 @@ class SimServer:
                 on_progress()
 
     async def _drive(self) -> None:
-        """Run engine steps on the asyncio clock, sleeping for each step's GPU time."""
+        """Run engine steps on the asyncio clock, sleeping for each step's GPU time.
+
+        Steps are laid end to end on a planned timeline: a sleep that overshoots (a busy
+        machine) is made up by the next steps instead of slowing the simulated GPU down, as
+        long as the lag stays under CATCH_UP_SECONDS. Engine times are the planned ones, so
+        `meta_info` latencies and the metrics follow the model, not the host's load.
+        """
         loop = asyncio.get_running_loop()
+        planned_end = loop.time()
         while True:
             engine = self.engine
-            step = engine.begin_step(loop.time())
+            now = loop.time()
+            start = planned_end if now - planned_end < CATCH_UP_SECONDS else now
+            if engine.queue:  # never start a step before the newest waiting request arrived
+                start = max(start, engine.queue[-1].arrival)
+            step = engine.begin_step(start)
             if step is None:
                 self._wake.clear()
                 await self._wake.wait()
+                planned_end = loop.time()
                 continue
-            delay = step.duration * self.faults.latency_multiplier(time.monotonic())
-            await asyncio.sleep(delay)
-            engine.complete_step(step, loop.time())
+            planned_end = start + step.duration * self.faults.latency_multiplier(time.monotonic())
+            await asyncio.sleep(max(0.0, planned_end - loop.time()))
+            engine.complete_step(step, planned_end)
 
     # --- requests through the engine -----------------------------------------------------
 
