@@ -159,7 +159,9 @@ def test_up_detach_then_status_json_then_down_leaves_no_process(
         assert required <= set(row)
         assert row["status"] == "ready" and row["host"] == "local" and row["restarts"] == 0
     # The engine's key is never shown: not by status, not in the state file, not in the log.
-    log = (fleet.state.parent / "logs" / "tiny-0@local.log").read_text()
+    log_file = fleet.state.parent / "logs" / "tiny-0@local.log"
+    assert log_file.stat().st_mode & 0o002 == 0  # not world-writable
+    log = log_file.read_text()
     assert SECRET not in status.stdout + fleet.state.read_text() + log
     assert "--api-key ***" in log
 
