@@ -71,7 +71,12 @@ def main() -> None:
     except Exception as exc:  # click usage errors arrive here in standalone_mode=False
         import click
 
-        if isinstance(exc, click.ClickException):
+        # typer >= 0.29 vendors click: its usage errors are not click.ClickException, but
+        # they still carry show() and exit_code.
+        exit_code = getattr(exc, "exit_code", None)
+        if isinstance(exc, click.ClickException) or (
+            hasattr(exc, "show") and isinstance(exit_code, int)
+        ):
             exc.show()
-            sys.exit(exc.exit_code)
+            sys.exit(exit_code)
         raise
