@@ -111,6 +111,13 @@ def test_sim_process_rejects_a_bad_fault_spec(processes: Processes) -> None:
     assert "unknown fault 'melt'" in processes.log("bad")
 
 
+def test_sim_process_usage_error_prints_usage_not_a_traceback(processes: Processes) -> None:
+    process = processes.start("usage", [sys.executable, "-m", "modelserver", "sim", "--model", "m"])
+    assert process.wait(timeout=30) == 2
+    log = processes.log("usage")
+    assert "Missing option '--port'" in log and "Traceback" not in log
+
+
 def test_sglang_router_routes_to_simulated_engines(processes: Processes, tmp_path: Path) -> None:
     """SGLang's own router (the sglang-router wheel) accepts two sims as workers."""
     pytest.importorskip("sglang_router", reason="the sglang-router wheel is not installed")
