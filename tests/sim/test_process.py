@@ -85,12 +85,13 @@ def start_sim(processes: Processes, name: str, *extra: str) -> str:
     return url
 
 
-def test_sim_process_answers_and_stops_on_sigterm(processes: Processes) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sim_process_answers_and_stops_on_a_signal(processes: Processes, signum: int) -> None:
     url = start_sim(processes, "sim")
     reply = httpx.post(url + "/v1/chat/completions", json=CHAT)
     assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 3
     (process,) = processes.started
-    os.killpg(process.pid, signal.SIGTERM)
+    os.killpg(process.pid, signum)
     assert process.wait(timeout=10) == 0
 
 
