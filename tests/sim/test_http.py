@@ -427,6 +427,7 @@ async def test_sim_state_reports_the_engine(
     assert state["running"] == 0 and state["queued"] == 0
     assert state["cache_tokens_budget"] == 9000 and state["cache_tokens_used"] > 0
     assert state["requests_served"] == 1
+    assert state["max_running"] == 256  # perf.DEFAULT_MAX_RUNNING
 
 
 async def test_the_openai_client_library_can_use_it(start_sim: StartSim) -> None:

@@ -48,6 +48,7 @@ class OracleRoutes:
                 "faults": self.server.faults.faults.describe(),
                 "speed": self.server.config.speed,
                 "steps": engine.steps,
+                "max_running": engine.max_running,
             }
         )
 
