@@ -22,8 +22,9 @@ from modelserver.config import Fleet, WorkerSpec, resolve_address
 from modelserver.errors import LaunchError, NoGpuInventory
 from modelserver.gpus import Gpu, GpuInventory, inventory_for
 from modelserver.placement import GpuView, Placement, Plan, plan, settle
+from modelserver.processes import AdoptedProcess, Spawner
 from modelserver.state import HostState, WorkerRecord, log_path, process_is, read_state, state_path
-from modelserver.supervisor import AdoptedProcess, Probe, Spawner, Supervisor, WorkerPlan
+from modelserver.supervisor import Probe, Supervisor, WorkerPlan
 
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 

@@ -25,6 +25,7 @@ from modelserver.clock import SystemClock
 from modelserver.config import Fleet, WorkerSpec, load_fleet
 from modelserver.errors import LaunchError
 from modelserver.launch import HttpProbe, detect_host, launch
+from modelserver.processes import SubprocessSpawner
 from modelserver.state import (
     LOG_MODE,
     HostState,
@@ -38,7 +39,7 @@ from modelserver.state import (
     supervisor_log_path,
     write_state,
 )
-from modelserver.supervisor import SubprocessSpawner, Supervisor
+from modelserver.supervisor import Supervisor
 
 console = Console()
 err_console = Console(stderr=True)

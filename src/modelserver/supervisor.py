@@ -27,14 +27,14 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from modelserver.backends.base import LaunchSpec
 from modelserver.clock import Clock
 from modelserver.config import LauncherConfig, WorkerSpec
 from modelserver.lifecycle import WorkerStatus, transition
+from modelserver.processes import ProcessHandle, Spawner
 from modelserver.state import (
-    LOG_MODE,
     HostState,
     SupervisorRecord,
     WorkerRecord,
@@ -46,100 +46,8 @@ from modelserver.state import (
 S = WorkerStatus
 
 
-class ProcessHandle(Protocol):
-    pid: int
-    create_time: float | None
-
-    async def wait(self) -> int | None:
-        """Wait for the exit; the exit code (negative: signal), None if unknown (adopted)."""
-        ...
-
-    def signal_group(self, signum: int) -> None:
-        """Send `signum` to the process group (the worker and everything it started)."""
-        ...
-
-
-class Spawner(Protocol):
-    async def spawn(self, spec: LaunchSpec, log: Path) -> ProcessHandle: ...
-
-
 Probe = Callable[[str, Sequence[str], "str | None"], Awaitable["str | None"]]
 """probe(url, paths, api_key) -> None if every path answered 200, else why not."""
-
-
-# -- real processes ------------------------------------------------------------------------
-
-
-class ChildProcess:
-    """A worker we spawned: awaited directly."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self._proc = proc
-        self.pid = proc.pid
-        self.create_time = create_time_of(proc.pid)
-
-    async def wait(self) -> int | None:
-        return await self._proc.wait()
-
-    def signal_group(self, signum: int) -> None:
-        _killpg(self.pid, signum)
-
-
-class AdoptedProcess:
-    """A worker a previous launcher spawned: not our child, so watched through a pidfd."""
-
-    def __init__(self, pid: int, create_time: float | None) -> None:
-        self.pid = pid
-        self.create_time = create_time
-        self._pidfd = os.pidfd_open(pid)
-        self._exited: asyncio.Future[None] | None = None
-
-    async def wait(self) -> int | None:
-        if self._exited is None:
-            loop = asyncio.get_running_loop()
-            exited: asyncio.Future[None] = loop.create_future()
-
-            def on_readable() -> None:  # the pidfd turns readable when the process exits
-                loop.remove_reader(self._pidfd)
-                os.close(self._pidfd)
-                if not exited.done():
-                    exited.set_result(None)
-
-            loop.add_reader(self._pidfd, on_readable)
-            self._exited = exited
-        await asyncio.shield(self._exited)
-        return None
-
-    def signal_group(self, signum: int) -> None:
-        _killpg(self.pid, signum)
-
-
-def _killpg(pgid: int, signum: int) -> None:
-    # Workers start in their own session, so their pid is their process group id.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signum)
-
-
-class SubprocessSpawner:
-    """Start an engine: no shell, own session, stdin closed, stdout+stderr to its log."""
-
-    async def spawn(self, spec: LaunchSpec, log: Path) -> ProcessHandle:
-        log.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, LOG_MODE)
-        try:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-            os.write(fd, f"\n=== {stamp} modelserver starts: {spec.shown()}\n".encode())
-            proc = await asyncio.create_subprocess_exec(
-                *spec.argv,
-                env=dict(spec.env),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=fd,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-            )
-        finally:
-            os.close(fd)
-        return ChildProcess(proc)
 
 
 # -- one worker ----------------------------------------------------------------------------

@@ -4,7 +4,6 @@ import asyncio
 import os
 import socket
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -131,17 +130,6 @@ async def test_launch_places_gpu_workers_from_a_static_inventory(tmp_path: Path)
         assert sup.workers["big-0@local"].record.gpus == ["GPU-free"]
     finally:
         await sup.stop_all()
-
-
-@pytest.fixture
-def stranger() -> Iterator[subprocess.Popen[bytes]]:
-    """A live process in its own session, standing for a worker a previous launcher left."""
-    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
-    try:
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def _previous_state(tmp_path: Path, url: str, pid: int, create_time: float) -> None:
