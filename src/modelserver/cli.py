@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from modelserver.config import load_fleet
@@ -58,9 +59,10 @@ def _register_all() -> None:
 def main() -> None:
     _register_all()
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns the code of `typer.Exit` instead of exiting.
+        code = app(standalone_mode=False)
     except ModelServerError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(2)
     except (typer.Exit, SystemExit) as exc:
         code = exc.exit_code if isinstance(exc, typer.Exit) else exc.code
@@ -80,3 +82,5 @@ def main() -> None:
             exc.show()
             sys.exit(exit_code)
         raise
+    if isinstance(code, int) and code:
+        sys.exit(code)

@@ -105,9 +105,7 @@ class ModelConfig(_Section):
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:
         if self.port + self.replicas - 1 > 65535:
-            raise ValueError(
-                f"ports {self.port}..{self.port + self.replicas - 1} run past 65535"
-            )
+            raise ValueError(f"ports {self.port}..{self.port + self.replicas - 1} run past 65535")
         if self.backend != "sim" and not self.path:
             raise ValueError(f"backend {self.backend!r} needs `path` (the model weights)")
         if self.gpus is not None:
@@ -288,8 +286,8 @@ class Fleet(_Section):
         if self.models and not self.hosts:
             raise _KeyError("hosts", "the fleet has models but no [[hosts]]")
         for index, model in enumerate(self.models):
-            for host in self.hosts_of(model):
-                _check_gpus_fit(index, model, host)
+            for host_cfg in self.hosts_of(model):
+                _check_gpus_fit(index, model, host_cfg)
         taken: dict[tuple[str, int], str] = {}
         for worker in self.workers():
             key = (worker.address, worker.port)
@@ -397,7 +395,7 @@ def _check_gpus_fit(index: int, model: ModelConfig, host: HostConfig) -> None:
     if needed and host.gpus == "none":
         raise _KeyError(
             f"models[{index}].gpus_per_replica",
-            f"{model.name!r} needs {needed} GPU(s) on host {host.name!r}, which has gpus = \"none\"",
+            f'{model.name!r} needs {needed} GPU(s) on host {host.name!r}, which has gpus = "none"',
         )
     if not isinstance(host.gpus, list):
         return

@@ -1,4 +1,4 @@
-"""Every mistake in a fleet file is one clear message naming the file, the key and what is allowed."""
+"""Every mistake in a fleet file: one clear message naming the file, the key, what is allowed."""
 
 from __future__ import annotations
 
@@ -38,7 +38,12 @@ CASES: list[tuple[str, str, str, list[str]]] = [
     ("unknown backend", HOST + SIM.replace('"sim"', '"sglan"'), "models[0].backend", ["sglang"]),
     ("unknown kind", HOST + SIM + 'kind = "completion"\n', "models[0].kind", ["embedding"]),
     ("unknown policy", '[router]\npolicy = "fast"\n', "router.policy", ["cache_aware"]),
-    ("duplicate model names", HOST + SIM + SIM.replace("31000", "32000"), "models[1].name", ["duplicate"]),
+    (
+        "duplicate model names",
+        HOST + SIM + SIM.replace("31000", "32000"),
+        "models[1].name",
+        ["duplicate"],
+    ),
     ("duplicate host names", HOST + HOST, "hosts[1].name", ["duplicate"]),
     ("model on unknown host", HOST + SIM + 'hosts = ["gpu-z"]\n', "models[0].hosts", ["'h'"]),
     (
@@ -87,7 +92,12 @@ CASES: list[tuple[str, str, str, list[str]]] = [
         ["2 × 1 = 2"],
     ),
     ("models but no hosts", SIM, "hosts", ["no [[hosts]]"]),
-    ("model name with a space", HOST + SIM.replace('"m"', '"my model"'), "models[0].name", ["pattern"]),
+    (
+        "model name with a space",
+        HOST + SIM.replace('"m"', '"my model"'),
+        "models[0].name",
+        ["pattern"],
+    ),
     ("empty host name", '[[hosts]]\nname = ""\n', "hosts[0].name", ["at least 1"]),
     ("gateway port not a number", '[gateway]\nport = "eighty"\n', "gateway.port", ["integer"]),
     (
@@ -97,10 +107,25 @@ CASES: list[tuple[str, str, str, list[str]]] = [
         ["greater than"],
     ),
     ("args not strings", HOST + SIM + "args = [1, 2]\n", "models[0].args[0]", ["string"]),
-    ("negative timeout", "[launcher]\nready_timeout_s = -5\n", "launcher.ready_timeout_s", ["greater"]),
+    (
+        "negative timeout",
+        "[launcher]\nready_timeout_s = -5\n",
+        "launcher.ready_timeout_s",
+        ["greater"],
+    ),
     ("hosts not a list", 'hosts = "h"\n', "hosts", ["list"]),
-    ("missing port", HOST + '[[models]]\nname = "m"\nbackend = "sim"\n', "models[0].port", ["required"]),
-    ("missing backend", HOST + '[[models]]\nname = "m"\nport = 1\n', "models[0].backend", ["required"]),
+    (
+        "missing port",
+        HOST + '[[models]]\nname = "m"\nbackend = "sim"\n',
+        "models[0].port",
+        ["required"],
+    ),
+    (
+        "missing backend",
+        HOST + '[[models]]\nname = "m"\nport = 1\n',
+        "models[0].backend",
+        ["required"],
+    ),
 ]
 
 
@@ -127,7 +152,7 @@ def test_there_are_at_least_thirty_distinct_mistakes() -> None:
 
 
 def test_missing_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(FleetFileError, match="nope.toml: no such file"):
+    with pytest.raises(FleetFileError, match=r"nope\.toml: no such file"):
         load_fleet(tmp_path / "nope.toml")
 
 

@@ -94,7 +94,10 @@ def test_auto_address_is_an_address_of_this_machine() -> None:
     from modelserver.netinfo import local_addresses
 
     fleet = parse_fleet(
-        {"hosts": [{"name": "h", "address": "auto"}], "models": [{"name": "m", "backend": "sim", "port": 1}]}
+        {
+            "hosts": [{"name": "h", "address": "auto"}],
+            "models": [{"name": "m", "backend": "sim", "port": 1}],
+        }
     )
     assert fleet.workers()[0].address in local_addresses()
 

@@ -77,6 +77,25 @@ def test_fastest_sticks_until_latency_grows_past_the_bound() -> None:
     assert policy.select(pool, request()) is pool[0]
 
 
+def test_fastest_tries_a_worker_it_left_again_once_its_latency_is_old() -> None:
+    clock = FakeClock()
+    pool = [Worker(f"http://w{i}:1", "m", "chat", BreakerConfig(), clock) for i in range(2)]
+    config = RouterConfig()
+    policy = make_policy("fastest", config, random.Random(3))
+    pool[0].observe_latency(0.01, alpha=1.0)
+    pool[1].observe_latency(0.10, alpha=1.0)  # slow: left behind
+    assert policy.select(pool, request()) is pool[0]
+    clock.advance(config.latency.readmit_after_s / 2)
+    pool[0].observe_latency(0.01, alpha=1.0)
+    assert policy.select(pool, request()) is pool[0]
+    clock.advance(config.latency.readmit_after_s / 2)
+    # w1's only sample is now readmit_after_s old: it gets one request to be measured again.
+    assert policy.select(pool, request()) is pool[1]
+    pool[1].observe_latency(0.005, alpha=1.0)  # it recovered and is now the fastest
+    pool[0].observe_latency(0.02, alpha=1.0)
+    assert policy.select(pool, request()) is pool[1]
+
+
 def conversation(seed: str, turns: int) -> list[str]:
     """Rendered texts of successive turns of one conversation (each extends the last)."""
     text = f"system: you are helpful. user: {seed} " + "lorem ipsum " * 20

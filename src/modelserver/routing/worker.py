@@ -42,6 +42,7 @@ class Worker:
     """One engine at one URL serving one model. Mutated only from the router's event loop."""
 
     __slots__ = (
+        "_clock",
         "api_key",
         "breaker",
         "draining",
@@ -55,6 +56,7 @@ class Worker:
         "last_probe_error",
         "latency_samples",
         "launcher_status",
+        "measured_at",
         "model",
         "name",
         "probe_failures",
@@ -87,6 +89,9 @@ class Worker:
         self.ewma_latency: float | None = None
         self.ewma_ttft: float | None = None
         self.latency_samples = 0
+        self.measured_at: float | None = None
+        """When the last latency sample came in (the router's clock)."""
+        self._clock = clock
         # Optimistic until a probe says otherwise: a fresh router can serve at once.
         self.probe_healthy = True
         self.probe_failures = 0
@@ -130,6 +135,11 @@ class Worker:
         else:
             self.ewma_latency += alpha * (seconds_per_token - self.ewma_latency)
         self.latency_samples += 1
+        self.measured_at = self._clock()
+
+    def latency_age(self) -> float | None:
+        """Seconds since the last latency sample; None if never measured."""
+        return None if self.measured_at is None else self._clock() - self.measured_at
 
     def observe_ttft(self, seconds: float, alpha: float) -> None:
         if self.ewma_ttft is None:

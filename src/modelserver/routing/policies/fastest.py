@@ -4,7 +4,10 @@ The seed sent a 256-token generation to every server in turn, kept the fastest a
 everything there until a reply took longer than LATENCY_GROWING_RATE × the bound. Here the
 latency comes from real traffic (EWMA per output token): stick to the current worker while
 its latency stays within `latency.ejection_ratio` × the best one's, else switch to the
-best. Workers never measured are tried first, once each, so every one gets a latency.
+best. Workers never measured are tried first, once each, so every one gets a latency, and
+a worker left behind is tried again once its last sample is `latency.readmit_after_s` old
+(the seed's re-probe, done with one real request instead of a 256-token probe each), so a
+worker that recovered can win back the traffic.
 """
 
 from __future__ import annotations
@@ -36,6 +39,15 @@ class FastestPolicy(Policy):
         ]
         if unmeasured:
             return self.rng.choice(unmeasured)
+        stale = [
+            w
+            for w in workers
+            if w.url != current_urls.get(request.model)
+            and w.in_flight == 0
+            and (w.latency_age() or 0.0) >= self.config.latency.readmit_after_s
+        ]
+        if stale:
+            return self.rng.choice(stale)
         measured = [w for w in workers if w.ewma_latency is not None and w.ejected_at is None]
         if not measured:  # all unmeasured ones are busy with their first request
             return self.rng.choice(list(workers))
