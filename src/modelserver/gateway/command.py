@@ -18,9 +18,9 @@ console = Console(stderr=True)
 def gateway(
     fleet: Annotated[Path, typer.Argument(help="The fleet file (TOML).", show_default=False)],
     host: Annotated[
-        str | None, typer.Option(help="Address to bind (default: [gateway] host).")
+        str | None, typer.Option(help="Address to bind (default: the fleet's gateway.host).")
     ] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default: [gateway] port).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: the fleet's gateway.port).")] = None,
 ) -> None:
     """Serve the fleet behind one OpenAI-compatible URL (chat, completions, embeddings)."""
     from modelserver.gateway.server import GatewayServer, serve_until_signalled
