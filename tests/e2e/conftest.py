@@ -1,0 +1,153 @@
+"""One fleet of real llama.cpp workers for the whole module: `examples/cpu.toml`, copied.
+
+The copy differs from the example only where a test must: free ports found now, its own
+state folder, and the model paths of a models folder `prepare_models` filled for this run.
+`modelserver up --detach` starts it as a real subprocess; the fixture's finally runs
+`modelserver down` and then kills, by process group, any process the tests ever saw (the
+supervisor and every worker pid) that still runs, so nothing outlives the module even when
+a test fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from modelserver.models import prepare_models
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "cpu.toml"
+EXAMPLE_MODELS_DIR = "~/.cache/modelserver/models"
+COMMAND_TIMEOUT_S = 120.0
+
+
+def running(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def free_port_range(count: int, avoid: set[int]) -> int:
+    """A port p such that p .. p+count-1 are free now (and none is in `avoid`)."""
+    for _ in range(200):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = int(probe.getsockname()[1])
+        ports = range(base, base + count)
+        if base + count > 65535 or avoid.intersection(ports):
+            continue
+        if all(_bindable(port) for port in ports):
+            return base
+    raise RuntimeError(f"no {count} consecutive free ports found")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def copy_cpu_example(folder: Path, models_dir: Path) -> Path:
+    """examples/cpu.toml with free ports, state in `folder/state`, models from `models_dir`."""
+    text = EXAMPLE.read_text(encoding="utf-8")
+    example = tomllib.loads(text)
+    taken: set[int] = set()
+    old_to_new: dict[int, int] = {}
+    for model in example["models"]:
+        base = free_port_range(model["replicas"], taken)
+        taken.update(range(base, base + model["replicas"]))
+        old_to_new[model["port"]] = base
+    old_to_new[example["gateway"]["port"]] = free_port_range(1, taken)
+    for old, new in old_to_new.items():
+        text, count = re.subn(rf"(?m)^(port\s*=\s*){old}\b", rf"\g<1>{new}", text)
+        assert count == 1, f"port {old} appears {count} times in {EXAMPLE}"
+    text, count = re.subn(
+        r'(?m)^state_dir\s*=\s*".*"', f'state_dir = "{folder / "state"}"', text
+    )
+    assert count == 1
+    assert text.count(EXAMPLE_MODELS_DIR) == len(example["models"])
+    text = text.replace(EXAMPLE_MODELS_DIR, str(models_dir))
+    path = folder / "cpu.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@dataclass
+class CpuFleet:
+    path: Path
+    state_file: Path
+    seen_pids: set[int] = field(default_factory=set)
+    """Every supervisor and worker pid the tests have seen: none may outlive `down`."""
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "modelserver", *args],
+            capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, cwd=self.path.parent,
+        )
+
+    def status(self) -> list[dict[str, Any]]:
+        """`modelserver status FLEET --json`, remembering the pids it names."""
+        done = self.run("status", str(self.path), "--json")
+        assert done.returncode == 0, done.stderr
+        rows: list[dict[str, Any]] = json.loads(done.stdout)
+        self.seen_pids.update(row["pid"] for row in rows if row["pid"])
+        return rows
+
+    def state(self) -> dict[str, Any]:
+        """The state file as the supervisor last wrote it (remembering its pids)."""
+        state: dict[str, Any] = json.loads(self.state_file.read_text())
+        self.seen_pids.update(w["pid"] for w in state["workers"] if w["pid"])
+        if state.get("supervisor"):
+            self.seen_pids.add(state["supervisor"]["pid"])
+        return state
+
+    def worker(self, name: str) -> dict[str, Any]:
+        return next(w for w in self.state()["workers"] if w["name"] == name)
+
+
+@pytest.fixture(scope="module")
+def cpu_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CpuFleet]:
+    folder = tmp_path_factory.mktemp("cpu-fleet")
+    models = prepare_models(folder / "models")
+    path = copy_cpu_example(folder, models.chat_path.parent)
+    fleet = CpuFleet(path, folder / "state" / "state-local.json")
+    try:
+        up = fleet.run("up", str(path), "--detach")
+        assert up.returncode == 0, f"up failed:\n{up.stdout}\n{up.stderr}"
+        fleet.state()
+        yield fleet
+    finally:
+        _stop_everything(fleet)
+
+
+def _stop_everything(fleet: CpuFleet) -> None:
+    with contextlib.suppress(Exception):
+        fleet.state()
+    if any(running(pid) for pid in fleet.seen_pids):
+        with contextlib.suppress(Exception):
+            fleet.run("down", str(fleet.path))
+    for pid in fleet.seen_pids:
+        if running(pid):  # `down` failed or was not reached: stop the group ourselves
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
