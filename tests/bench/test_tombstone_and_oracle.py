@@ -37,3 +37,18 @@ def test_oracle_prefers_the_engine_that_finishes_first() -> None:
     assert est(load=1) < est(load=7) < est(load=20)
     # A full engine costs a wait; a cache hit does not make up for a long queue.
     assert est(load=40, cached=2048) > est(load=0, cached=0)
+
+
+def test_oracle_cost_counts_the_stall_a_cold_prefill_puts_on_a_busy_batch() -> None:
+    from modelserver.bench.contenders.oracle import routing_cost_s
+
+    def cost(load: int, cached: int) -> float:
+        return routing_cost_s(1.0, load, max_running=32, prompt_tokens=2176,
+                              cached_tokens=cached, max_tokens=256)
+
+    # A cold prefill in front of a busy batch costs every running request a prefill's
+    # worth of time, so a somewhat busier engine holding the prefix wins...
+    assert cost(16, cached=2048) < cost(12, cached=0)
+    assert cost(8, cached=2048) < cost(4, cached=0)
+    # ... but not a much busier one.
+    assert cost(0, cached=0) < cost(28, cached=2048)

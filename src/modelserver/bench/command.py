@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
             help="Each engine's KV pool in tokens (default: the sim's H100 figure).")] = None,
         arrivals: Annotated[str, typer.Option(
             help="closed:N (N sessions in flight), poisson:0.8x (a share of the fleet's "
-                 "estimated capacity) or poisson:R/s.")] = "closed:48",
+                 "estimated capacity) or poisson:R/s.")] = "closed:64",
         stream_share: Annotated[float, typer.Option(
             help="Share of requests sent streamed (their TTFT is measured).")] = 0.25,
         fault: Annotated[list[str] | None, typer.Option(

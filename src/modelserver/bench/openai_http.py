@@ -17,6 +17,12 @@ import orjson
 from modelserver.bench.outcome import Outcome, usage_counts
 
 
+def client_session() -> aiohttp.ClientSession:
+    """A session with no cap on connections (aiohttp's default is 100 at once), so the
+    driver never limits a contender's concurrency."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, limit_per_host=0))
+
+
 def chat_body(
     model: str, messages: list[dict[str, str]], max_tokens: int, stream: bool
 ) -> dict[str, Any]:

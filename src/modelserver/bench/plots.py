@@ -78,11 +78,13 @@ def load_plot(report: dict[str, Any], path: Path) -> Path:
                         color="red", fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set_ylabel(run["name"], fontsize=8)
         ax.grid(True, alpha=0.3)
-    axes[0, 0].legend(fontsize=7, loc="upper right", ncol=max(len(engines), 1))
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="upper center", ncol=max(len(engines), 1),
+               bbox_to_anchor=(0.5, 0.985))
     axes[-1, 0].set_xlabel("seconds since the contender's first request")
     fig.suptitle("requests in each engine (running + queued); red: injected faults",
-                 fontsize=10)
-    fig.tight_layout()
+                 fontsize=10, y=0.998)
+    fig.tight_layout(rect=(0, 0, 1, 0.965))
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

@@ -3,12 +3,16 @@
 For every request it asks each simulated engine what it really holds (`GET /sim/state`: its
 running and queued requests, its speed) and what the request would find in its prefix
 cache (`POST /sim/match`, no side effects), then sends the request to the engine with the
-lowest estimated completion time under the engine's own performance model
-(`modelserver.sim.perf.PerfModel`):
+lowest estimated cost under the engine's own performance model
+(`modelserver.sim.perf.PerfModel`): the request's completion time
 
     prefill of the uncached tokens
     + wait for a batch slot, when the engine is full (a share of one request's decode)
-    + max_tokens decode steps at the batch size the request will join.
+    + max_tokens decode steps at the batch size the request will join,
+
+plus the delay its prefill adds to every request already running there (a prefill step
+stalls the whole batch's decoding; without this term the oracle would ignore the cache,
+since one prefill is short beside a request's decode, and lose the fleet's throughput).
 
 Load is the larger of what the engine reports and what the oracle itself has in flight
 there (requests sent within the last milliseconds may not have reached the engine yet).
@@ -27,7 +31,7 @@ import aiohttp
 import orjson
 
 from modelserver.bench.contenders.base import Contender, Target
-from modelserver.bench.openai_http import chat_body, post_chat, post_embedding
+from modelserver.bench.openai_http import chat_body, client_session, post_chat, post_embedding
 from modelserver.bench.outcome import Outcome
 from modelserver.sim.perf import DEFAULT_MAX_RUNNING, PerfModel
 
@@ -52,6 +56,22 @@ def estimate_completion_s(
     return prefill + wait + decode
 
 
+def routing_cost_s(
+    speed: float,
+    load: int,
+    max_running: int,
+    prompt_tokens: int,
+    cached_tokens: int,
+    max_tokens: int,
+) -> float:
+    """Completion time plus the stall the request's prefill imposes on the running batch."""
+    perf = PerfModel(speed)
+    prefill = perf.prefill_time(max(prompt_tokens - cached_tokens, 1), prompt_tokens)
+    own = estimate_completion_s(speed, load, max_running, prompt_tokens, cached_tokens,
+                                max_tokens)
+    return own + prefill * min(load, max_running)
+
+
 class OracleContender(Contender):
     family = "oracle"
     name = "oracle"
@@ -64,7 +84,7 @@ class OracleContender(Contender):
 
     async def start(self, target: Target) -> None:
         self._target = target
-        self._session = aiohttp.ClientSession()
+        self._session = client_session()
 
     async def _look(self, url: str, body: bytes) -> tuple[str, dict[str, Any], dict[str, Any]]:
         assert self._session is not None
@@ -95,7 +115,7 @@ class OracleContender(Contender):
                        self._inflight[url])
             prompt = int(match.get("prompt_tokens", 0))
             scored.append((
-                estimate_completion_s(
+                routing_cost_s(
                     float(state.get("speed", 1.0)), load,
                     self._max_running.get(url, DEFAULT_MAX_RUNNING), prompt,
                     int(match.get("cached_tokens", 0)), max_tokens,

@@ -26,7 +26,7 @@ import aiohttp
 
 from modelserver.bench import prompts
 from modelserver.bench.contenders.base import Contender, Target
-from modelserver.bench.openai_http import chat_body, post_chat, post_embedding
+from modelserver.bench.openai_http import chat_body, client_session, post_chat, post_embedding
 from modelserver.bench.outcome import Outcome
 
 LATENCY_GROWING_RATE = 20
@@ -65,7 +65,7 @@ class SeedContender(Contender):
 
     async def start(self, target: Target) -> None:
         self._target = target
-        self._session = aiohttp.ClientSession()
+        self._session = client_session()
         await self._manage(self._scaled(INITIAL_LATENCY_BOUND))
 
     async def _fastest(self, initial_latency: float) -> tuple[str | None, float]:

@@ -25,7 +25,7 @@ import aiohttp
 
 from modelserver.bench.contenders.base import Contender, Target
 from modelserver.bench.fleet import HOST, free_port
-from modelserver.bench.openai_http import chat_body, post_chat, post_embedding
+from modelserver.bench.openai_http import chat_body, client_session, post_chat, post_embedding
 from modelserver.bench.outcome import Outcome
 from modelserver.bench.procs import spawn, stop_group
 from modelserver.errors import BenchError
@@ -70,7 +70,7 @@ class SglangRouterContender(Contender):
         log = self.log_dir / f"sglang-{self.policy}.log" if self.log_dir is not None else None
         self._process, self._log = spawn(cmd, log)
         self._base = f"http://{HOST}:{port}"
-        self._session = aiohttp.ClientSession()
+        self._session = client_session()
         try:
             await self._wait_ready(len(target.urls))
         except BaseException:
