@@ -25,6 +25,7 @@ from modelserver.clock import SystemClock
 from modelserver.config import Fleet, WorkerSpec, load_fleet
 from modelserver.errors import LaunchError
 from modelserver.launch import HttpProbe, detect_host, launch
+from modelserver.preflight import preflight
 from modelserver.processes import SubprocessSpawner
 from modelserver.state import (
     LOG_MODE,
@@ -80,6 +81,7 @@ def up(
     name = detect_host(loaded, host)
     if not loaded.workers(name):
         raise LaunchError(f"the fleet file has no workers on host {name!r}")
+    preflight(loaded, name)  # weights, GPUs, foreign ports: refuse before starting anything
     if detach:
         code = _detach(fleet, loaded, name)
     else:

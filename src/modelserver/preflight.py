@@ -1,0 +1,134 @@
+"""What `modelserver up` checks on this host before it starts anything.
+
+The fleet file alone cannot tell everything: whether the weights a model names are on this
+host, whether the GPUs it names exist here, whether a port is held by someone else. Without
+these checks such mistakes surfaced one worker at a time, after the supervisor had started
+(and with a state file claiming workers that never ran). `preflight` finds them all first and
+raises one error naming the file and each key or worker, so nothing is half-started.
+
+Only what waiting cannot fix is refused: a busy GPU is the placement's business
+(`launcher.wait_for_gpus_s`), and a foreign port is refused only when there is no wait.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from modelserver.config import Fleet, ModelConfig
+from modelserver.errors import FleetFileError, LaunchError
+from modelserver.gpus import GpuInventory, inventory_for
+from modelserver.launch import gpu_view, ports_held_by_others
+from modelserver.placement import GpuView, plan
+from modelserver.state import HostState, process_is, read_state, state_path
+
+
+def preflight(fleet: Fleet, host: str, inventory: GpuInventory | None = None) -> None:
+    """Raise FleetFileError (missing weights) or LaunchError (GPUs, ports) for `host`."""
+    indices = {id(m): i for i, m in enumerate(fleet.models)}
+    local = {w.model for w in fleet.workers(host)}
+    problems = [
+        problem
+        for model in fleet.models
+        if model.name in local
+        for problem in _weights_problems(fleet, model, indices[id(model)], host)
+    ]
+    if problems:
+        raise FleetFileError(fleet.source, problems)
+    reasons = _gpu_problems(fleet, host, inventory) + _port_problems(fleet, host)
+    if reasons:
+        lines = "\n".join(f"  - {reason}" for reason in reasons)
+        raise LaunchError(f"{fleet.source}: nothing started on host {host!r}:\n{lines}")
+
+
+def _weights_problems(fleet: Fleet, model: ModelConfig, index: int, host: str) -> list[str]:
+    """llama.cpp loads a GGUF file, so it must be there. SGLang and vLLM also take hub ids
+    (`org/name`), so only a path that is clearly local (absolute, ./, ../, ~) is checked."""
+    if model.backend == "sim":
+        return []
+    path = fleet.model_path(model)
+    local = model.backend == "llamacpp" or model.path.startswith(("/", ".", "~"))
+    if not local:
+        return []
+    where = f"models[{index}].path"
+    found = Path(path)
+    if not found.exists():
+        return [f"{where}: {path} does not exist on host {host!r}"
+                f" (backend {model.backend!r} loads its weights from there)"]
+    if model.backend == "llamacpp" and not found.is_file():
+        return [f"{where}: {path} is not a file (llama.cpp needs a GGUF file)"]
+    if not os.access(found, os.R_OK):
+        return [f"{where}: {path} cannot be read (permission denied)"]
+    return []
+
+
+def _gpu_problems(fleet: Fleet, host: str, inventory: GpuInventory | None) -> list[str]:
+    """Replicas that can never be placed here: GPUs that do not exist, more GPUs than the
+    host has, no inventory at all. Busy GPUs may free up and are not refused."""
+    need = {m.name: m.replicas * m.gpus_each for m in fleet.models
+            if m.name in {w.model for w in fleet.workers(host)} and m.gpus_each}
+    if not need:
+        return []
+    view: GpuView = gpu_view(inventory or inventory_for(fleet.host(host)))
+    final = [
+        f"models[{_index(fleet, b.worker.model)}] ({b.worker.name}): {b.reason}"
+        for b in plan(fleet, host, view).blocked
+        if b.final
+    ]
+    if final or view.unavailable is not None:
+        return final
+    host_gpus = fleet.host(host).gpus
+    has = len(host_gpus) if isinstance(host_gpus, list) else len(view.gpus)
+    problems = [
+        f"models[{_index(fleet, name)}].replicas: replicas × gpus_per_replica ="
+        f" {fleet.model(name).replicas} × {fleet.model(name).gpus_each} = {count} GPUs,"
+        f" but host {host!r} has {has}"
+        for name, count in need.items()
+        if count > has
+    ]
+    if not problems and sum(need.values()) > has:
+        each = ", ".join(f"{name}: {count}" for name, count in need.items())
+        problems.append(
+            f"models on host {host!r} need {sum(need.values())} GPUs together ({each}),"
+            f" but it has {has}"
+        )
+    return problems
+
+
+def _port_problems(fleet: Fleet, host: str) -> list[str]:
+    """Ports held by a process that is not one of ours, when placement would not wait."""
+    if fleet.launcher.wait_for_gpus_s > 0:
+        return []
+    workers = fleet.workers(host)
+    ours = _our_sessions(read_state(state_path(fleet, host)))
+    held = ports_held_by_others(workers, ours)
+    return [
+        f"models[{_index(fleet, w.model)}].port ({w.name}): port {w.port} on {w.address}"
+        f" is in use by {held[w.port]}"
+        for w in workers
+        if w.port in held and not _in_sessions(held[w.port], ours)
+    ]
+
+
+def _our_sessions(state: HostState | None) -> frozenset[int]:
+    """Pids of live workers a previous launcher recorded (each leads its own session)."""
+    if state is None:
+        return frozenset()
+    return frozenset(
+        w.pid for w in state.workers if w.pid is not None and process_is(w.pid, w.create_time)
+    )
+
+
+def _in_sessions(holder: str, sessions: frozenset[int]) -> bool:
+    """True if the holder ("pid 81 (python)") runs in the session of a recorded worker: an
+    engine's helper process listening for it is ours too."""
+    if not sessions or not holder.startswith("pid "):
+        return False
+    try:
+        return os.getsid(int(holder.split()[1])) in sessions
+    except (ValueError, ProcessLookupError, PermissionError):
+        return False
+
+
+def _index(fleet: Fleet, model: str) -> int:
+    return next(i for i, m in enumerate(fleet.models) if m.name == model)

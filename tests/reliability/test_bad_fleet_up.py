@@ -1,0 +1,184 @@
+"""`modelserver up FLEET --detach` on a bad fleet file: one clear message naming the file and
+the key (or the worker and the reason), a non-zero exit, and nothing started: no process, no
+state file, no supervisor log.
+
+The file mistakes come from the config suite's table (`CASES`); the rest only the launcher can
+see: GPUs a static inventory does not have, more GPUs than it has, a llama.cpp GGUF that is
+not there, a port a foreign process holds.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.config.test_bad_fleet_files import CASES
+
+# A representative subset: syntax, unknown key, type, range, name, cross-field, GPUs, ports.
+SUBSET = {
+    "bad toml syntax",
+    "unknown key in models",
+    "replicas not a number",
+    "negative replicas",
+    "unknown backend",
+    "unknown policy",
+    "duplicate model names",
+    "port clash between models",
+    "gpu not on host",
+    "replicas times gpus more than the host has",
+    "path missing for sglang",
+    "models but no hosts",
+}
+FILE_CASES = [c for c in CASES if c[0] in SUBSET]
+
+# Two GPUs written out in the fleet file, so placement needs no NVML.
+INVENTORY = """
+inventory = [
+  { index = 0, total_gib = 80 },
+  { index = 1, total_gib = 80 },
+]
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_up(fleet: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "modelserver", "up", str(fleet), "--detach"],
+        capture_output=True, text=True, timeout=60, cwd=fleet.parent,
+        env={**os.environ, "COLUMNS": "400"},  # one line per message, no wrapping
+    )
+
+
+def processes_mentioning(folder: Path) -> list[str]:
+    """Every live process whose command line names a path under `folder` (ours would)."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if str(folder) in cmdline and proc.info["pid"] != os.getpid():
+            found.append(f"{proc.info['pid']}: {cmdline}")
+    return found
+
+
+def assert_refused_and_nothing_started(
+    fleet: Path, done: subprocess.CompletedProcess[str], *words: str
+) -> None:
+    message = done.stderr
+    assert done.returncode != 0, done.stdout + done.stderr
+    assert str(fleet.name) in message, message
+    for word in words:
+        assert word in message, f"{word!r} not in {message!r}"
+    assert "Traceback" not in done.stdout + done.stderr
+    state = fleet.parent / ".modelserver"
+    assert not list(state.glob("state-*.json")) if state.exists() else True
+    assert not (state / "logs").exists(), "a supervisor or worker log was started"
+    assert processes_mentioning(fleet.parent) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "words"), [c[1:] for c in FILE_CASES], ids=[c[0] for c in FILE_CASES]
+)
+def test_a_fleet_file_mistake_stops_up_before_anything_starts(
+    tmp_path: Path, text: str, key: str, words: list[str]
+) -> None:
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(text)
+    assert_refused_and_nothing_started(fleet, run_up(fleet), key, *words)
+
+
+def test_the_subset_is_representative() -> None:
+    assert len(FILE_CASES) == len(SUBSET) >= 10  # every name still exists in the table
+
+
+def _gpu_fleet(tmp_path: Path, model: str) -> Path:
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(f'[[hosts]]\nname = "h"\naddress = "127.0.0.1"\n{INVENTORY}\n{model}')
+    return fleet
+
+
+def test_a_gpu_the_static_inventory_does_not_have(tmp_path: Path) -> None:
+    fleet = _gpu_fleet(
+        tmp_path,
+        f'[[models]]\nname = "m"\nbackend = "sglang"\npath = "org/model"\n'
+        f"port = {_free_port()}\ngpus = [5]\n",
+    )
+    done = run_up(fleet)
+    assert_refused_and_nothing_started(fleet, done, "models[0]", "m-0@h", "GPU 5 does not exist")
+
+
+def test_replicas_times_gpus_more_than_the_inventory_has(tmp_path: Path) -> None:
+    fleet = _gpu_fleet(
+        tmp_path,
+        f'[[models]]\nname = "m"\nbackend = "vllm"\npath = "org/model"\n'
+        f"port = {_free_port()}\nreplicas = 2\ngpus_per_replica = 2\n",
+    )
+    done = run_up(fleet)
+    assert_refused_and_nothing_started(fleet, done, "models[0].replicas", "2 × 2 = 4", "has 2")
+
+
+def test_two_models_needing_more_gpus_together_than_the_inventory_has(tmp_path: Path) -> None:
+    model = '[[models]]\nname = "{name}"\nbackend = "sglang"\npath = "org/m"\nport = {port}\n'
+    fleet = _gpu_fleet(
+        tmp_path,
+        model.format(name="a", port=_free_port()) + "gpus_per_replica = 2\n"
+        + model.format(name="b", port=_free_port()),
+    )
+    done = run_up(fleet)
+    assert_refused_and_nothing_started(fleet, done, "need 3 GPUs", "a: 2", "b: 1", "has 2")
+
+
+def test_a_llamacpp_model_file_that_does_not_exist(tmp_path: Path) -> None:
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(
+        '[[hosts]]\nname = "h"\naddress = "127.0.0.1"\n'
+        f'[[models]]\nname = "m"\nbackend = "llamacpp"\npath = "./weights/m.gguf"\n'
+        f"port = {_free_port()}\n"
+    )
+    done = run_up(fleet)
+    missing = str(tmp_path / "weights" / "m.gguf")
+    assert_refused_and_nothing_started(fleet, done, "models[0].path", missing, "does not exist")
+
+
+def test_a_llamacpp_path_that_is_a_folder(tmp_path: Path) -> None:
+    (tmp_path / "weights").mkdir()
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(
+        '[[hosts]]\nname = "h"\naddress = "127.0.0.1"\n'
+        f'[[models]]\nname = "m"\nbackend = "llamacpp"\npath = "./weights"\n'
+        f"port = {_free_port()}\n"
+    )
+    done = run_up(fleet)
+    assert_refused_and_nothing_started(fleet, done, "models[0].path", "not a file")
+
+
+@pytest.fixture
+def foreign_listener() -> Iterator[int]:
+    """A port someone else (this test process, not the launcher) listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield int(sock.getsockname()[1])
+
+
+def test_a_port_held_by_a_foreign_process(tmp_path: Path, foreign_listener: int) -> None:
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(
+        '[[hosts]]\nname = "h"\naddress = "127.0.0.1"\n'
+        f'[[models]]\nname = "ok"\nbackend = "sim"\nport = {_free_port()}\n'
+        f'[[models]]\nname = "m"\nbackend = "sim"\nport = {foreign_listener}\n'
+    )
+    done = run_up(fleet)
+    assert_refused_and_nothing_started(
+        fleet, done, "models[1].port", "m-0@h", str(foreign_listener), f"pid {os.getpid()}"
+    )
