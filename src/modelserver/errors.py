@@ -16,7 +16,8 @@
         └── WorkerError           one attempt on one worker failed
             ├── RetryableWorkerError    refused, reset, timeout, 408, 429, 5xx: try elsewhere
             │   ├── WorkerUnreachable   connection refused or reset
-            │   └── WorkerTimeout       no answer within the attempt timeout
+            │   ├── WorkerTimeout       no answer within the attempt timeout
+            │   └── WorkerBadAnswer     2xx, but not JSON (or a stream that is not SSE)
             └── EngineRejected          4xx other than 408/429: the request itself is wrong
 
 A caller catches `RequestError` for "this request failed" and `ModelServerError`
@@ -144,6 +145,12 @@ class WorkerUnreachable(RetryableWorkerError):
 
 class WorkerTimeout(RetryableWorkerError):
     """The worker did not answer within the attempt timeout."""
+
+
+class WorkerBadAnswer(RetryableWorkerError):
+    """The worker said 2xx but sent something the request cannot use: a body that is not
+    JSON, or a stream that does not start as server-sent events (an HTML error page from a
+    proxy in front of it, a half-written body). Another worker may answer properly."""
 
 
 class EngineRejected(WorkerError):

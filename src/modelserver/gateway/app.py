@@ -188,11 +188,12 @@ def _engine_rejection(exc: EngineRejected) -> web.Response:
 
 
 def _whole_answer(routed: RoutedResponse) -> web.Response:
-    content_type = routed.headers.get("content-type", "application/json")
+    # The router only returns a whole answer whose body parsed as JSON, so say so even when
+    # the engine labelled it otherwise (OpenAI clients read the body by its content type).
     return web.Response(
         status=routed.status,
         body=routed.body,
-        headers={"Content-Type": content_type, "X-ModelServer-Worker": routed.worker},
+        headers={"Content-Type": "application/json", "X-ModelServer-Worker": routed.worker},
     )
 
 

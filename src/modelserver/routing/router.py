@@ -31,6 +31,7 @@ from modelserver.errors import (
     NoHealthyWorker,
     RetryableWorkerError,
     UnknownModel,
+    WorkerBadAnswer,
     WorkerError,
     WorkerUnreachable,
     WrongModelKind,
@@ -279,6 +280,7 @@ class Router:
             if stream:
                 return await self._start_stream(worker, request, answer, attempt, start)
             data = await answer.read()
+            parsed = _json_answer(worker.url, answer.headers, data)
         except RetryableWorkerError as exc:
             self._finish(
                 worker, request, attempt, False, status, _short(exc), start, None, None, stream
@@ -296,14 +298,7 @@ class Router:
                 worker, request, attempt, None, status, "cancelled", start, None, None, stream
             )
             raise
-        parsed: Any = None
-        tokens: int | None = None
-        if data[:1] == b"{":
-            try:
-                parsed = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                parsed = None
-            tokens = _completion_tokens(parsed)
+        tokens = _completion_tokens(parsed)
         e2e = self._clock() - start
         self._finish(worker, request, attempt, True, status, None, start, None, tokens, False)
         return RoutedResponse(
@@ -323,6 +318,15 @@ class Router:
             first = await chunks.__anext__()
         except StopAsyncIteration:
             raise WorkerUnreachable(worker.url, "stream ended before its first chunk") from None
+        if not _looks_like_sse(first):
+            closer = getattr(chunks, "aclose", None)
+            if closer is not None:  # drop the connection: the rest of it is of no use
+                await closer()
+            raise WorkerBadAnswer(
+                worker.url,
+                f"answered a stream request with {_shown(answer.headers, first)},"
+                " not server-sent events",
+            )
         ttft = self._clock() - start
         relay = self._relay(worker, request, attempt, start, ttft, first, chunks, answer.status)
         return RoutedResponse(
@@ -638,6 +642,33 @@ def _readmit(worker: Worker) -> None:
     worker.ejection_note = ""
     worker.trial_in_flight = False
     log.info("re-admitted %s: its latency is back within the bound", worker.url)
+
+
+def _json_answer(url: str, headers: Mapping[str, str], data: bytes) -> Any:
+    """The parsed body of a 2xx answer; a body that is not JSON is the worker's failure
+    (every route the router forwards answers JSON), so the request goes elsewhere."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise WorkerBadAnswer(
+            url, f"answered HTTP 200 with {_shown(headers, data)}, which is not JSON"
+        ) from None
+
+
+_SSE_FIELDS = (b"data:", b"event:", b"id:", b"retry:", b":")
+
+
+def _looks_like_sse(first: bytes) -> bool:
+    """True if a stream's first chunk can be the start of an SSE event (it may be cut
+    anywhere, even inside the first field name)."""
+    head = first.lstrip(b"\r\n")
+    return any(head[: len(f)] == f[: len(head)] for f in _SSE_FIELDS)
+
+
+def _shown(headers: Mapping[str, str], data: bytes) -> str:
+    kind = headers.get("content-type") or "no content type"
+    text = data[:80].decode("utf-8", "replace")
+    return f"{kind} {text!r}" if data else f"{kind} and an empty body"
 
 
 def _completion_tokens(parsed: Any) -> int | None:
