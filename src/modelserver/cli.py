@@ -36,6 +36,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "modelserver.gateway.command",
     "modelserver.route_commands",
     "modelserver.bench.command",
+    "modelserver.demo.command",
 )
 
 

@@ -1,0 +1,264 @@
+"""The demo's fleet: what runs, written as a fleet file, started and stopped by the launcher.
+
+Real llama.cpp workers (the tiny chat model, MiniLM embeddings) and simulated SGLang engines
+standing in for GPU servers, on free ports of this machine. `modelserver up --detach` starts
+them (the supervisor restarts a killed worker), `modelserver down` stops them; both run as
+subprocesses, exactly as a user types them. Every pid the state file ever names is
+remembered, so the end can check that none still runs.
+
+The fleet file gives each simulated engine model one speed, so the half-speed engine is its
+own fleet model (`llama-8b-half`); the demo's router puts its worker behind the name clients
+ask for, `llama-8b`, beside the two full-speed ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from modelserver.config import Fleet, load_fleet
+from modelserver.errors import LaunchError
+from modelserver.models import PreparedModels
+from modelserver.routing.entries import WorkerEntry
+from modelserver.state import HostState, WorkerRecord, process_is, read_state, state_path
+
+HOST = "local"
+FLEET_FILE = "fleet.toml"
+UP_TIMEOUT_S = 120.0
+DOWN_TIMEOUT_S = 90.0
+
+
+@dataclass(frozen=True)
+class DemoModel:
+    """One model of the demo fleet file and what it stands for."""
+
+    name: str
+    serves: str
+    """The model name clients ask for (the router groups workers under it)."""
+    kind: str
+    backend: str
+    replicas: int
+    engine: str
+    """How the live view describes one of its workers."""
+    speed: float | None = None
+    path: str = ""
+    options: str = ""
+
+
+def demo_models(models: PreparedModels) -> tuple[DemoModel, ...]:
+    """Two real llama.cpp chat workers, one real embedding worker, three simulated H100s."""
+    return (
+        DemoModel(
+            "tiny-chat", "tiny-chat", "chat", "llamacpp", 2, "llama.cpp (CPU)",
+            path=str(models.chat_path), options="ctx_size = 4096, parallel = 2, threads = 1",
+        ),
+        DemoModel(
+            "minilm", "minilm", "embedding", "llamacpp", 1, "llama.cpp (CPU)",
+            path=str(models.embedding_path), options="ctx_size = 1024, parallel = 2, threads = 1",
+        ),
+        DemoModel("llama-8b", "llama-8b", "chat", "sim", 2, "sim SGLang, 1 H100", speed=1.0),
+        DemoModel(
+            "llama-8b-half", "llama-8b", "chat", "sim", 1, "sim SGLang, half speed", speed=0.5
+        ),
+    )
+
+
+def write_fleet_file(run_dir: Path, models: PreparedModels) -> Path:
+    """Write `run_dir/fleet.toml` for the demo, on ports free right now."""
+    taken: set[int] = set()
+    blocks = []
+    for model in demo_models(models):
+        port = free_port_range(model.replicas, taken)
+        taken.update(range(port, port + model.replicas))
+        options = model.options or (f"speed = {model.speed}" if model.speed is not None else "")
+        lines = [
+            "[[models]]",
+            f'name = "{model.name}"',
+            f'kind = "{model.kind}"',
+            f'backend = "{model.backend}"',
+            f"replicas = {model.replicas}",
+            f"port = {port}",
+        ]
+        if model.path:
+            lines.append(f'path = "{model.path}"')
+        if options:
+            lines.append(f"options = {{ {options} }}")
+        blocks.append("\n".join(lines))
+    text = _FLEET_TEMPLATE.format(
+        models="\n\n".join(blocks), gateway_port=free_port_range(1, taken)
+    )
+    path = run_dir / FLEET_FILE
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# Quick launcher and router settings: a demo should show a restart and a recovery within
+# seconds, where a production fleet waits longer before it decides.
+_FLEET_TEMPLATE = """\
+# Written by `modelserver demo`: the fleet it runs. State and logs are in this folder.
+[fleet]
+name = "demo"
+state_dir = "."
+
+[[hosts]]
+name = "local"
+address = "127.0.0.1"
+gpus = "none"
+
+{models}
+
+[launcher]
+ready_timeout_s = 60
+backoff_initial_s = 0.5
+health_interval_s = 1.0
+ready_poll_s = 0.2
+stop_grace_s = 5
+
+[router]
+policy = "cache_aware"
+
+[router.health]
+interval_s = 1.0
+
+[router.breaker]
+cooldown_s = 3.0
+
+[gateway]
+host = "127.0.0.1"
+port = {gateway_port}
+"""
+
+
+def free_port_range(count: int, avoid: set[int]) -> int:
+    """A port p such that p .. p+count-1 are free now and not in `avoid`."""
+    for _ in range(200):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = int(probe.getsockname()[1])
+        ports = range(base, base + count)
+        if base + count <= 65535 and not avoid.intersection(ports) and all(map(_free, ports)):
+            return base
+    raise LaunchError(f"no {count} consecutive free ports found on 127.0.0.1")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass
+class DemoFleet:
+    """The demo's running fleet, seen through its fleet file and state file."""
+
+    path: Path
+    fleet: Fleet
+    engines: dict[str, DemoModel]
+    """Fleet model name -> what it is."""
+    seen_pids: set[int] = field(default_factory=set)
+
+    @classmethod
+    def create(cls, run_dir: Path, models: PreparedModels) -> DemoFleet:
+        path = write_fleet_file(run_dir, models)
+        return cls(path, load_fleet(path), {m.name: m for m in demo_models(models)})
+
+    @property
+    def state_file(self) -> Path:
+        return state_path(self.fleet, HOST)
+
+    def router_entries(self) -> list[WorkerEntry]:
+        return [
+            WorkerEntry(self.engines[w.model].serves, w.url, w.kind, name=w.name)
+            for w in self.fleet.workers(HOST)
+        ]
+
+    def state(self) -> HostState | None:
+        state = read_state(self.state_file)
+        if state is not None:
+            self.seen_pids.update(w.pid for w in state.workers if w.pid)
+            if state.supervisor is not None:
+                self.seen_pids.add(state.supervisor.pid)
+        return state
+
+    def records(self) -> dict[str, WorkerRecord]:
+        state = self.state()
+        return {w.name: w for w in state.workers} if state else {}
+
+    async def up(self) -> subprocess.CompletedProcess[str]:
+        """`modelserver up FLEET --detach`: returns when every worker is ready or failed."""
+        argv = _modelserver("up", str(self.path), "--detach")
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            cwd=self.path.parent, env=_plain_env(),
+        )
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), UP_TIMEOUT_S)
+        except BaseException:
+            # Interrupted or too slow: the supervisor may be up already; `down` stops it.
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise
+        assert proc.returncode is not None
+        return subprocess.CompletedProcess(argv, proc.returncode, out.decode(), err.decode())
+
+    def kill(self, name: str) -> WorkerRecord:
+        """SIGKILL one worker's process, as a crash would; returns its record from before."""
+        record = self.records().get(name)
+        if record is None or record.pid is None or not process_is(record.pid, record.create_time):
+            raise LaunchError(f"cannot kill {name}: the state file names no live process for it")
+        os.kill(record.pid, signal.SIGKILL)
+        return record
+
+    def down(self) -> list[int]:
+        """`modelserver down FLEET`, then check every pid ever seen; return those still running
+        (after killing their process group, so nothing is left even then)."""
+        self.state()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            subprocess.run(
+                _modelserver("down", str(self.path)), capture_output=True, timeout=DOWN_TIMEOUT_S,
+                cwd=self.path.parent, env=_plain_env(), start_new_session=True,
+            )
+        survivors = [pid for pid in sorted(self.seen_pids) if _running(pid)]
+        for pid in survivors:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+        psutil.wait_procs([p for p in map(_process, survivors) if p is not None], timeout=5)
+        return survivors
+
+
+def _modelserver(*args: str) -> list[str]:
+    return [sys.executable, "-m", "modelserver", *args]
+
+
+def _plain_env() -> dict[str, str]:
+    # Plain output from the launcher's subprocesses (they are read, not shown).
+    return {**os.environ, "NO_COLOR": "1", "TERM": "dumb"}
+
+
+def _process(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return None
+
+
+def _running(pid: int) -> bool:
+    proc = _process(pid)
+    try:
+        return proc is not None and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
