@@ -43,6 +43,8 @@ def demo(
     from modelserver.demo.run import DemoOptions, run_demo
 
     console = Console(highlight=False)
+    if not console.is_terminal:  # a log or a pipe: lines as wide as the tables need
+        console = Console(highlight=False, width=150)
     options = DemoOptions(run_dir.resolve(), models_dir, duration, live and console.is_terminal)
     code = run_demo(options, console)
     if code:

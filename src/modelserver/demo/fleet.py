@@ -58,16 +58,16 @@ def demo_models(models: PreparedModels) -> tuple[DemoModel, ...]:
     """Two real llama.cpp chat workers, one real embedding worker, three simulated H100s."""
     return (
         DemoModel(
-            "tiny-chat", "tiny-chat", "chat", "llamacpp", 2, "llama.cpp (CPU)",
+            "tiny-chat", "tiny-chat", "chat", "llamacpp", 2, "llama.cpp CPU",
             path=str(models.chat_path), options="ctx_size = 4096, parallel = 2, threads = 1",
         ),
         DemoModel(
-            "minilm", "minilm", "embedding", "llamacpp", 1, "llama.cpp (CPU)",
+            "minilm", "minilm", "embedding", "llamacpp", 1, "llama.cpp CPU",
             path=str(models.embedding_path), options="ctx_size = 1024, parallel = 2, threads = 1",
         ),
-        DemoModel("llama-8b", "llama-8b", "chat", "sim", 2, "sim SGLang, 1 H100", speed=1.0),
+        DemoModel("llama-8b", "llama-8b", "chat", "sim", 2, "sim SGLang H100", speed=1.0),
         DemoModel(
-            "llama-8b-half", "llama-8b", "chat", "sim", 1, "sim SGLang, half speed", speed=0.5
+            "llama-8b-half", "llama-8b", "chat", "sim", 1, "sim SGLang ½ H100", speed=0.5
         ),
     )
 

@@ -66,11 +66,11 @@ class View(Protocol):
 
 def worker_table(snapshot: Snapshot) -> Table:
     table = Table(expand=False, pad_edge=False)
-    for column, justify in (("worker", "left"), ("engine", "left"), ("model", "left"),
-                            ("launcher", "left"), ("router", "left"), ("requests", "right"),
-                            ("in flight", "right"), ("EWMA", "right"), ("restarts", "right"),
-                            ("pid", "right")):
-        table.add_column(column, justify=justify, no_wrap=column != "router")  # type: ignore[arg-type]
+    for column in ("worker", "engine", "model", "launcher"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("router", no_wrap=True, overflow="ellipsis", min_width=12, max_width=36)
+    for column in ("requests", "in flight", "EWMA", "restarts", "pid"):
+        table.add_column(column, justify="right", no_wrap=True)
     for w in snapshot.workers:
         router_style = "green" if w.router == "up" else "red"
         table.add_row(

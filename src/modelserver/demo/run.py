@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import shutil
 import signal
@@ -44,6 +45,11 @@ from modelserver.state import WorkerRecord
 VICTIM = f"llama-8b-0@{HOST}"
 RECOVERY_LIMIT_S = 60.0
 """How long after the kill the worker must be back serving, else the demo failed."""
+INTRO = (
+    "ModelServer demo: a small fleet on this machine (no GPU, no network), the gateway in "
+    "front of it, traffic through the gateway, and one engine crashing mid-run. Watch the "
+    "router route around it and the supervisor restart it; a summary follows."
+)
 SIMILARITY = (
     "The cat sleeps on the warm sofa.",
     "A kitten is napping on the couch.",
@@ -100,6 +106,7 @@ class DemoRun:
 
     async def main(self) -> None:
         run_dir = self.options.run_dir
+        self.say(INTRO, "bold")
         self.say(f"run folder: {run_dir} (fleet file, state, worker logs, summary.json)")
         await asyncio.to_thread(_stop_previous_run, run_dir, self.say)
         prepared = await asyncio.to_thread(prepare_models, self.options.models_dir)
@@ -197,8 +204,9 @@ class DemoRun:
         kill = self.kill
         assert kill is not None
         if self._moved.count > self._moved_shown:
-            self.say(f"router: {self._moved.count - self._moved_shown} attempts on {VICTIM} "
-                     f"failed ({self._moved.last_error[:60]}) and went to other workers",
+            moved = self._moved.count - self._moved_shown
+            self.say(f"router: {_count(moved, 'attempt')} on {VICTIM} failed "
+                     f"({_error_text(self._moved.last_error)}), retried on other workers",
                      "yellow")
             self._moved_shown = self._moved.count
         kill = replace(kill, moved=self._moved.count)
@@ -240,14 +248,19 @@ class DemoRun:
                      else "")
 
     def _watch_router(self, router: Router) -> None:
+        """An event when the router takes a worker out of rotation, or back in."""
         for stats in router.workers():
             before = self._seen_router.get(stats.name, "up")
-            if stats.status != before:
-                self._seen_router[stats.name] = stats.status
-                if stats.status == "up":
-                    self.say(f"router: {stats.name} is back in rotation", "green")
-                else:
-                    self.say(f"router: {stats.name} taken out: {stats.status[:70]}", "yellow")
+            if stats.status == before:
+                continue
+            self._seen_router[stats.name] = stats.status
+            why = stats.status[:70]
+            if stats.status == "up":
+                self.say(f"router: {stats.name} is back in rotation", "green")
+            elif before == "up":
+                self.say(f"router: {stats.name} taken out of rotation: {why}", "yellow")
+            else:
+                self.say(f"router: {stats.name} still out: {why}", "yellow")
 
     def _refresh(self) -> None:
         self._latest = self._snapshot()
@@ -301,6 +314,10 @@ def run_demo(options: DemoOptions, console: Console) -> int:
     """Run the demo; 0 when it showed what it should, 1 when something failed, 130 on
     Ctrl-C. Whatever happens, everything it started is stopped before it returns."""
     options.run_dir.mkdir(parents=True, exist_ok=True)
+    # The router's and gateway's log lines would tear the live screen; what they say is
+    # shown as the demo's own events.
+    logging.getLogger("modelserver").addHandler(logging.NullHandler())
+    logging.getLogger("modelserver").propagate = False
     run = DemoRun(options, console)
     interrupted = False
     try:
@@ -368,6 +385,16 @@ def _describe_record(record: WorkerRecord) -> str:
     pid = f", pid {record.pid}" if record.pid else ""
     restarts = f", restart {record.restarts}" if record.restarts else ""
     return f"supervisor: {record.name} {record.status}{pid}{restarts}{reason}"
+
+
+def _count(n: int, thing: str) -> str:
+    return f"{n} {thing}" if n == 1 else f"{n} {thing}s"
+
+
+def _error_text(error: str) -> str:
+    """A router error without the worker URL it starts with, short enough for one line."""
+    text = error.split(": ", 1)[1] if error.startswith("http") and ": " in error else error
+    return text[:60]
 
 
 def _in_flight(router: Router, url: str) -> int:

@@ -177,8 +177,7 @@ def render(summary: Summary, broken: Sequence[str]) -> RenderableType:
     parts.append(latency)
 
     if summary.cache:
-        cache = Table(title="prefix cache: prompt tokens the engines did not recompute",
-                      title_justify="left")
+        cache = Table(title="prefix cache (the engines' cached_tokens)", title_justify="left")
         for column in ("model", "prompt tokens", "cached", "hit ratio"):
             cache.add_column(column, justify="left" if column == "model" else "right")
         for model, (prompt, cached) in sorted(summary.cache.items()):
@@ -199,9 +198,10 @@ def render(summary: Summary, broken: Sequence[str]) -> RenderableType:
 
     kill = summary.kill
     if kill is not None:
+        attempts = "attempt" if kill.moved == 1 else "attempts"
         story = Text(
-            f"{kill.worker} (pid {kill.pid}) was killed with SIGKILL at {kill.at_s:.1f} s. "
-            f"The router moved {kill.moved} attempts to other workers; "
+            f"{kill.worker} (pid {kill.pid}) was killed with SIGKILL {kill.at_s:.1f} s into "
+            f"the traffic. The router retried {kill.moved} failed {attempts} on other workers; "
         )
         if kill.restarted_after_s is not None:
             story.append(f"the supervisor restarted it as pid {kill.new_pid} in "
