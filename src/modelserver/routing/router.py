@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -319,14 +320,19 @@ class Router:
         except StopAsyncIteration:
             raise WorkerUnreachable(worker.url, "stream ended before its first chunk") from None
         if not _looks_like_sse(first):
-            closer = getattr(chunks, "aclose", None)
-            if closer is not None:  # drop the connection: the rest of it is of no use
-                await closer()
-            raise WorkerBadAnswer(
-                worker.url,
-                f"answered a stream request with {_shown(answer.headers, first)},"
-                " not server-sent events",
-            )
+            if not _looks_like_json(answer.headers, first):
+                closer = getattr(chunks, "aclose", None)
+                if closer is not None:  # drop the connection: the rest of it is of no use
+                    await closer()
+                raise WorkerBadAnswer(
+                    worker.url,
+                    f"answered a stream request with {_shown(answer.headers, first)},"
+                    " not server-sent events",
+                )
+            # Answered whole (embeddings ignore `stream`): read it all, pass it on if JSON.
+            first += b"".join([chunk async for chunk in chunks])
+            _json_answer(worker.url, answer.headers, first)
+            chunks = _no_chunks()
         ttft = self._clock() - start
         relay = self._relay(worker, request, attempt, start, ttft, first, chunks, answer.status)
         return RoutedResponse(
@@ -587,6 +593,7 @@ class Router:
         """
         if kind not in ("chat", "embedding"):
             raise ValueError(f"kind must be 'chat' or 'embedding' (got {kind!r})")
+        _check_url(url)
         known_kind = self._kinds.get(model)
         if known_kind is not None and known_kind != kind:
             raise WrongModelKind(model, known_kind, kind)
@@ -637,6 +644,21 @@ class Router:
         await self.close()
 
 
+def _check_url(url: str) -> None:
+    """A worker URL is http(s)://host[:port] with nothing odd in it (the admin API takes
+    URLs from outside; a junk one would only fail every request sent to it)."""
+    problem = f"{url!r} is not a worker URL; expected http(s)://HOST:PORT"
+    if not url.isascii() or not url.isprintable() or any(c.isspace() for c in url):
+        raise ValueError(problem)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError for a port that is not a number)
+    except ValueError:
+        raise ValueError(problem) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(problem)
+
+
 def _readmit(worker: Worker) -> None:
     worker.ejected_at = None
     worker.ejection_note = ""
@@ -663,6 +685,18 @@ def _looks_like_sse(first: bytes) -> bool:
     anywhere, even inside the first field name)."""
     head = first.lstrip(b"\r\n")
     return any(head[: len(f)] == f[: len(head)] for f in _SSE_FIELDS)
+
+
+async def _no_chunks() -> AsyncIterator[bytes]:
+    return
+    yield b""  # an async generator that yields nothing
+
+
+def _looks_like_json(headers: Mapping[str, str], first: bytes) -> bool:
+    """An engine may answer a stream request whole, as JSON (embeddings ignore `stream`):
+    that is an answer, passed on as it is."""
+    kind = headers.get("content-type", "")
+    return kind.startswith("application/json") and first.lstrip()[:1] in (b"{", b"[")
 
 
 def _shown(headers: Mapping[str, str], data: bytes) -> str:
