@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        _pause_for_crash_tests()
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
@@ -36,6 +38,30 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+TEST_WRITE_PAUSE_ENV = "MODELSERVER_TEST_WRITE_PAUSE_S"
+
+
+def _pause_for_crash_tests() -> None:
+    """Widen the write window (temporary file written, not yet renamed) when the crash-
+    consistency tests ask for it, so their SIGKILL can land inside it. Unset: no pause."""
+    pause = os.environ.get(TEST_WRITE_PAUSE_ENV)
+    if pause:
+        time.sleep(float(pause))
+
+
+def remove_temp_files(path: Path) -> list[str]:
+    """Delete temporary files `atomic_write_bytes` left beside `path` when a kill cut a
+    write short. Only the sole writer of `path` may call this (a live write would break)."""
+    removed = []
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(path.parent):
+            if name.startswith(f".{path.name}.") and name.endswith(".tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path.parent / name)
+                    removed.append(name)
+    return removed
 
 
 def atomic_write_json(path: Path, value: Any, mode: int = 0o644) -> None:

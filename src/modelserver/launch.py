@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
+import logging
 import os
 import signal
 import socket
@@ -15,6 +17,7 @@ from collections.abc import Callable, Sequence
 import aiohttp
 import psutil
 
+from modelserver._files import remove_temp_files
 from modelserver.backends import backend_for
 from modelserver.backends.base import LaunchSpec
 from modelserver.clock import Clock
@@ -22,11 +25,13 @@ from modelserver.config import Fleet, WorkerSpec, resolve_address
 from modelserver.errors import LaunchError, NoGpuInventory
 from modelserver.gpus import Gpu, GpuInventory, inventory_for
 from modelserver.placement import GpuView, Placement, Plan, plan, settle
-from modelserver.processes import AdoptedProcess, Spawner
+from modelserver.processes import AdoptedProcess, Spawner, engine_mark, stop_unrecorded_engines
 from modelserver.state import HostState, WorkerRecord, log_path, process_is, read_state, state_path
 from modelserver.supervisor import Probe, Supervisor, WorkerPlan
 
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+log = logging.getLogger(__name__)
 
 
 def detect_host(fleet: Fleet, explicit: str | None = None) -> str:
@@ -128,9 +133,11 @@ def gpu_view(inventory: GpuInventory) -> GpuView:
 
 def worker_plan(fleet: Fleet, placement: Placement) -> WorkerPlan:
     backend = backend_for(placement.worker.backend)
+    launch = backend.command(placement, fleet)
+    mark = engine_mark(state_path(fleet, placement.worker.host), placement.worker.name)
     return WorkerPlan(
         spec=placement.worker,
-        launch=backend.command(placement, fleet),
+        launch=dataclasses.replace(launch, env={**launch.env, **mark}),
         gpus=tuple(placement.gpu_ids),
         ready_paths=backend.ready_paths,
         health_path=backend.health_path,
@@ -153,6 +160,9 @@ async def launch(
     `Supervisor.settled` for them to be ready.
     """
     specs = fleet.workers(host)
+    # Only the lock holder writes the state file, so a temp file beside it is a write a kill
+    # cut short: nobody will finish it.
+    remove_temp_files(state_path(fleet, host))
     previous = read_state(state_path(fleet, host))
     adopted: dict[str, AdoptedProcess] = {}
     for record in previous.workers if previous else []:
@@ -171,6 +181,12 @@ async def launch(
                 await asyncio.to_thread(psutil.Process(record.pid).wait, 10)
 
     own_pids = frozenset(p.pid for p in adopted.values())
+    # Engines a killed launcher started but never recorded: nobody watches them and they
+    # hold their ports; stop them so each worker runs once.
+    orphans = await asyncio.to_thread(stop_unrecorded_engines, state_path(fleet, host), own_pids)
+    for pgid, name in orphans.items():
+        log.warning("stopped %s (pid %d): started by a launcher that died before recording it",
+                    name, pgid)
     needs_gpus = any(fleet.model(s.model).gpus_each for s in specs if s.name not in adopted)
     inventory = inventory or inventory_for(fleet.host(host))
     taken = _gpus_of_adopted(previous, adopted)

@@ -26,7 +26,7 @@ from modelserver.config import Fleet, WorkerSpec, load_fleet
 from modelserver.errors import LaunchError
 from modelserver.launch import HttpProbe, detect_host, launch
 from modelserver.preflight import preflight
-from modelserver.processes import SubprocessSpawner
+from modelserver.processes import SubprocessSpawner, stop_unrecorded_engines
 from modelserver.state import (
     LOG_MODE,
     HostState,
@@ -262,6 +262,8 @@ def down(fleet: FleetArg, host: HostOpt = None) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(worker.pid, signal.SIGKILL)
     psutil.wait_procs(alive, timeout=5)
+    # Engines no state file names (a launcher killed between spawning and recording them).
+    stop_unrecorded_engines(path, keep=())
     for worker in state.workers:
         worker.status = "stopped"
         worker.pid = None

@@ -20,6 +20,7 @@ from modelserver.errors import FleetFileError, LaunchError
 from modelserver.gpus import GpuInventory, inventory_for
 from modelserver.launch import gpu_view, ports_held_by_others
 from modelserver.placement import GpuView, plan
+from modelserver.processes import marked_engine_groups
 from modelserver.state import HostState, process_is, read_state, state_path
 
 
@@ -100,7 +101,10 @@ def _port_problems(fleet: Fleet, host: str) -> list[str]:
     if fleet.launcher.wait_for_gpus_s > 0:
         return []
     workers = fleet.workers(host)
-    ours = _our_sessions(read_state(state_path(fleet, host)))
+    # Engines a killed launcher started but never recorded are ours too: launch() stops them.
+    ours = _our_sessions(read_state(state_path(fleet, host))) | frozenset(
+        marked_engine_groups(state_path(fleet, host))
+    )
     held = ports_held_by_others(workers, ours)
     return [
         f"models[{_index(fleet, w.model)}].port ({w.name}): port {w.port} on {w.address}"

@@ -5,6 +5,11 @@ process group id and a stop reaches everything it started), stdin closed, stdout
 appended to its log. A `ChildProcess` is awaited directly; an `AdoptedProcess` (started by a
 previous launcher, so not our child) is watched through a pidfd the event loop reads, never
 by polling with sleeps.
+
+Every engine carries `MODELSERVER_STATE_FILE` (the state file of the launcher that started
+it) in its environment. A launcher killed between spawning an engine and recording its pid
+leaves an engine no state file names; the next launcher (and `down`) find it by that mark
+and stop it (`stop_unrecorded_engines`), so no engine is orphaned or started twice.
 """
 
 from __future__ import annotations
@@ -12,9 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Protocol
+
+import psutil
 
 from modelserver.backends.base import LaunchSpec
 from modelserver.state import LOG_MODE, create_time_of
@@ -107,3 +116,46 @@ class SubprocessSpawner:
         finally:
             os.close(fd)
         return ChildProcess(proc)
+
+
+STATE_FILE_ENV = "MODELSERVER_STATE_FILE"
+"""Set in every engine's environment: the state file of the launcher that started it."""
+WORKER_ENV = "MODELSERVER_WORKER"
+"""Set in every engine's environment: the worker's name (for messages)."""
+
+
+def engine_mark(state_file: Path, worker: str) -> dict[str, str]:
+    """The environment entries that mark an engine as started for `state_file`."""
+    return {STATE_FILE_ENV: str(state_file.resolve()), WORKER_ENV: worker}
+
+
+def marked_engine_groups(state_file: Path) -> dict[int, str]:
+    """Process groups holding a live process marked with `state_file` -> its worker name."""
+    wanted = str(state_file.resolve())
+    groups: dict[int, str] = {}
+    for proc in psutil.process_iter(["pid", "status"]):
+        if proc.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        try:
+            env = proc.environ()
+            if env.get(STATE_FILE_ENV) == wanted:
+                groups.setdefault(os.getpgid(proc.pid), env.get(WORKER_ENV, "?"))
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            continue  # gone meanwhile, or not ours to read
+    return groups
+
+
+def stop_unrecorded_engines(
+    state_file: Path, keep: Collection[int], wait_s: float = 10.0
+) -> dict[int, str]:
+    """SIGKILL every marked engine group not in `keep` (the pids the launcher adopts) and
+    wait until its processes are gone (so its port is free). Returns pgid -> worker stopped.
+    Only call with no launcher running for `state_file` (it holds the supervisor lock)."""
+    orphans = {g: w for g, w in marked_engine_groups(state_file).items() if g not in keep}
+    procs: list[psutil.Process] = []
+    for pgid in orphans:
+        with contextlib.suppress(psutil.Error):
+            procs.append(psutil.Process(pgid))
+        _killpg(pgid, signal.SIGKILL)
+    psutil.wait_procs(procs, timeout=wait_s)
+    return orphans
