@@ -343,6 +343,11 @@ def run_demo(options: DemoOptions, console: Console) -> int:
         broken = ["interrupted (Ctrl-C)"]
     atomic_write_json(options.run_dir / "summary.json", _jsonable(to_json(summary, broken)))
     console.print(render(summary, broken))
+    if run.fleet is not None and not interrupted:
+        console.print(
+            f"next: {run.fleet.path} is the fleet this demo ran; `modelserver up` starts a fleet"
+            " file, `modelserver gateway` serves it to any OpenAI client, examples/ has more."
+        )
     if interrupted:
         return 130
     return 1 if broken else 0
