@@ -35,6 +35,7 @@ from modelserver.routing.router import RoutedResponse, Router
 log = logging.getLogger(__name__)
 
 PROXIED_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+CLIENT_CLOSED = 499
 ROUTER_KEY: web.AppKey[Router] = web.AppKey("router", Router)
 METRICS_KEY: web.AppKey[GatewayMetrics] = web.AppKey("metrics", GatewayMetrics)
 
@@ -114,6 +115,13 @@ def _error_middleware(metrics: GatewayMetrics, max_body_bytes: int) -> Any:
             if exc.status < 400:
                 raise
             response = error_response(exc.status, exc.reason, headers=_allow_header(exc))
+        except ConnectionResetError:
+            # The caller went away before its body was all there (Content-Length promised
+            # more): nobody to answer and nothing wrong here. Counted as 499, nginx's
+            # "client closed request", so it is neither a 500 nor lost from the metrics.
+            log.info("caller left during %s %s before sending its whole body",
+                     request.method, request.path)
+            response = error_response(CLIENT_CLOSED, "the request body was cut off")
         except Exception:
             log.exception("gateway error on %s %s", request.method, request.path)
             response = error_response(500, "internal gateway error; see the gateway's log")
