@@ -16,6 +16,7 @@
         └── WorkerError           one attempt on one worker failed
             ├── RetryableWorkerError    refused, reset, timeout, 408, 429, 5xx: try elsewhere
             │   ├── WorkerUnreachable   connection refused or reset
+            │   │   └── WorkerRefused   no connection at all: nothing listens (taken out at once)
             │   ├── WorkerTimeout       no answer within the attempt timeout
             │   └── WorkerBadAnswer     2xx, but not JSON (or a stream that is not SSE)
             └── EngineRejected          4xx other than 408/429: the request itself is wrong
@@ -141,6 +142,11 @@ class RetryableWorkerError(WorkerError):
 
 class WorkerUnreachable(RetryableWorkerError):
     """Connection refused, reset or closed before a full answer."""
+
+
+class WorkerRefused(WorkerUnreachable):
+    """No connection could be made (refused, no route): nothing listens at the worker's
+    address, so the router takes it out at once, until a health probe answers again."""
 
 
 class WorkerTimeout(RetryableWorkerError):

@@ -34,6 +34,7 @@ from modelserver.errors import (
     UnknownModel,
     WorkerBadAnswer,
     WorkerError,
+    WorkerRefused,
     WorkerUnreachable,
     WrongModelKind,
 )
@@ -286,6 +287,9 @@ class Router:
             self._finish(
                 worker, request, attempt, False, status, _short(exc), start, None, None, stream
             )
+            if isinstance(exc, WorkerRefused) and self._probe_task is not None:
+                # Only while probes run: they are what brings the worker back.
+                _take_out_until_probed(worker, _short(exc))
             raise
         except EngineRejected as exc:
             # The request was wrong, not the worker: no mark against its circuit.
@@ -657,6 +661,17 @@ def _check_url(url: str) -> None:
         raise ValueError(problem) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(problem)
+
+
+def _take_out_until_probed(worker: Worker, error: str) -> None:
+    """Nothing listens at `worker` (the engine died): out now, not after the breaker's
+    `failure_threshold` requests or the next reading of the launcher's state file; back once
+    health probes answer again (`[router.health] success_threshold` in a row)."""
+    if worker.probe_healthy:
+        log.warning("%s is out: %s", worker.url, error)
+    worker.probe_healthy = False
+    worker.probe_successes = 0
+    worker.last_probe_error = error
 
 
 def _readmit(worker: Worker) -> None:

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
-from modelserver.errors import WorkerTimeout, WorkerUnreachable
+from modelserver.errors import WorkerRefused, WorkerTimeout, WorkerUnreachable
 
 
 class TransportResponse(Protocol):
@@ -135,7 +135,7 @@ class AiohttpTransport:
         except (TimeoutError, aiohttp.ServerTimeoutError):
             raise WorkerTimeout(worker, f"no answer within {timeout_s:g} s") from None
         except aiohttp.ClientConnectorError as exc:
-            raise WorkerUnreachable(worker, f"cannot connect: {exc.os_error}") from None
+            raise WorkerRefused(worker, f"cannot connect: {exc.os_error}") from None
         except aiohttp.ClientError as exc:
             raise WorkerUnreachable(worker, f"connection failed: {exc}") from None
         return _AiohttpResponse(response, worker)
@@ -245,8 +245,10 @@ class MockTransport:
             result = self.handler(request)
             if inspect.isawaitable(result):
                 result = await result
-        except (ConnectionRefusedError, ConnectionResetError) as exc:
-            raise WorkerUnreachable(request.worker, f"cannot connect: {exc}") from None
+        except ConnectionRefusedError as exc:
+            raise WorkerRefused(request.worker, f"cannot connect: {exc}") from None
+        except ConnectionResetError as exc:
+            raise WorkerUnreachable(request.worker, f"connection reset: {exc}") from None
         except TimeoutError:
             raise WorkerTimeout(request.worker, f"no answer within {timeout_s:g} s") from None
         assert isinstance(result, MockResponse)
