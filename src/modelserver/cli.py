@@ -4,6 +4,7 @@ them here, so this file stays a table of contents."""
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -58,6 +59,10 @@ def _register_all() -> None:
 
 
 def main() -> None:
+    # State, logs and locks (and whatever the engines we start write) must not be writable by
+    # other users, whatever umask we were started with: a state file swapped by someone else
+    # would name the processes `down` signals.
+    os.umask(os.umask(0) | 0o022)
     _register_all()
     try:
         # Without standalone mode click returns the code of `typer.Exit` instead of exiting.
