@@ -10,6 +10,7 @@ nothing either.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -165,3 +166,20 @@ def test_ctrl_c_right_after_the_kill_still_stops_everything(
     assert "stopping everything" in demo.output
     assert "interrupted (Ctrl-C)" in demo.output
     assert leftovers(tmp_path, demo.run_dir) == []
+
+
+def test_a_second_demo_in_the_same_folder_is_refused_before_starting_anything(
+    tmp_path: Path,
+) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with (run_dir / "demo.lock").open("a") as held:  # as a first demo holds it
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        done = subprocess.run(
+            [sys.executable, "-m", "modelserver", "demo", "--no-live", "--dir", str(run_dir),
+             "--models-dir", str(tmp_path / "models")],
+            capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "another `modelserver demo` runs in" in done.stderr
+    assert not (run_dir / "fleet.toml").exists() and not (tmp_path / "models").exists()

@@ -16,10 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -262,3 +264,21 @@ def _running(pid: int) -> bool:
         return proc is not None and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def stop_previous_run(run_dir: Path, say: Callable[[str, str], None]) -> None:
+    """A demo killed hard may have left its fleet running in this folder: stop it first,
+    then clear the old state and logs so this run's files tell only this run's story."""
+    fleet_file = run_dir / FLEET_FILE
+    if fleet_file.exists() and any(run_dir.glob("state-*.json")):
+        try:
+            leftover = DemoFleet(fleet_file, load_fleet(fleet_file), {})
+            leftover.state()
+            if any(_running(pid) for pid in leftover.seen_pids):
+                say("stopping what a previous demo run in this folder left running", "yellow")
+                leftover.down()
+        except Exception as exc:  # an unreadable old run must not stop a new one; say so
+            say(f"could not check the previous run in {run_dir}: {exc}", "red")
+    for stale in [*run_dir.glob("state-*.json"), run_dir / "availability.json"]:
+        stale.unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "logs", ignore_errors=True)

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import math
-import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -31,25 +31,19 @@ import orjson
 from rich.console import Console
 
 from modelserver._files import atomic_write_json
-from modelserver.demo.fleet import HOST, DemoFleet
+from modelserver.demo.fleet import HOST, DemoFleet, stop_previous_run
 from modelserver.demo.live import LiveView, PlainView, Snapshot, View, WorkerLine
+from modelserver.demo.narrate import INTRO, MovedAttempts, count, describe_record, error_text
 from modelserver.demo.summary import KillReport, Summary, problems, render, summarize, to_json
 from modelserver.demo.workload import Outcome, Workload
 from modelserver.errors import LaunchError
 from modelserver.gateway.server import GatewayServer
 from modelserver.models import prepare_models
-from modelserver.routing.events import RouterObserver
 from modelserver.routing.router import Router
-from modelserver.state import WorkerRecord
 
 VICTIM = f"llama-8b-0@{HOST}"
 RECOVERY_LIMIT_S = 60.0
 """How long after the kill the worker must be back serving, else the demo failed."""
-INTRO = (
-    "ModelServer demo: a small fleet on this machine (no GPU, no network), the gateway in "
-    "front of it, traffic through the gateway, and one engine crashing mid-run. Watch the "
-    "router route around it and the supervisor restart it; a summary follows."
-)
 SIMILARITY = (
     "The cat sleeps on the warm sofa.",
     "A kitten is napping on the couch.",
@@ -63,21 +57,6 @@ class DemoOptions:
     models_dir: Path | None
     duration_s: float
     live: bool
-
-
-class _MovedAttempts(RouterObserver):
-    """Counts attempts that failed on `url` and were retried (elsewhere when possible)."""
-
-    def __init__(self) -> None:
-        self.url: str | None = None
-        self.count = 0
-        self.last_error = ""
-
-    def on_retry(self, model: str, failed_worker: str, error: str, next_attempt: int,
-                 backoff_s: float) -> None:
-        if failed_worker == self.url:
-            self.count += 1
-            self.last_error = error
 
 
 class DemoRun:
@@ -97,7 +76,7 @@ class DemoRun:
         self._latest = Snapshot(self.phase, 0.0, 0.0, 0, 0, ())
         self._seen_records: dict[str, tuple[str, int | None, int]] = {}
         self._seen_router: dict[str, str] = {}
-        self._moved = _MovedAttempts()
+        self._moved = MovedAttempts()
         self._moved_shown = 0
         view_class = LiveView if options.live else PlainView
         self.view: View = view_class(console, lambda: self._latest, clock)
@@ -108,7 +87,7 @@ class DemoRun:
         run_dir = self.options.run_dir
         self.say(INTRO, "bold")
         self.say(f"run folder: {run_dir} (fleet file, state, worker logs, summary.json)")
-        await asyncio.to_thread(_stop_previous_run, run_dir, self.say)
+        await asyncio.to_thread(stop_previous_run, run_dir, self.say)
         prepared = await asyncio.to_thread(prepare_models, self.options.models_dir)
         written = ", ".join(prepared.written) or "none (both verified)"
         self.say(f"models in {prepared.chat_path.parent}: written {written}")
@@ -205,8 +184,8 @@ class DemoRun:
         assert kill is not None
         if self._moved.count > self._moved_shown:
             moved = self._moved.count - self._moved_shown
-            self.say(f"router: {_count(moved, 'attempt')} on {VICTIM} failed "
-                     f"({_error_text(self._moved.last_error)}), retried on other workers",
+            self.say(f"router: {count(moved, 'attempt')} on {VICTIM} failed "
+                     f"({error_text(self._moved.last_error)}), retried on other workers",
                      "yellow")
             self._moved_shown = self._moved.count
         kill = replace(kill, moved=self._moved.count)
@@ -244,7 +223,7 @@ class DemoRun:
             if self._seen_records.get(name) == key:
                 continue
             self._seen_records[name] = key
-            self.say(_describe_record(record), "red" if record.status in ("backoff", "failed")
+            self.say(describe_record(record), "red" if record.status in ("backoff", "failed")
                      else "")
 
     def _watch_router(self, router: Router) -> None:
@@ -254,7 +233,7 @@ class DemoRun:
             if stats.status == before:
                 continue
             self._seen_router[stats.name] = stats.status
-            why = stats.status[:70]
+            why = error_text(stats.status, 70)
             if stats.status == "up":
                 self.say(f"router: {stats.name} is back in rotation", "green")
             elif before == "up":
@@ -284,7 +263,7 @@ class DemoRun:
             lines.append(WorkerLine(
                 name=spec.name, engine=model.engine, serves=model.serves,
                 launcher=record.status if record else "-",
-                router=(stat.status if stat else "-")[:40],
+                router=error_text(stat.status, 36) if stat else "-",
                 requests=stat.requests if stat else 0,
                 in_flight=stat.in_flight if stat else 0,
                 ewma=ewma, restarts=record.restarts if record else 0,
@@ -314,6 +293,24 @@ def run_demo(options: DemoOptions, console: Console) -> int:
     """Run the demo; 0 when it showed what it should, 1 when something failed, 130 on
     Ctrl-C. Whatever happens, everything it started is stopped before it returns."""
     options.run_dir.mkdir(parents=True, exist_ok=True)
+    with _run_dir_lock(options.run_dir):
+        return _run_locked(options, console)
+
+
+@contextlib.contextmanager
+def _run_dir_lock(run_dir: Path) -> Iterator[None]:
+    """One demo per run folder: a second one would take the first one's fleet down."""
+    with (run_dir / "demo.lock").open("a") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LaunchError(
+                f"another `modelserver demo` runs in {run_dir}; wait for it or pass --dir"
+            ) from None
+        yield
+
+
+def _run_locked(options: DemoOptions, console: Console) -> int:
     # The router's and gateway's log lines would tear the live screen; what they say is
     # shown as the demo's own events.
     logging.getLogger("modelserver").addHandler(logging.NullHandler())
@@ -365,41 +362,6 @@ def _sigint_ignored() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-def _stop_previous_run(run_dir: Path, say: Callable[[str, str], None]) -> None:
-    """A demo killed hard may have left its fleet running in this folder: stop it first."""
-    fleet_file = run_dir / "fleet.toml"
-    if fleet_file.exists() and any(run_dir.glob("state-*.json")):
-        say("stopping what a previous demo run in this folder left behind", "yellow")
-        with contextlib.suppress(Exception):
-            from modelserver.config import load_fleet
-
-            fleet = load_fleet(fleet_file)
-            leftover = DemoFleet(fleet_file, fleet, {})
-            leftover.state()
-            leftover.down()
-    for stale in [*run_dir.glob("state-*.json"), run_dir / "availability.json"]:
-        stale.unlink(missing_ok=True)
-    shutil.rmtree(run_dir / "logs", ignore_errors=True)
-
-
-def _describe_record(record: WorkerRecord) -> str:
-    why = (record.last_error or "").splitlines()
-    reason = f" ({why[0][:60]})" if why and record.status in ("backoff", "failed") else ""
-    pid = f", pid {record.pid}" if record.pid else ""
-    restarts = f", restart {record.restarts}" if record.restarts else ""
-    return f"supervisor: {record.name} {record.status}{pid}{restarts}{reason}"
-
-
-def _count(n: int, thing: str) -> str:
-    return f"{n} {thing}" if n == 1 else f"{n} {thing}s"
-
-
-def _error_text(error: str) -> str:
-    """A router error without the worker URL it starts with, short enough for one line."""
-    text = error.split(": ", 1)[1] if error.startswith("http") and ": " in error else error
-    return text[:60]
 
 
 def _in_flight(router: Router, url: str) -> int:
