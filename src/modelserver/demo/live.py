@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.panel import Panel
@@ -64,23 +65,35 @@ class View(Protocol):
     def stop(self) -> None: ...
 
 
-def worker_table(snapshot: Snapshot) -> Table:
-    table = Table(expand=False, pad_edge=False)
-    for column in ("worker", "engine", "model", "launcher"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("router", no_wrap=True, overflow="ellipsis", min_width=12, max_width=36)
-    for column in ("requests", "in flight", "EWMA", "restarts", "pid"):
-        table.add_column(column, justify="right", no_wrap=True)
+_SHORT = {"requests": "reqs", "in flight": "in fl", "restarts": "rst"}
+
+
+def worker_table(snapshot: Snapshot, width: int = 200) -> Table:
+    """One row per worker. Narrow terminals drop the columns a newcomer needs least (engine,
+    pid, model); the router's reason gets what is left and is cut with an ellipsis."""
+    columns: list[tuple[str, str, Callable[[WorkerLine], Text]]] = [
+        ("worker", "left", lambda w: Text(w.name)),
+        ("engine", "left", lambda w: Text(w.engine)),
+        ("model", "left", lambda w: Text(w.serves)),
+        ("launcher", "left", lambda w: Text(w.launcher, LAUNCHER_STYLE.get(w.launcher, ""))),
+        ("requests", "right", lambda w: Text(str(w.requests))),
+        ("in flight", "right", lambda w: Text(str(w.in_flight))),
+        ("EWMA", "right", lambda w: Text(w.ewma)),
+        ("restarts", "right", lambda w: Text(str(w.restarts), "yellow" if w.restarts else "")),
+        ("pid", "right", lambda w: Text(str(w.pid or "-"))),
+    ]
+    dropped = {"engine", "pid"} if width < 140 else set()
+    dropped |= {"model"} if width < 100 else set()
+    kept = [c for c in columns if c[0] not in dropped]
+    table = Table(expand=True, pad_edge=False, box=box.SIMPLE_HEAD)
+    for name, justify, cell in kept:
+        title = _SHORT.get(name, name) if width < 100 else name
+        needed = max([len(title)] + [cell(w).cell_len for w in snapshot.workers])
+        table.add_column(title, justify=justify, no_wrap=True, min_width=needed)  # type: ignore[arg-type]
+    table.add_column("router", no_wrap=True, overflow="ellipsis", ratio=1)
     for w in snapshot.workers:
-        router_style = "green" if w.router == "up" else "red"
-        table.add_row(
-            w.name, w.engine, w.serves,
-            Text(w.launcher, style=LAUNCHER_STYLE.get(w.launcher, "")),
-            Text(w.router, style=router_style),
-            str(w.requests), str(w.in_flight), w.ewma,
-            Text(str(w.restarts), style="yellow" if w.restarts else ""),
-            str(w.pid or "-"),
-        )
+        router = Text(w.router, style="green" if w.router == "up" else "red")
+        table.add_row(*(cell(w) for _, _, cell in kept), router)
     return table
 
 
@@ -107,7 +120,7 @@ class LiveView:
     def _render(self) -> RenderableType:
         snapshot = self._snapshot()
         events = Group(*self._events) if self._events else Text("")
-        return Group(header(snapshot), worker_table(snapshot),
+        return Group(header(snapshot), worker_table(snapshot, self._console.width),
                      Panel(events, title="what just happened", title_align="left"))
 
     def start(self) -> None:
@@ -161,4 +174,4 @@ class PlainView:
     def stop(self) -> None:
         snapshot = self._snapshot()
         if snapshot.workers:
-            self._console.print(worker_table(snapshot))
+            self._console.print(worker_table(snapshot, self._console.width))
