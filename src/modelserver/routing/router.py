@@ -200,7 +200,9 @@ class Router:
         backoff_round = 0
         while True:
             now = self._clock()
-            usable = usable_workers(workers, now, readmit)
+            usable = usable_workers(workers, now, readmit) or _slow_but_alive(
+                workers, now, readmit
+            )
             if not usable:
                 raise await self._no_healthy_worker(model, workers, now, budget)
             candidates = [w for w in usable if w.url not in tried] if tried else usable
@@ -448,6 +450,8 @@ class Router:
         trial = worker.ejected_at is not None
         if latency is None or (not trial and worker.latency_samples < settings.min_samples):
             return
+        # Compared only with workers that could take its requests now: the stale EWMA of a
+        # dead or broken one says nothing about what this one should manage.
         others = [
             w.ewma_latency
             for w in self._models.get(worker.model, ())
@@ -455,6 +459,7 @@ class Router:
             and w.ewma_latency is not None
             and w.ejected_at is None
             and w.latency_samples >= settings.min_samples
+            and w.out_reason(now, settings.readmit_after_s) is None
         ]
         if not others:
             if trial:
@@ -661,6 +666,15 @@ def _check_url(url: str) -> None:
         raise ValueError(problem) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(problem)
+
+
+def _slow_but_alive(workers: Sequence[Worker], now: float, readmit: float) -> list[Worker]:
+    """When no worker is usable: those out only for being slow (ejected). A slow answer beats
+    none; the request is their trial, judged afresh (`_check_ejection`)."""
+    return [
+        w for w in workers
+        if w.ejected_at is not None and w.out_reason(now, readmit, allow_ejected=True) is None
+    ]
 
 
 def _take_out_until_probed(worker: Worker, error: str) -> None:

@@ -105,11 +105,15 @@ class Worker:
 
     # -- eligibility -----------------------------------------------------------------------
 
-    def out_reason(self, now: float, readmit_after_s: float) -> str | None:
+    def out_reason(
+        self, now: float, readmit_after_s: float, *, allow_ejected: bool = False
+    ) -> str | None:
         """Why this worker must not get a new request now, or None if it may.
 
         The one shared rule every policy relies on: healthy, circuit not open, not draining,
         not ejected (an ejected worker may take a single trial after `readmit_after_s`).
+        `allow_ejected` overlooks the ejection (the router's last resort when nothing else
+        is usable: slow but alive).
         """
         if self.draining:
             return "draining"
@@ -121,7 +125,7 @@ class Worker:
             if self.breaker.state is BreakerState.OPEN:
                 return f"circuit open after {self.breaker.consecutive_failures} failures"
             return "circuit half-open, trial request in flight"
-        if self.ejected_at is not None and (
+        if not allow_ejected and self.ejected_at is not None and (
             self.trial_in_flight or now - self.ejected_at < readmit_after_s
         ):
             return f"ejected as slow ({self.ejection_note})"
