@@ -83,11 +83,11 @@ def worker_table(snapshot: Snapshot, width: int = 200) -> Table:
         ("pid", "right", lambda w: Text(str(w.pid or "-"))),
     ]
     dropped = {"engine", "pid"} if width < 140 else set()
-    dropped |= {"model"} if width < 100 else set()
+    dropped |= {"model"} if width < 120 else set()
     kept = [c for c in columns if c[0] not in dropped]
     table = Table(expand=True, pad_edge=False, box=box.SIMPLE_HEAD)
     for name, justify, cell in kept:
-        title = _SHORT.get(name, name) if width < 100 else name
+        title = _SHORT.get(name, name) if width < 120 else name
         needed = max([len(title)] + [cell(w).cell_len for w in snapshot.workers])
         table.add_column(title, justify=justify, no_wrap=True, min_width=needed)  # type: ignore[arg-type]
     table.add_column("router", no_wrap=True, overflow="ellipsis", ratio=1)
