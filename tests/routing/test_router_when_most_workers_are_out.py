@@ -2,12 +2,19 @@
 
 Found by the chaos run (tests/reliability/test_chaos.py): the worker left healthy grew slower
 under the whole load, was ejected as slow against the stale latency of workers that had
-since died, and requests then failed with "no healthy worker" while it was alive.
+since died, and requests then failed with "no healthy worker" while it was alive; and a
+worker whose 5xx had stopped stayed out by its circuit while the others were broken.
 """
 
 from __future__ import annotations
 
-from modelserver.routing import MockRequest, MockResponse
+import random
+
+import pytest
+
+from modelserver.config import RouterConfig
+from modelserver.errors import NoHealthyWorker
+from modelserver.routing import MockRequest, MockResponse, MockTransport, Router, WorkerEntry
 
 from .helpers import CHAT, URLS, FakeClock, chat_answer, chat_body, error_answer, make_router
 
@@ -62,3 +69,41 @@ async def test_latency_is_compared_only_with_workers_that_could_take_the_request
         await router.forward("m", CHAT, chat_body())
     assert router.worker(URLS[0]).latency_samples >= 3
     assert router.worker(URLS[0]).ejected_at is None
+
+
+async def test_a_worker_out_by_its_circuit_serves_while_its_probe_answers_and_none_else_can(
+) -> None:
+    clock = FakeClock()
+    engines = Engines(clock)
+    transport = MockTransport(engines)
+    config = RouterConfig.model_validate(
+        {"policy": "round_robin", "breaker": {"failure_threshold": 1, "cooldown_s": 60},
+         "health": {"interval_s": 3600}}
+    )
+    router = Router([WorkerEntry("m", url) for url in URLS], config=config,
+                    transport=transport, clock=clock, rng=random.Random(0))
+    await router.start()  # one probe round: every worker answers its health endpoint
+    try:
+        engines.failing.add(URLS[0])
+        for _ in range(3):
+            await router.forward("m", CHAT, chat_body())
+        assert router.workers()[0].status.startswith("circuit open")
+        engines.failing.clear()  # it recovered, but its circuit stays open for a minute
+        router.drain(URLS[1])
+        router.drain(URLS[2])
+        assert (await router.forward("m", CHAT, chat_body())).worker == URLS[0]
+    finally:
+        await router.close()
+
+
+async def test_without_a_probe_answer_an_open_circuit_still_means_no_healthy_worker() -> None:
+    clock = FakeClock()
+    engines = Engines(clock)
+    engines.failing.add(URLS[0])
+    router, *_ = make_router(engines, clock=clock, breaker={"failure_threshold": 1})
+    for _ in range(3):
+        await router.forward("m", CHAT, chat_body())
+    router.drain(URLS[1])
+    router.drain(URLS[2])
+    with pytest.raises(NoHealthyWorker):
+        await router.forward("m", CHAT, chat_body())

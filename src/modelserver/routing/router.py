@@ -200,7 +200,7 @@ class Router:
         backoff_round = 0
         while True:
             now = self._clock()
-            usable = usable_workers(workers, now, readmit) or _slow_but_alive(
+            usable = usable_workers(workers, now, readmit) or _last_resort(
                 workers, now, readmit
             )
             if not usable:
@@ -668,13 +668,11 @@ def _check_url(url: str) -> None:
         raise ValueError(problem)
 
 
-def _slow_but_alive(workers: Sequence[Worker], now: float, readmit: float) -> list[Worker]:
-    """When no worker is usable: those out only for being slow (ejected). A slow answer beats
-    none; the request is their trial, judged afresh (`_check_ejection`)."""
-    return [
-        w for w in workers
-        if w.ejected_at is not None and w.out_reason(now, readmit, allow_ejected=True) is None
-    ]
+def _last_resort(workers: Sequence[Worker], now: float, readmit: float) -> list[Worker]:
+    """When no worker is usable: those out only for being slow, or only by their circuit
+    while their health probe answers (`Worker.out_reason(last_resort=True)`). Trying one of
+    them beats answering "no healthy worker" while some are alive."""
+    return [w for w in workers if w.out_reason(now, readmit, last_resort=True) is None]
 
 
 def _take_out_until_probed(worker: Worker, error: str) -> None:

@@ -106,14 +106,16 @@ class Worker:
     # -- eligibility -----------------------------------------------------------------------
 
     def out_reason(
-        self, now: float, readmit_after_s: float, *, allow_ejected: bool = False
+        self, now: float, readmit_after_s: float, *, last_resort: bool = False
     ) -> str | None:
         """Why this worker must not get a new request now, or None if it may.
 
         The one shared rule every policy relies on: healthy, circuit not open, not draining,
         not ejected (an ejected worker may take a single trial after `readmit_after_s`).
-        `allow_ejected` overlooks the ejection (the router's last resort when nothing else
-        is usable: slow but alive).
+
+        `last_resort` is the router's rule when no worker passes that one (Envoy's "panic
+        routing"): a worker out only for being slow, or only by its circuit while its health
+        probe answers, still takes requests. Known dead (launcher, probes) or draining: never.
         """
         if self.draining:
             return "draining"
@@ -121,11 +123,11 @@ class Worker:
             return f"launcher reports {self.launcher_status}"
         if not self.probe_healthy:
             return f"health probe failed ({self.last_probe_error or 'no answer'})"
-        if not self.breaker.allows_request():
+        if not self.breaker.allows_request() and not (last_resort and self.probe_successes > 0):
             if self.breaker.state is BreakerState.OPEN:
                 return f"circuit open after {self.breaker.consecutive_failures} failures"
             return "circuit half-open, trial request in flight"
-        if not allow_ejected and self.ejected_at is not None and (
+        if not last_resort and self.ejected_at is not None and (
             self.trial_in_flight or now - self.ejected_at < readmit_after_s
         ):
             return f"ejected as slow ({self.ejection_note})"
