@@ -8,6 +8,8 @@
     wrong_type       200, text/html, a proxy's error page (for streams too)
     cut_before_first headers sent, then the connection closed before any byte of the body
     cut_after_first  one SSE event (or half a JSON body), then the connection closed
+    ends_early       streams: one SSE event, then a clean end without data: [DONE]
+                     (whole answers are good)
     never_ends       headers sent, then nothing more until the test ends
     always_500       500 with an OpenAI-shaped error
 
@@ -30,6 +32,7 @@ Behaviour = Literal[
     "cut_after_first",
     "never_ends",
     "always_500",
+    "ends_early",
 ]
 BEHAVIOURS: tuple[Behaviour, ...] = (
     "invalid_json",
@@ -99,7 +102,7 @@ class FakeEngine:
         body = orjson.loads(await request.read())
         stream = bool(body.get("stream"))
         kind = self.behaviour
-        if kind == "good":
+        if kind == "good" or (kind == "ends_early" and not stream):
             return await self._good(request, stream)
         if kind == "invalid_json":
             return web.Response(body=chat_answer()[:25], content_type="application/json")
@@ -117,6 +120,10 @@ class FakeEngine:
         await response.prepare(request)
         if kind == "cut_after_first":
             await response.write(sse_event("half") if stream else chat_answer()[:20])
+        if kind == "ends_early":
+            await response.write(sse_event("half"))
+            await response.write_eof()
+            return response
         if kind == "never_ends":
             await self._release.wait()
             return response

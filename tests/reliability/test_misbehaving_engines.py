@@ -114,6 +114,19 @@ async def test_client_stream_cut_after_its_first_chunk_raises_a_clear_error() ->
         no_slot_left_taken(ms.router)
 
 
+async def test_client_stream_that_ends_without_done_raises_instead_of_passing_for_whole(
+) -> None:
+    async with (
+        FakeEngine("ends_early") as bad,
+        AsyncModelServer({"m": [bad.url]}, config=CONFIG, probe=False) as ms,
+    ):
+        pieces: list[str] = []
+        with pytest.raises(WorkerError, match=r"ended before data: \[DONE\]"):
+            await bounded(_extend(pieces, ms.stream("m", MESSAGES)))
+        assert pieces == ["half"]
+        no_slot_left_taken(ms.router)
+
+
 async def _extend(pieces: list[str], stream: AsyncIterator[str]) -> None:
     async for piece in stream:
         pieces.append(piece)
@@ -193,6 +206,17 @@ async def test_gateway_stream_cut_after_its_first_chunk_ends_with_an_error_event
     assert b'"half"' in events[0]
     error = orjson.loads(events[-1].removeprefix(b"data: "))["error"]
     assert error["code"] == "worker_failed" and "stream broke" in error["message"]
+
+
+async def test_gateway_stream_that_ends_without_done_ends_with_an_error_event() -> None:
+    async with FakeEngine("ends_early") as bad:
+        payload = {"model": "m", "messages": MESSAGES, "stream": True}
+        status, _, body, _ = await _gateway_call([bad.url], payload)
+    assert status == 200
+    events = [e for e in body.split(b"\n\n") if e]
+    assert b'"half"' in events[0] and len(events) == 2
+    error = orjson.loads(events[-1].removeprefix(b"data: "))["error"]
+    assert error["code"] == "worker_failed" and "ended before data: [DONE]" in error["message"]
 
 
 @pytest.mark.parametrize("behaviour", BEHAVIOURS)
