@@ -63,3 +63,22 @@ async def test_an_engine_that_cannot_start_is_reported_and_nothing_is_left(tmp_p
     with pytest.raises(BenchError, match="exited"):
         await fleet.start()
     assert fleet.engines[0].process is None
+
+
+async def test_reset_brings_back_a_hung_engine(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    fleet = SimFleet(model="m", specs=[EngineSpec(speed=50.0)], log_dir=tmp_path,
+                     idle_timeout_s=2.0)
+    try:
+        await fleet.start()
+        body = chat_body("m", [{"role": "user", "content": "hello"}], 4, stream=False)
+        async with aiohttp.ClientSession() as http:
+            await fleet.set_fault(0, "hang")
+            hung = await post_chat(http, fleet.urls[0], body, timeout_s=0.5)
+            assert not hung.ok
+            await fleet.reset()
+            state = await fleet.state(0)
+            assert state is not None and state["faults"] == "" and not state["running"]
+            after = await post_chat(http, fleet.urls[0], body, timeout_s=30)
+            assert after.ok
+    finally:
+        await fleet.stop()

@@ -67,6 +67,8 @@ async def test_every_contender_completes_a_tiny_run_and_the_report_is_well_forme
     assert {g["goal"] for g in report["goals"]} >= {"goodput / oracle >= 0.9"}
     saved = (tmp_path / "report.json").read_bytes()
     assert saved.startswith(b"{") and b'"schema": "modelserver-bench/1"' in saved
+    markdown = (tmp_path / "report.md").read_text()
+    assert all(f"| {name} |" in markdown for name in ran)
     for png in ("latency.png", "load.png"):
         data = (tmp_path / png).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 10_000

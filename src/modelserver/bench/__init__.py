@@ -2,7 +2,7 @@
 
     settings = BenchSettings(workload="shared-prefix", contenders=resolve_names("all"),
                              engines=parse_engines("1,1,1,0.5", speed=0.2), out=Path("out"))
-    report = await run_bench(settings)   # writes out/report.json, out/latency.png, out/load.png
+    report = await run_bench(settings)   # writes out/report.{json,md}, latency.png, load.png
 
 Modules: `workloads` (what is sent), `arrivals` (when), `fleet` (the simulated engines as
 processes), `faults` (what breaks, when), `contenders/` (who routes), `runner` (one run),
@@ -59,6 +59,7 @@ async def run_bench(settings: BenchSettings, progress: Callable[[str], None] = l
     result = await BenchRunner(settings, progress).run()
     data = reporting.to_json(result)
     reporting.write_json(data, Path(settings.out))
+    reporting.write_markdown(data, Path(settings.out))
     if plots:
         from modelserver.bench.plots import write_plots
 

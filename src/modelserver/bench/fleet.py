@@ -10,6 +10,7 @@ their port, faults cleared, prefix cache flushed, queue drained.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import socket
 import subprocess
@@ -77,6 +78,8 @@ class SimFleet:
     model_path: str | None = None
     """What the engines report as their model path (peers read it to find a tokenizer)."""
     ready_timeout_s: float = 60.0
+    idle_timeout_s: float = 20.0
+    """How long `reset` waits for an engine to drain before restarting it."""
     engines: list[Engine] = field(default_factory=list)
     _session: aiohttp.ClientSession | None = None
 
@@ -198,7 +201,11 @@ class SimFleet:
             if engine.tombstone is not None:
                 await engine.tombstone.stop()
                 engine.tombstone = None
-            if not engine.alive:
+            if engine.alive:
+                # First, so that a hung engine's /health answers again.
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError, BenchError):
+                    await self.set_fault(engine.index, "")
+            else:
                 await self._terminate(engine)
                 if engine.log is not None:
                     engine.log.close()
@@ -207,16 +214,22 @@ class SimFleet:
         await asyncio.gather(*(self._reset_engine(e) for e in self.engines))
 
     async def _reset_engine(self, engine: Engine) -> None:
+        """Clear faults, wait until idle, flush the cache; an engine that stays busy (a
+        hang left requests inside) or refuses the flush is restarted instead: cold too."""
         await self.set_fault(engine.index, "")
-        deadline = time.monotonic() + 120.0
+        deadline = time.monotonic() + self.idle_timeout_s
         while time.monotonic() < deadline:
             state = await self.state(engine.index)
             if state is not None and not state.get("running") and not state.get("queued"):
-                break
+                async with self.http.post(f"{engine.url}/flush_cache") as resp:
+                    if resp.status == 200:
+                        return
             await asyncio.sleep(0.1)
-        async with self.http.post(f"{engine.url}/flush_cache") as resp:
-            if resp.status != 200:
-                raise BenchError(f"{engine.url}/flush_cache answered HTTP {resp.status}")
+        await self._terminate(engine)
+        if engine.log is not None:
+            engine.log.close()
+        self._spawn(engine)
+        await self._wait_ready(engine)
 
     async def state(self, index: int) -> dict[str, Any] | None:
         """The engine's own view (`/sim/state`), or None when it does not answer."""

@@ -177,3 +177,58 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     if report["headline"]:
         console.print(headline_table(report))
     console.print(goals_table(report))
+
+
+def _cell(value: float | None, scale: float = 1.0, fmt: str = "{:.0f}") -> str:
+    return "-" if value is None else fmt.format(value * scale)
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    """The figures, headline ratios and goals as Markdown tables (for docs/BENCHMARKS.md)."""
+    lines = [
+        f"Workload: {report['workload']['description']}; {report['arrivals']}.",
+        "",
+        "| contender | done | failed | to dead | req/s | out tok/s | TTFT p50 / p90 / p99 ms "
+        "| e2e p50 / p90 / p99 ms | cache hit | client CPU ms/req |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for f in report["figures"]:
+        if f["skipped"]:
+            lines.append(f"| {f['name']} | skipped: {f['skipped']} |||||||||")
+            continue
+        ttft = " / ".join(_cell(f[k], 1000) for k in ("ttft_p50", "ttft_p90", "ttft_p99"))
+        e2e = " / ".join(_cell(f[k], 1000) for k in ("e2e_p50", "e2e_p90", "e2e_p99"))
+        lines.append(
+            f"| {f['name']} | {f['completed']}/{f['requests']} | {f['failed']} "
+            f"| {f['to_dead_worker']} | {f['completed_rps']:.2f} | {f['output_tok_s']:.0f} "
+            f"| {ttft} | {e2e} | {_pct(f['cache_hit_ratio'])} "
+            f"| {f['cpu_ms_per_request']:.1f} |"
+        )
+    if report["headline"]:
+        lines += [
+            "",
+            f"{HEADLINE} / each contender:",
+            "",
+            "| against | p99 e2e | p99 TTFT | req/s | cache hit ours / theirs | CPU per request "
+            "| failed ours / theirs |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for row in report["headline"]:
+            hit = row["cache_hit"]
+            lines.append(
+                f"| {row['against']} | {_x(row['p99_e2e'])} | {_x(row['p99_ttft'])} "
+                f"| {_x(row['throughput'])} | {_pct(hit['ours'])} / {_pct(hit['theirs'])} "
+                f"| {_x(row['cpu_per_request'])} "
+                f"| {row['failed']['ours']} / {row['failed']['theirs']} |"
+            )
+    lines += ["", "| goal (issue 7) | value | met |", "| --- | ---: | --- |"]
+    for g in report["goals"]:
+        met = {True: "yes", False: "**no**", None: "n/a"}[g["met"]]
+        lines.append(f"| {g['goal']} | {_cell(g['value'], 1, '{:.3f}')} | {met} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(report: dict[str, Any], out: Path) -> Path:
+    path = out / "report.md"
+    path.write_text(to_markdown(report))
+    return path
