@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -21,6 +20,8 @@ from typing import Any
 
 import orjson
 import psutil
+
+from modelserver.chaos.fleet import consecutive_free_ports
 
 DEADLINE_S = 60.0
 
@@ -36,28 +37,6 @@ QUICK_LAUNCHER: dict[str, float] = {
     "stable_after_s": 5,
 }
 """Small backoffs and intervals so restarts and adoption happen within a test's time."""
-
-
-def consecutive_free_ports(count: int, attempts: int = 50) -> int:
-    """A base port such that base..base+count-1 are all free on 127.0.0.1 now."""
-    for _ in range(attempts):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = int(probe.getsockname()[1])
-        if base + count - 1 > 65535:
-            continue
-        if all(_free(port) for port in range(base, base + count)):
-            return base
-    raise RuntimeError(f"found no {count} consecutive free ports")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 @dataclass(frozen=True)

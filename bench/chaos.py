@@ -1,0 +1,120 @@
+"""Chaos run: thousands of requests through the client and the gateway while workers are
+killed, hung, slowed and made to answer 5xx at random (seeded), and the supervisor restarts
+them.
+
+    .venv/bin/python bench/chaos.py [--duration 120] [--seed 8] [--replicas 4] [--speed 20]
+                                    [--concurrency 8] [--rate R] [--mean-gap 2]
+                                    [--keep-healthy 1] [--json F]
+
+It writes a fleet of `--replicas` simulated engines (modelserver.chaos.fleet), starts it with
+the real launcher (`modelserver up --detach`), runs `modelserver.chaos.run_chaos`, and stops
+everything (`modelserver down`, then SIGKILL to any recorded process group still alive).
+Prints the figures as JSON and as the Markdown table of docs/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import orjson
+
+from modelserver.chaos import ChaosFigures, ChaosOptions, ChaosSettings, LoadSettings, run_chaos
+from modelserver.chaos.figures import summary
+from modelserver.chaos.fleet import write_chaos_fleet
+from modelserver.config import load_fleet
+from modelserver.state import read_state, state_path
+
+
+def modelserver(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "modelserver", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def markdown(figures: ChaosFigures) -> str:
+    lines = [
+        "| path | sent | succeeded | failed | p50 | p99 |",
+        "| --- | --: | --: | --: | --: | --: |",
+    ]
+    for via, p in figures.paths.items():
+        p50 = f"{p.latency_p50_s * 1000:.0f} ms" if p.latency_p50_s is not None else "-"
+        p99 = f"{p.latency_p99_s * 1000:.0f} ms" if p.latency_p99_s is not None else "-"
+        lines.append(f"| {via} | {p.sent} | {p.succeeded} | {p.failed} | {p50} | {p99} |")
+    kill = summary(figures.kill_to_last_request_s)
+    ready = summary(figures.ready_to_first_request_s)
+
+    def ms(value: float | int | None) -> str:
+        return "-" if value is None else f"{float(value) * 1000:.0f} ms"
+
+    lines += [
+        "",
+        f"- actions: {figures.actions}",
+        f"- attempts: {figures.attempts} ({figures.failed_attempts} failed and retried)",
+        f"- attempts routed to a worker known dead for more than 1 s:"
+        f" **{figures.routed_to_known_dead}**",
+        f"- kill → last request sent there: median {ms(kill['median'])}, max {ms(kill['max'])}"
+        f" over {kill['n']} kills ({figures.kills_without_later_request} kills got no later"
+        " request)",
+        f"- restart ready → first request: median {ms(ready['median'])},"
+        f" max {ms(ready['max'])} over {ready['n']} restarts",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=120.0)
+    parser.add_argument("--seed", type=int, default=8)
+    parser.add_argument("--replicas", type=int, default=4)
+    parser.add_argument("--speed", type=float, default=20.0)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--rate", type=float, default=None, help="requests/s per path")
+    parser.add_argument("--mean-gap", type=float, default=2.0, help="mean s between actions")
+    parser.add_argument("--keep-healthy", type=int, default=1)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    folder = Path(tempfile.mkdtemp(prefix="modelserver-chaos-"))
+    fleet_path = write_chaos_fleet(folder, replicas=args.replicas, speed=args.speed)
+    fleet = load_fleet(fleet_path)
+    seen: set[int] = set()
+    try:
+        up = modelserver("up", str(fleet_path), "--host", "local", "--detach")
+        if up.returncode != 0:
+            print(up.stdout, up.stderr, file=sys.stderr)
+            return 1
+        options = ChaosOptions(
+            duration_s=args.duration, seed=args.seed,
+            load=LoadSettings(concurrency=args.concurrency, rate_per_s=args.rate),
+            chaos=ChaosSettings(mean_gap_s=args.mean_gap, keep_healthy=args.keep_healthy),
+        )
+        timeline, figures = asyncio.run(run_chaos(fleet, options))
+        seen.update(e.pid for e in timeline.states if e.pid)
+    finally:
+        state = read_state(state_path(fleet, "local"))
+        if state is not None:
+            seen.update(w.pid for w in state.workers if w.pid)
+            if state.supervisor:
+                seen.add(state.supervisor.pid)
+        modelserver("down", str(fleet_path), "--host", "local")
+        for pid in seen:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+    data = figures.to_json()
+    data["command"] = " ".join(["bench/chaos.py", *sys.argv[1:]])
+    if args.json:
+        args.json.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+    print(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+    print(markdown(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""The fleet a chaos run breaks: simulated engines on free consecutive ports, one host, and
+the router and launcher settings that let failures be noticed in seconds, not minutes."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+ROUTER_TOML = """
+[router]
+attempt_timeout_s = 2.0        # a hung worker is abandoned after 2 s, the request goes on
+request_timeout_s = 30.0
+connect_timeout_s = 1.0
+max_attempts = 4               # one per replica: three broken ones still leave the fourth
+
+[router.health]
+interval_s = 0.25              # probes and the launcher's state file read four times a second
+timeout_s = 1.0
+failure_threshold = 2
+success_threshold = 2
+
+[router.breaker]
+failure_threshold = 3
+cooldown_s = 1.0
+
+[router.latency]
+readmit_after_s = 2.0
+"""
+
+LAUNCHER_TOML = """
+[launcher]
+backoff_initial_s = 0.2
+backoff_max_s = 1.0
+max_restarts = 1000
+health_interval_s = 0.5
+unhealthy_after = 2
+ready_poll_s = 0.05
+ready_timeout_s = 30
+stop_grace_s = 3
+stable_after_s = 5
+"""
+
+
+def consecutive_free_ports(count: int, attempts: int = 50) -> int:
+    """A base port such that base..base+count-1 are all free on 127.0.0.1 now (the launcher
+    gives replica i the port `port + i`)."""
+    for _ in range(attempts):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = int(probe.getsockname()[1])
+        if base + count - 1 <= 65535 and all(_free(p) for p in range(base, base + count)):
+            return base
+    raise RuntimeError(f"found no {count} consecutive free ports on 127.0.0.1")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def write_chaos_fleet(
+    folder: Path, *, model: str = "chaos-chat", replicas: int = 4, speed: float = 20.0
+) -> Path:
+    """Write `folder/fleet.toml` (state in `folder/state`) and return its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    port = consecutive_free_ports(replicas)
+    text = (
+        f'[fleet]\nname = "chaos"\nstate_dir = "{folder / "state"}"\n\n'
+        '[[hosts]]\nname = "local"\naddress = "127.0.0.1"\ngpus = "none"\n\n'
+        f'[[models]]\nname = "{model}"\nbackend = "sim"\nport = {port}\n'
+        f"replicas = {replicas}\noptions = {{ speed = {speed} }}\n"
+        + LAUNCHER_TOML
+        + ROUTER_TOML
+    )
+    path = folder / "fleet.toml"
+    path.write_text(text)
+    return path
