@@ -129,8 +129,10 @@ def engine_mark(state_file: Path, worker: str) -> dict[str, str]:
     return {STATE_FILE_ENV: str(state_file.resolve()), WORKER_ENV: worker}
 
 
-def marked_engine_groups(state_file: Path) -> dict[int, str]:
-    """Process groups holding a live process marked with `state_file` -> its worker name."""
+def marked_engine_groups(state_file: Path, keep: Collection[int] = ()) -> dict[int, str]:
+    """Process groups holding a live process marked with `state_file` -> its worker name,
+    leaving out the engines in `keep` and everything they started (even in a group or
+    session of its own)."""
     wanted = str(state_file.resolve())
     groups: dict[int, str] = {}
     for proc in psutil.process_iter(["pid", "status"]):
@@ -138,8 +140,12 @@ def marked_engine_groups(state_file: Path) -> dict[int, str]:
             continue
         try:
             env = proc.environ()
-            if env.get(STATE_FILE_ENV) == wanted:
-                groups.setdefault(os.getpgid(proc.pid), env.get(WORKER_ENV, "?"))
+            if env.get(STATE_FILE_ENV) != wanted:
+                continue
+            pgid = os.getpgid(proc.pid)
+            if pgid in keep or proc.pid in keep or any(p.pid in keep for p in proc.parents()):
+                continue
+            groups.setdefault(pgid, env.get(WORKER_ENV, "?"))
         except (psutil.Error, ProcessLookupError, PermissionError):
             continue  # gone meanwhile, or not ours to read
     return groups
@@ -151,7 +157,7 @@ def stop_unrecorded_engines(
     """SIGKILL every marked engine group not in `keep` (the pids the launcher adopts) and
     wait until its processes are gone (so its port is free). Returns pgid -> worker stopped.
     Only call with no launcher running for `state_file` (it holds the supervisor lock)."""
-    orphans = {g: w for g, w in marked_engine_groups(state_file).items() if g not in keep}
+    orphans = marked_engine_groups(state_file, keep)
     procs: list[psutil.Process] = []
     for pgid in orphans:
         with contextlib.suppress(psutil.Error):

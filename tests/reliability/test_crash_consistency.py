@@ -39,6 +39,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import pytest
 
 from modelserver.processes import engine_mark, marked_engine_groups, stop_unrecorded_engines
@@ -218,20 +219,23 @@ def test_unrecorded_marked_engine_is_stopped_but_adopted_and_foreign_ones_are_no
     state_file = tmp_path / "state" / "state-local.json"
     state_file.parent.mkdir()
 
-    def sleeper(mark: Path) -> subprocess.Popen[bytes]:
+    def sleeper(mark: Path, *argv: str) -> subprocess.Popen[bytes]:
         env = {**os.environ, **engine_mark(mark, "alpha-0@local")}
-        return subprocess.Popen(["sleep", "60"], env=env, start_new_session=True)
+        return subprocess.Popen(argv or ("sleep", "60"), env=env, start_new_session=True)
 
-    orphan, adopted, foreign = (
-        sleeper(state_file), sleeper(state_file), sleeper(tmp_path / "other" / "state-x.json")
-    )
+    orphan, foreign = sleeper(state_file), sleeper(tmp_path / "other" / "state-x.json")
+    # An adopted engine with a helper that left for a session of its own.
+    adopted = sleeper(state_file, "sh", "-c", "setsid sleep 60 & wait")
+    wait_until_sync(lambda: len(psutil.Process(adopted.pid).children()) == 1, "the helper")
+    helper = psutil.Process(adopted.pid).children()[0]
     try:
-        assert set(marked_engine_groups(state_file)) == {orphan.pid, adopted.pid}
+        assert set(marked_engine_groups(state_file)) == {orphan.pid, adopted.pid, helper.pid}
         stopped = stop_unrecorded_engines(state_file, keep={adopted.pid})
         assert stopped == {orphan.pid: "alpha-0@local"}
         orphan.wait(timeout=10)  # gone (stop_unrecorded_engines reaped it: code unknown)
-        assert adopted.poll() is None and foreign.poll() is None
+        assert adopted.poll() is None and foreign.poll() is None and helper.is_running()
     finally:
+        helper.kill()
         for proc in (orphan, adopted, foreign):
             proc.kill()
             proc.wait()
