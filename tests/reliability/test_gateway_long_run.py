@@ -41,7 +41,10 @@ RSS_BOUND = 48 * 1024 * 1024
 """Growth allowed after the warm-up: a leak of a few hundred bytes per request over 3000
 requests stays under it only if it is not a leak worth the name; a real one (a buffer or a
 task per request) passes it."""
-FD_BOUND = 8
+FD_BOUND = 2 * CONCURRENCY + 8
+"""The router keeps up to CONCURRENCY keep-alive connections to each of the two engines; how
+many are open at a given moment depends on the last burst, not on how many requests came
+before. A leak of one descriptor in a hundred requests would pass this bound thirty times."""
 
 
 def _free_port() -> int:
