@@ -44,7 +44,7 @@ task per request) passes it."""
 FD_BOUND = 2 * CONCURRENCY + 8
 """The router keeps up to CONCURRENCY keep-alive connections to each of the two engines; how
 many are open at a given moment depends on the last burst, not on how many requests came
-before. A leak of one descriptor in a hundred requests would pass this bound thirty times."""
+before. One descriptor leaked per 50 requests already exceeds it (60 over the run)."""
 
 
 def _free_port() -> int:
