@@ -118,7 +118,7 @@ def test_real_embeddings_put_a_paraphrase_closer_than_an_unrelated_sentence(
 async def test_a_worker_killed_with_sigkill_restarts_while_every_request_succeeds(
     cpu_fleet: CpuFleet,
 ) -> None:
-    victim = cpu_fleet.worker("tiny-chat-0@local")
+    victim = next(row for row in cpu_fleet.status() if row["name"] == "tiny-chat-0@local")
     # The fleet's router settings, with quicker probes and a short breaker cooldown so the
     # restarted worker is back in rotation within the test.
     config = load_fleet(cpu_fleet.path).router.model_copy(
