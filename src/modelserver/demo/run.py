@@ -292,7 +292,13 @@ class DemoRun:
 def run_demo(options: DemoOptions, console: Console) -> int:
     """Run the demo; 0 when it showed what it should, 1 when something failed, 130 on
     Ctrl-C. Whatever happens, everything it started is stopped before it returns."""
-    options.run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        options.run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LaunchError(
+            f"cannot create the run folder {options.run_dir}: {exc.strerror or exc}; "
+            "pass --dir with a folder you can write"
+        ) from None
     with _run_dir_lock(options.run_dir):
         return _run_locked(options, console)
 
