@@ -136,7 +136,7 @@ class DemoRun:
         victim_url = next(w.url for w in fleet.fleet.workers(HOST) if w.name == VICTIM)
         self.say(f"traffic for {duration:.0f} s: 6 users chatting with llama-8b (3 long system "
                  "prompts, multi-turn: shared prefixes), 2 with tiny-chat, 1 embedding client; "
-                 f"{VICTIM} will be killed at about {kill_at:.0f} s")
+                 f"{VICTIM} will be killed about {kill_at:.0f} s into it")
         self.phase = "traffic"
         stop = asyncio.Event()
         self._traffic_started = start = self.clock()
