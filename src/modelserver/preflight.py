@@ -26,13 +26,12 @@ from modelserver.state import HostState, process_is, read_state, state_path
 
 def preflight(fleet: Fleet, host: str, inventory: GpuInventory | None = None) -> None:
     """Raise FleetFileError (missing weights) or LaunchError (GPUs, ports) for `host`."""
-    indices = {id(m): i for i, m in enumerate(fleet.models)}
     local = {w.model for w in fleet.workers(host)}
     problems = [
         problem
-        for model in fleet.models
+        for index, model in enumerate(fleet.models)
         if model.name in local
-        for problem in _weights_problems(fleet, model, indices[id(model)], host)
+        for problem in _weights_problems(fleet, model, index, host)
     ]
     if problems:
         raise FleetFileError(fleet.source, problems)
@@ -66,8 +65,9 @@ def _weights_problems(fleet: Fleet, model: ModelConfig, index: int, host: str) -
 def _gpu_problems(fleet: Fleet, host: str, inventory: GpuInventory | None) -> list[str]:
     """Replicas that can never be placed here: GPUs that do not exist, more GPUs than the
     host has, no inventory at all. Busy GPUs may free up and are not refused."""
+    local = {w.model for w in fleet.workers(host)}
     need = {m.name: m.replicas * m.gpus_each for m in fleet.models
-            if m.name in {w.model for w in fleet.workers(host)} and m.gpus_each}
+            if m.name in local and m.gpus_each}
     if not need:
         return []
     view: GpuView = gpu_view(inventory or inventory_for(fleet.host(host)))
@@ -79,7 +79,7 @@ def _gpu_problems(fleet: Fleet, host: str, inventory: GpuInventory | None) -> li
     if final or view.unavailable is not None:
         return final
     host_gpus = fleet.host(host).gpus
-    has = len(host_gpus) if isinstance(host_gpus, list) else len(view.gpus)
+    has = len(host_gpus) if isinstance(host_gpus, list) else len(view.gpus)  # "all"
     problems = [
         f"models[{_index(fleet, name)}].replicas: replicas × gpus_per_replica ="
         f" {fleet.model(name).replicas} × {fleet.model(name).gpus_each} = {count} GPUs,"

@@ -1,0 +1,80 @@
+"""`preflight` refuses what can never start here, and nothing that may: busy GPUs, hub ids,
+weights that are there, ports our own recorded workers hold (the end-to-end refusals are in
+test_bad_fleet_up.py)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelserver.config import Fleet, parse_fleet
+from modelserver.errors import FleetFileError, LaunchError
+from modelserver.gpus import GIB, Gpu, StaticInventory
+from modelserver.preflight import preflight
+
+
+def gpus(count: int, used_gib: float = 0.0) -> StaticInventory:
+    return StaticInventory([
+        Gpu(index=i, uuid=f"GPU-{i}", name="test", total_bytes=80 * GIB,
+            used_bytes=int(used_gib * GIB))
+        for i in range(count)
+    ])
+
+
+def fleet(tmp_path: Path, *models: dict[str, Any], wait_s: float = 0.0) -> Fleet:
+    return parse_fleet(
+        {"fleet": {"state_dir": str(tmp_path / "state")},
+         "hosts": [{"name": "h"}], "models": list(models),
+         "launcher": {"wait_for_gpus_s": wait_s}},
+        source="fleet.toml", base_dir=str(tmp_path),
+    )
+
+
+def test_busy_gpus_are_left_to_placement_which_may_wait_for_them(tmp_path: Path) -> None:
+    model = {"name": "m", "backend": "sglang", "path": "org/m", "port": 30000, "replicas": 2}
+    preflight(fleet(tmp_path, model), "h", gpus(2, used_gib=70))  # no error
+
+
+def test_a_hub_id_is_not_a_path_but_a_local_path_must_exist(tmp_path: Path) -> None:
+    hub = {"name": "m", "backend": "vllm", "path": "meta-llama/Llama-3.1-8B", "port": 30000}
+    preflight(fleet(tmp_path, hub), "h", gpus(1))
+    local = {**hub, "path": "/nowhere/llama-8b"}
+    with pytest.raises(FleetFileError, match=r"fleet.toml: models\[0\].path: /nowhere/llama-8b"):
+        preflight(fleet(tmp_path, local), "h", gpus(1))
+
+
+def test_a_gguf_that_is_there_passes(tmp_path: Path) -> None:
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    model = {"name": "m", "backend": "llamacpp", "path": "./m.gguf", "port": 30000}
+    preflight(fleet(tmp_path, model), "h", gpus(0))
+
+
+def test_every_problem_is_listed_at_once(tmp_path: Path) -> None:
+    a = {"name": "a", "backend": "sglang", "path": "org/a", "port": 30000, "gpus": [7]}
+    b = {"name": "b", "backend": "sglang", "path": "org/b", "port": 30001, "gpus": [9]}
+    with pytest.raises(LaunchError) as caught:
+        preflight(fleet(tmp_path, a, b), "h", gpus(2))
+    message = str(caught.value)
+    assert "models[0] (a-0@h): GPU 7 does not exist" in message
+    assert "models[1] (b-0@h): GPU 9 does not exist" in message
+
+
+@pytest.fixture
+def held_port() -> Iterator[int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield int(sock.getsockname()[1])
+
+
+def test_a_foreign_port_is_refused_only_when_placement_would_not_wait(
+    tmp_path: Path, held_port: int
+) -> None:
+    model = {"name": "m", "backend": "sim", "port": held_port}
+    with pytest.raises(LaunchError, match=rf"models\[0\].port \(m-0@h\): port {held_port}"):
+        preflight(fleet(tmp_path, model), "h")
+    preflight(fleet(tmp_path, model, wait_s=30), "h")  # it may free up: placement waits
