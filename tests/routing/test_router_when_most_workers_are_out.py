@@ -107,3 +107,18 @@ async def test_without_a_probe_answer_an_open_circuit_still_means_no_healthy_wor
     router.drain(URLS[2])
     with pytest.raises(NoHealthyWorker):
         await router.forward("m", CHAT, chat_body())
+
+
+async def test_a_retry_goes_to_a_worker_out_for_being_slow_before_one_that_failed() -> None:
+    # The chaos run: the healthy worker, slower under the whole load, was ejected; the two
+    # others answered 503 half the time, and a request spent its attempts between them.
+    clock = FakeClock()
+    engines = Engines(clock)
+    engines.delay[URLS[0]] = 0.5
+    router, *_ = make_router(engines, clock=clock, latency=LATENCY)
+    for _ in range(9):
+        await router.forward("m", CHAT, chat_body())
+    assert router.worker(URLS[0]).ejected_at is not None
+    engines.failing.update(URLS[1:])
+    answer = await router.forward("m", CHAT, chat_body())
+    assert answer.worker == URLS[0] and answer.attempts == 3

@@ -207,6 +207,12 @@ class Router:
                 raise await self._no_healthy_worker(model, workers, now, budget)
             candidates = [w for w in usable if w.url not in tried] if tried else usable
             if not candidates:
+                # Every usable worker failed this request: one not tried yet, even if out for
+                # being slow, beats asking a failing one again.
+                candidates = [
+                    w for w in _last_resort(workers, now, readmit) if w.url not in tried
+                ]
+            if not candidates:
                 candidates = [w for w in usable if w is not last_failed]
             if not candidates:
                 # Only the worker that just failed is left: wait, then let it try again.
