@@ -20,7 +20,9 @@ def gateway(
     host: Annotated[
         str | None, typer.Option(help="Address to bind (default: the fleet's gateway.host).")
     ] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default: the fleet's gateway.port).")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port (default: the fleet's gateway.port).")
+    ] = None,
 ) -> None:
     """Serve the fleet behind one OpenAI-compatible URL (chat, completions, embeddings)."""
     from modelserver.gateway.server import GatewayServer, serve_until_signalled
