@@ -1,5 +1,7 @@
 """ModelServer: launch, route and measure a fleet of self-hosted LLM engines."""
 
+import logging
+
 from modelserver.client import AsyncModelServer, Completion, MapItem, ModelServer, Usage
 from modelserver.config import Fleet, WorkerSpec, load_fleet
 from modelserver.errors import (
@@ -15,6 +17,10 @@ from modelserver.errors import (
 )
 
 __version__ = "0.1.0"
+
+# A library logs; the application decides where to. Without this, Python's last-resort
+# handler would print the router's warnings on the caller's stderr.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "AsyncModelServer",

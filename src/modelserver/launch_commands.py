@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -85,6 +86,11 @@ def up(
     if detach:
         code = _detach(fleet, loaded, name)
     else:
+        # The background supervisor's stderr is its log file: there, say everything.
+        logging.basicConfig(
+            level=logging.INFO if supervise else logging.WARNING,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
         code = asyncio.run(_serve(loaded, name, progress=not supervise))
     if code:
         # SystemExit, not typer.Exit: click in standalone_mode=False returns an Exit's code
