@@ -14,7 +14,7 @@ import os
 import platform
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,7 +116,10 @@ class _Drive:
     """Sends one workload through one contender and collects what happened."""
 
     def __init__(self, contender: Any, workload: Workload, settings: BenchSettings,
-                 t0: float) -> None:
+                 t0: float, before_send: Callable[[], Awaitable[None]] | None = None) -> None:
+        self.before_send = before_send
+        """Called before every request: faults due at a share of the workload are injected
+        right there, at the same request for every contender, however fast it runs."""
         self.contender = contender
         self.workload = workload
         self.settings = settings
@@ -129,6 +132,8 @@ class _Drive:
         history: list[dict[str, str]] = []
         for turn, text in enumerate(session.turns):
             stream = _streamed(self.settings.seed, session, turn, self.settings.stream_share)
+            if self.before_send is not None:
+                await self.before_send()
             sent_at = time.monotonic()
             self.sent += 1
             if session.kind == "embedding":
@@ -261,19 +266,22 @@ class BenchRunner:
             await contender.stop()
             raise
         t0 = time.monotonic()
-        drive = _Drive(contender, self.workload, self.settings, t0)
-        sampler = LoadSampler(fleet.urls, t0, self.settings.sample_interval_s)
         fault_log: list[dict[str, Any]] = []
+        injector = _FaultInjector(self.plans, fleet, t0, max(self.workload.requests, 1),
+                                  fault_log)
+        drive = _Drive(contender, self.workload, self.settings, t0,
+                       before_send=lambda: injector.apply_due(drive.sent))
+        sampler = LoadSampler(fleet.urls, t0, self.settings.sample_interval_s)
         cpu0 = time.process_time() + _process_cpu(contender.external_pids())
         sampler.start()
-        injector = asyncio.create_task(self._inject(fleet, drive, t0, fault_log))
+        poller = asyncio.create_task(injector.poll(lambda: drive.sent))
         try:
             if isinstance(self.arrivals, ClosedLoop):
                 await drive.closed(self.arrivals.concurrency)
             else:
                 await drive.poisson(self.arrivals)
         finally:
-            injector.cancel()
+            poller.cancel()
             sampler.stop()
             cpu = (time.process_time() + _process_cpu(contender.external_pids()) - cpu0
                    - sampler.cpu_s)
@@ -285,18 +293,36 @@ class BenchRunner:
         samples = [asdict(s) for s in sampler.samples]
         return ContenderRun(figures, drive.outcomes, samples, fault_log)
 
-    async def _inject(self, fleet: SimFleet, drive: _Drive, t0: float,
-                      log: list[dict[str, Any]]) -> None:
-        pending = list(self.plans)
-        total = max(self.workload.requests, 1)
-        while pending:
-            elapsed = time.monotonic() - t0
-            for plan in [p for p in pending if p.due(elapsed, drive.sent / total)]:
-                pending.remove(plan)
+
+class _FaultInjector:
+    """Applies each planned fault once, when due: by time (polled every 50 ms) or by the
+    share of requests sent (checked before every request, so it lands on the same request
+    for every contender)."""
+
+    def __init__(self, plans: list[FaultPlan], fleet: SimFleet, t0: float, total: int,
+                 log: list[dict[str, Any]]) -> None:
+        self.pending = list(plans)
+        self.fleet = fleet
+        self.t0 = t0
+        self.total = total
+        self.log = log
+        self._lock = asyncio.Lock()
+
+    async def apply_due(self, sent: int) -> None:
+        if not self.pending:
+            return
+        async with self._lock:
+            elapsed = time.monotonic() - self.t0
+            for plan in [p for p in self.pending if p.due(elapsed, sent / self.total)]:
+                self.pending.remove(plan)
                 if plan.action == "kill":
-                    await fleet.kill(plan.worker)
+                    await self.fleet.kill(plan.worker)
                 else:
-                    await fleet.set_fault(plan.worker, SIM_SPECS[plan.action])
-                log.append({"t_s": time.monotonic() - t0, "action": plan.action,
-                            "engine": plan.worker, "plan": plan.describe()})
+                    await self.fleet.set_fault(plan.worker, SIM_SPECS[plan.action])
+                self.log.append({"t_s": time.monotonic() - self.t0, "action": plan.action,
+                                 "engine": plan.worker, "plan": plan.describe()})
+
+    async def poll(self, sent: Callable[[], int]) -> None:
+        while self.pending:
+            await self.apply_due(sent())
             await asyncio.sleep(0.05)
