@@ -237,6 +237,8 @@ class GatewayConfig(_Section):
     api_keys: list[str] = Field(default_factory=list)
     admin_keys: list[str] = Field(default_factory=list)
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    """How long a caller may take to send its request body (a stalled one holds a handler)."""
 
 
 @dataclass(frozen=True)

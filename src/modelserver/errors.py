@@ -118,8 +118,12 @@ class NoHealthyWorker(RequestError):
 class DeadlineExceeded(RequestError):
     """The request's deadline or attempt budget ran out before any worker answered."""
 
-    def __init__(self, message: str, attempts: list[str] | None = None) -> None:
+    def __init__(
+        self, message: str, attempts: list[str] | None = None, timed_out: bool = True
+    ) -> None:
         self.attempts = list(attempts or [])
+        self.timed_out = timed_out
+        """True if the deadline passed; False if every allowed attempt failed first."""
         super().__init__(message)
 
 

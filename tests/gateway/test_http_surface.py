@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -9,7 +10,8 @@ import aiohttp
 import orjson
 import pytest
 
-from modelserver.config import GatewayConfig
+from modelserver.config import GatewayConfig, RouterConfig
+from modelserver.errors import WorkerTimeout
 from modelserver.gateway import GatewayServer
 from modelserver.gateway.auth import GatewayConfigError, KeyRing
 from modelserver.routing import MockRequest, MockResponse, MockTransport, Router
@@ -262,3 +264,50 @@ def test_keys_from_environment_and_never_in_the_description() -> None:
     assert not keys.allows_api("Basic file-key") and not keys.allows_api(None)
     description = keys.describe()
     assert all(k not in description for k in ("file-key", "env-key-1", "adm-secret-9"))
+
+
+async def test_a_caller_that_stalls_mid_body_gets_408_and_frees_the_handler() -> None:
+    router = Router.from_mapping({"m": ["http://127.0.0.1:9"]})
+    config = GatewayConfig(body_timeout_s=0.2)
+    async with GatewayServer(router, config, port=0, environ={}) as gateway:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+        writer.write(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"model": '
+        )
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readline(), 30)
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 408")
+
+
+async def test_every_attempt_failing_is_502_and_a_passed_deadline_is_504() -> None:
+    def broken(request: MockRequest) -> MockResponse:
+        return MockResponse(status=500, json={"error": {"message": "boom"}})
+
+    urls = ["http://127.0.0.1:9", "http://127.0.0.1:10"]
+    router = Router.from_mapping({"m": urls}, transport=MockTransport(broken))
+    payload = orjson.dumps({"model": "m", "prompt": "hi"})
+    async with (
+        GatewayServer(router, port=0, environ={}) as gateway,
+        aiohttp.ClientSession() as http,
+    ):
+        status, body = await post(http, gateway.url + "/v1/completions", payload, {})
+    assert status == 502
+    assert_openai_error(body)
+    assert "attempts failed" in body["error"]["message"]
+
+    def slow(request: MockRequest) -> MockResponse:
+        if request.method == "GET":  # health probes pass: the workers look fine
+            return MockResponse(body=b"ok")
+        raise WorkerTimeout(request.worker, "no answer")
+
+    config = RouterConfig(request_timeout_s=0.001, max_attempts=32)
+    router = Router.from_mapping({"m": urls}, transport=MockTransport(slow), config=config)
+    async with (
+        GatewayServer(router, port=0, environ={}) as gateway,
+        aiohttp.ClientSession() as http,
+    ):
+        status, body = await post(http, gateway.url + "/v1/completions", payload, {})
+    assert status == 504
+    assert_openai_error(body)

@@ -8,6 +8,7 @@ arrives. Everything the gateway answers on its own is in OpenAI's error shape.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -60,7 +61,7 @@ def build_app(router: Router, config: GatewayConfig, keys: KeyRing) -> web.Appli
     app[ROUTER_KEY] = router
     app[METRICS_KEY] = metrics
     for path in PROXIED_ROUTES:
-        app.router.add_post(path, _proxy_handler(path))
+        app.router.add_post(path, _proxy_handler(path, config.body_timeout_s))
     app.router.add_get("/v1/models", _list_models)
     app.router.add_get("/health", _health)
     app.router.add_get("/metrics", _metrics)
@@ -119,8 +120,11 @@ def _error_middleware(metrics: GatewayMetrics, max_body_bytes: int) -> Any:
             # The caller went away before its body was all there (Content-Length promised
             # more): nobody to answer and nothing wrong here. Counted as 499, nginx's
             # "client closed request", so it is neither a 500 nor lost from the metrics.
-            log.info("caller left during %s %s before sending its whole body",
-                     request.method, request.path)
+            log.info(
+                "caller left during %s %s before sending its whole body",
+                request.method,
+                request.path,
+            )
             response = error_response(CLIENT_CLOSED, "the request body was cut off")
         except Exception:
             log.exception("gateway error on %s %s", request.method, request.path)
@@ -139,10 +143,18 @@ def _allow_header(exc: web.HTTPException) -> dict[str, str] | None:
 # -- the proxied routes ----------------------------------------------------------------------
 
 
-def _proxy_handler(path: str) -> Handler:
+def _proxy_handler(path: str, body_timeout_s: float) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         router = request.app[ROUTER_KEY]
-        raw = await request.read()
+        try:
+            async with asyncio.timeout(body_timeout_s):
+                raw = await request.read()
+        except TimeoutError:
+            return error_response(
+                408,
+                f"the request body did not arrive within {body_timeout_s:g} s",
+                code="body_timeout",
+            )
         try:
             model, stream = _routing_fields(raw)
             routed = await router.forward(model, path, raw, stream=stream)
@@ -159,7 +171,9 @@ def _proxy_handler(path: str) -> Handler:
                 503, str(exc), code="no_healthy_worker", headers={"Retry-After": "1"}
             )
         except DeadlineExceeded as exc:
-            return error_response(504, str(exc), code="deadline_exceeded")
+            if exc.timed_out:
+                return error_response(504, str(exc), code="deadline_exceeded")
+            return error_response(502, str(exc), code="all_attempts_failed")
         if routed.chunks is None:
             return _whole_answer(routed)
         return await _relay_stream(request, routed)

@@ -95,6 +95,7 @@ class Router:
         self._by_url: dict[str, Worker] = {}
         self._headers: dict[str, dict[str, str]] = {}
         self._probe_task: asyncio.Task[None] | None = None
+        self._state_task: asyncio.Task[None] | None = None
         for entry in entries:
             self.add_worker(
                 entry.model, entry.url, entry.kind, name=entry.name, api_key=entry.api_key
@@ -200,18 +201,14 @@ class Router:
         backoff_round = 0
         while True:
             now = self._clock()
-            usable = usable_workers(workers, now, readmit) or _last_resort(
-                workers, now, readmit
-            )
+            usable = usable_workers(workers, now, readmit) or _last_resort(workers, now, readmit)
             if not usable:
                 raise await self._no_healthy_worker(model, workers, now, budget)
             candidates = [w for w in usable if w.url not in tried] if tried else usable
             if not candidates:
                 # Every usable worker failed this request: one not tried yet, even if out for
                 # being slow, beats asking a failing one again.
-                candidates = [
-                    w for w in _last_resort(workers, now, readmit) if w.url not in tried
-                ]
+                candidates = [w for w in _last_resort(workers, now, readmit) if w.url not in tried]
             if not candidates:
                 candidates = [w for w in usable if w is not last_failed]
             if not candidates:
@@ -524,6 +521,21 @@ class Router:
         if self._probe_task is None:
             await self.probe_once()
             self._probe_task = asyncio.create_task(self._probe_loop(), name="router-probes")
+            if self.state_dir is not None:
+                self._state_task = asyncio.create_task(
+                    self._state_loop(), name="router-state-files"
+                )
+
+    async def _state_loop(self) -> None:
+        """The launcher's state files on their own beat, not after each probe round: a round
+        lasts up to the probe timeout when a worker hangs, and what the launcher already
+        knows (a worker it saw die) must not wait for that."""
+        while True:
+            await self._sleep(self.config.health.interval_s)
+            try:
+                self.apply_state_files()
+            except Exception:  # must never kill the loop
+                log.exception("reading the launcher's state files failed")
 
     async def _probe_loop(self) -> None:
         while True:
@@ -643,11 +655,12 @@ class Router:
 
     async def close(self) -> None:
         """Stop probing and close the HTTP pool (if the router created it)."""
-        if self._probe_task is not None:
-            self._probe_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probe_task
-            self._probe_task = None
+        for task in (self._probe_task, self._state_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._probe_task = self._state_task = None
         if self._owns_transport and self._transport is not None:
             await self._transport.close()
             self._transport = None
@@ -749,13 +762,14 @@ def _completion_tokens(parsed: Any) -> int | None:
 
 
 def _deadline_error(model: str, budget: AttemptBudget) -> DeadlineExceeded:
+    exhausted = len(budget.attempts) >= budget.max_attempts
     reason = (
-        f"{len(budget.attempts)} attempts failed"
-        if len(budget.attempts) >= budget.max_attempts
-        else "the request deadline passed"
+        f"{len(budget.attempts)} attempts failed" if exhausted else "the request deadline passed"
     )
     detail = "; ".join(budget.attempts) or "no attempt finished"
-    return DeadlineExceeded(f"model {model!r}: {reason} ({detail})", budget.attempts)
+    return DeadlineExceeded(
+        f"model {model!r}: {reason} ({detail})", budget.attempts, timed_out=not exhausted
+    )
 
 
 def _short(exc: BaseException) -> str:
