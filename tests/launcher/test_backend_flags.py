@@ -26,9 +26,21 @@ def _flags(name: str) -> set[str]:
 
 
 def _our_flags(model: dict[str, Any]) -> set[str]:
-    fleet = parse_fleet({"hosts": [{"name": "h"}], "models": [
-        {"name": "m", "port": 30000, "path": "/w", "gpus_per_replica": 2, "api_key": "k", **model}
-    ]})
+    fleet = parse_fleet(
+        {
+            "hosts": [{"name": "h"}],
+            "models": [
+                {
+                    "name": "m",
+                    "port": 30000,
+                    "path": "/w",
+                    "gpus_per_replica": 2,
+                    "api_key": "k",
+                    **model,
+                }
+            ],
+        }
+    )
     view = GpuView(tuple(Gpu(i, f"GPU-{i}", "H100", 80 * GIB, 0) for i in range(2)))
     [placement] = plan(fleet, "h", view).placed
     argv = backend_for(model["backend"]).command(placement, fleet).argv
@@ -65,11 +77,27 @@ def test_llamacpp_flags_exist_in_llama_server_and_parse_in_our_runner(
     from modelserver.backends import xllamacpp_runner
 
     monkeypatch.setenv("PATH", "")  # no llama-server: the argv starts with our runner
-    fleet = parse_fleet({"hosts": [{"name": "h"}], "models": [
-        {"name": "q", "backend": "llamacpp", "kind": kind, "path": "/w/q.gguf", "port": 30000,
-         "api_key": "k", "options": {"ctx_size": 2048, "parallel": 2, "threads": 1}}]})
+    fleet = parse_fleet(
+        {
+            "hosts": [{"name": "h"}],
+            "models": [
+                {
+                    "name": "q",
+                    "backend": "llamacpp",
+                    "kind": kind,
+                    "path": "/w/q.gguf",
+                    "port": 30000,
+                    "api_key": "k",
+                    "options": {"ctx_size": 2048, "parallel": 2, "threads": 1},
+                }
+            ],
+        }
+    )
     [placement] = plan(fleet, "h", GpuView()).placed
-    argv = list(backend_for("llamacpp").command(placement, fleet).argv)
+    spec = backend_for("llamacpp").command(placement, fleet)
+    argv = list(spec.argv)
+    assert "k" not in argv and spec.env["LLAMA_API_KEY"] == "k"  # off the `ps` line
+    monkeypatch.setenv("LLAMA_API_KEY", spec.env["LLAMA_API_KEY"])
     assert argv[1:3] == ["-m", xllamacpp_runner.__name__]
     flags = {arg for arg in argv if arg.startswith("--")}
     assert flags - _flags("llama-server-flags.txt") == set()

@@ -31,21 +31,64 @@ def _command(model: dict[str, Any], gpus: int = 0) -> LaunchSpec:
     return backend_for(placement.worker.backend).command(placement, fleet)
 
 
-def test_sim_argv_carries_options_and_key() -> None:
-    spec = _command({"name": "tiny", "backend": "sim", "kind": "embedding", "api_key": "k1",
-                     "options": {"speed": 2.0, "fault": "crash-at=0", "max_running": 4,
-                                 "cache_tokens": 1000, "seed": 7}})
+def test_sim_argv_carries_options_and_the_key_goes_in_the_environment() -> None:
+    spec = _command(
+        {
+            "name": "tiny",
+            "backend": "sim",
+            "kind": "embedding",
+            "api_key": "k1",
+            "options": {
+                "speed": 2.0,
+                "fault": "crash-at=0",
+                "max_running": 4,
+                "cache_tokens": 1000,
+                "seed": 7,
+            },
+        }
+    )
     assert list(spec.argv) == [
-        sys.executable, "-m", "modelserver", "sim", "--host", "127.0.0.1", "--port", "31000",
-        "--model", "tiny", "--kind", "embedding", "--speed", "2.0", "--fault", "crash-at=0",
-        "--max-running", "4", "--cache-tokens", "1000", "--seed", "7", "--api-key", "k1"]
-    assert "k1" not in spec.shown() and "--api-key ***" in spec.shown()
+        sys.executable,
+        "-m",
+        "modelserver",
+        "sim",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "31000",
+        "--model",
+        "tiny",
+        "--kind",
+        "embedding",
+        "--speed",
+        "2.0",
+        "--fault",
+        "crash-at=0",
+        "--max-running",
+        "4",
+        "--cache-tokens",
+        "1000",
+        "--seed",
+        "7",
+    ]
+    # The key travels in the environment: `ps` shows every user the command line.
+    assert spec.env["MODELSERVER_SIM_API_KEY"] == "k1"
+    assert "k1" not in spec.shown()
 
 
 def test_sglang_argv_for_an_embedding_model_on_two_gpus() -> None:
-    spec = _command({"name": "e5", "backend": "sglang", "kind": "embedding", "path": "/w/e5",
-                     "gpus_per_replica": 2, "api_key": "s", "args": ["--dtype", "bfloat16"]},
-                    gpus=2)
+    spec = _command(
+        {
+            "name": "e5",
+            "backend": "sglang",
+            "kind": "embedding",
+            "path": "/w/e5",
+            "gpus_per_replica": 2,
+            "api_key": "s",
+            "args": ["--dtype", "bfloat16"],
+        },
+        gpus=2,
+    )
     argv = list(spec.argv)
     assert argv[1:3] == ["-m", "sglang.launch_server"]
     assert argv[argv.index("--model-path") + 1] == "/w/e5"
@@ -57,8 +100,7 @@ def test_sglang_argv_for_an_embedding_model_on_two_gpus() -> None:
 
 
 def test_vllm_argv_serves_the_path_and_pools_embeddings() -> None:
-    spec = _command({"name": "e5", "backend": "vllm", "kind": "embedding", "path": "/w/e5"},
-                    gpus=1)
+    spec = _command({"name": "e5", "backend": "vllm", "kind": "embedding", "path": "/w/e5"}, gpus=1)
     argv = list(spec.argv)
     assert argv[1:3] == ["serve", "/w/e5"]
     assert argv[argv.index("--tensor-parallel-size") + 1] == "1"
@@ -66,10 +108,16 @@ def test_vllm_argv_serves_the_path_and_pools_embeddings() -> None:
     assert "--gpu-memory-utilization" in argv
 
 
-def test_llamacpp_uses_llama_server_when_on_path(tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    model = {"name": "qwen", "backend": "llamacpp", "kind": "embedding", "path": "/w/q.gguf",
-             "options": {"ctx_size": 4096, "parallel": 2, "threads": 2}}
+def test_llamacpp_uses_llama_server_when_on_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = {
+        "name": "qwen",
+        "backend": "llamacpp",
+        "kind": "embedding",
+        "path": "/w/q.gguf",
+        "options": {"ctx_size": 4096, "parallel": 2, "threads": 2},
+    }
     monkeypatch.setenv("PATH", str(tmp_path))
     argv = list(_command(model).argv)
     assert argv[:3] == [sys.executable, "-m", RUNNER_MODULE]
@@ -78,17 +126,44 @@ def test_llamacpp_uses_llama_server_when_on_path(tmp_path: Path,
     binary.chmod(0o755)
     argv = list(_command(model).argv)
     assert argv[0] == str(binary)
-    assert argv[1:] == ["--model", "/w/q.gguf", "--host", "127.0.0.1", "--port", "31000",
-                        "--alias", "qwen", "--ctx-size", "4096", "--parallel", "2",
-                        "--threads", "2", "--embedding", "--pooling", "mean"]
+    assert argv[1:] == [
+        "--model",
+        "/w/q.gguf",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "31000",
+        "--alias",
+        "qwen",
+        "--ctx-size",
+        "4096",
+        "--parallel",
+        "2",
+        "--threads",
+        "2",
+        "--embedding",
+        "--pooling",
+        "mean",
+    ]
 
 
 def test_engine_env_drops_the_parents_cuda_settings() -> None:
     fleet = _fleet({"name": "tiny", "backend": "sim"})
-    env = engine_env(_placed(fleet), parent={"PATH": "/bin", "CUDA_VISIBLE_DEVICES": "0,1",
-                                             "CUDA_MPS_PIPE_DIRECTORY": "/x", "HOME": "/h"})
-    assert env == {"PATH": "/bin", "HOME": "/h", "CUDA_VISIBLE_DEVICES": "",
-                   "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    env = engine_env(
+        _placed(fleet),
+        parent={
+            "PATH": "/bin",
+            "CUDA_VISIBLE_DEVICES": "0,1",
+            "CUDA_MPS_PIPE_DIRECTORY": "/x",
+            "HOME": "/h",
+        },
+    )
+    assert env == {
+        "PATH": "/bin",
+        "HOME": "/h",
+        "CUDA_VISIBLE_DEVICES": "",
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+    }
 
 
 def test_gpus_without_uuid_are_named_by_index() -> None:
@@ -99,12 +174,33 @@ def test_gpus_without_uuid_are_named_by_index() -> None:
 
 
 def test_unknown_option_names_the_key_and_the_allowed_ones() -> None:
-    fleet = parse_fleet({"hosts": [{"name": "local"}], "models": [
-        {"name": "a", "backend": "sim", "port": 1000, "options": {"speed": 1}},
-        {"name": "b", "backend": "sim", "port": 2000, "options": {"sped": 1}},
-    ]})
+    fleet = parse_fleet(
+        {
+            "hosts": [{"name": "local"}],
+            "models": [
+                {"name": "a", "backend": "sim", "port": 1000, "options": {"speed": 1}},
+                {"name": "b", "backend": "sim", "port": 2000, "options": {"sped": 1}},
+            ],
+        }
+    )
     with pytest.raises(FleetFileError) as info:
         check_options(fleet)
     assert info.value.problems == [
         "models[1].options.sped: unknown option for backend 'sim'; allowed: cache_tokens,"
-        " fault, max_running, seed, speed"]
+        " fault, max_running, seed, speed"
+    ]
+
+
+def test_a_key_in_the_launchers_own_environment_never_reaches_an_engine_without_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MODELSERVER_SIM_API_KEY", "inherited")
+    spec = _command({"name": "tiny", "backend": "sim"})
+    assert "MODELSERVER_SIM_API_KEY" not in spec.env
+
+
+def test_sglang_takes_its_key_on_the_command_line_only() -> None:
+    spec = _command({"name": "c", "backend": "sglang", "path": "/w", "api_key": "s"}, gpus=1)
+    argv = list(spec.argv)
+    assert argv[argv.index("--api-key") + 1] == "s"
+    assert "s" not in spec.shown().split()

@@ -48,8 +48,11 @@ class Fleet:
 
     def run(self, *args: str, timeout: float = DEADLINE_S) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "modelserver", *args], capture_output=True, text=True,
-            timeout=timeout, cwd=self.path.parent,
+            [sys.executable, "-m", "modelserver", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.path.parent,
         )
 
     def read(self) -> dict[str, Any]:
@@ -74,7 +77,7 @@ def _write_fleet(tmp_path: Path, models: str, hosts: str = "") -> Fleet:
     path.write_text(f"""
 [fleet]
 name = "launcher-test"
-state_dir = "{tmp_path / 'state'}"
+state_dir = "{tmp_path / "state"}"
 
 [[hosts]]
 name = "local"
@@ -163,7 +166,9 @@ def test_up_detach_then_status_json_then_down_leaves_no_process(
     assert log_file.stat().st_mode & 0o002 == 0  # not world-writable
     log = log_file.read_text()
     assert SECRET not in status.stdout + fleet.state.read_text() + log
-    assert "--api-key ***" in log
+    # Nor on an engine's command line, which every user of the host can read with `ps`.
+    for pid in pids:
+        assert SECRET not in " ".join(psutil.Process(pid).cmdline())
 
     down = fleet.run("down", str(fleet.path))
     assert down.returncode == 0, down.stderr
@@ -225,8 +230,10 @@ def test_a_relaunched_launcher_adopts_its_live_workers(make_fleet: Callable[...,
     # The adopted workers are watched like children: a crash is still noticed.
     os.kill(pids["tiny-0@local"], signal.SIGKILL)
     fleet.wait_for(
-        lambda s: any(w["name"] == "tiny-0@local" and w["restarts"] == 1
-                      and w["status"] == "ready" for w in s["workers"]),
+        lambda s: any(
+            w["name"] == "tiny-0@local" and w["restarts"] == 1 and w["status"] == "ready"
+            for w in s["workers"]
+        ),
         "the adopted worker to be restarted",
     )
 
@@ -235,7 +242,9 @@ def test_foreground_up_stops_every_worker_on_sigterm(make_fleet: Callable[..., F
     fleet = make_fleet(_sim("tiny"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "modelserver", "up", str(fleet.path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=fleet.path.parent,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=fleet.path.parent,
     )
     try:
         state = fleet.wait_for(_all_ready, "every worker to be ready")
@@ -283,7 +292,8 @@ def far_engine(tmp_path: Path) -> Iterator[int]:
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "modelserver", "sim", "--port", str(port), "--model", "far"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + DEADLINE_S
@@ -298,7 +308,8 @@ def far_engine(tmp_path: Path) -> Iterator[int]:
 
 
 def test_status_probes_the_workers_of_other_hosts(
-    make_fleet: Callable[..., Fleet], far_engine: int,
+    make_fleet: Callable[..., Fleet],
+    far_engine: int,
 ) -> None:
     # Host "far" is reached over HTTP; both hosts use 127.0.0.1 so traffic stays local.
     far = """
@@ -310,7 +321,7 @@ address = "127.0.0.1"
         _sim("tiny").replace("[[models]]", '[[models]]\nhosts = ["local"]')
         + f'[[models]]\nname = "far"\nbackend = "sim"\nport = {far_engine}\nhosts = ["far"]\n'
         + f'[[models]]\nname = "gone"\nbackend = "sim"\nport = {_free_port()}\n'
-          'hosts = ["far"]\n'
+        'hosts = ["far"]\n'
     )
     fleet = make_fleet(models, far)
     status = fleet.run("status", str(fleet.path), "--host", "local", "--json")

@@ -58,8 +58,12 @@ class Launched:
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "modelserver", *args], capture_output=True, text=True,
-            timeout=60, cwd=self.folder, env={**os.environ, "COLUMNS": "300"},
+            [sys.executable, "-m", "modelserver", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=self.folder,
+            env={**os.environ, "COLUMNS": "300"},
         )
 
     def state(self) -> dict[str, Any]:
@@ -120,16 +124,22 @@ admin_keys = ["{ADMIN_KEY}"]
     gateway: subprocess.Popen[bytes] | None = None
     up = subprocess.run(
         [sys.executable, "-m", "modelserver", "up", str(fleet), "--detach"],
-        capture_output=True, text=True, timeout=120, cwd=folder,
-        env={**os.environ, "COLUMNS": "300"}, preexec_fn=_permissive_umask,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=folder,
+        env={**os.environ, "COLUMNS": "300"},
+        preexec_fn=_permissive_umask,
     )
-    result = Launched(folder, fleet, state_dir, up, f"http://127.0.0.1:{gateway_port}",
-                      gateway_log)
+    result = Launched(folder, fleet, state_dir, up, f"http://127.0.0.1:{gateway_port}", gateway_log)
     try:
         with open(gateway_log, "wb") as log:
             gateway = subprocess.Popen(
                 [sys.executable, "-m", "modelserver", "gateway", str(fleet)],
-                stdout=log, stderr=subprocess.STDOUT, cwd=folder, preexec_fn=_permissive_umask,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=folder,
+                preexec_fn=_permissive_umask,
             )
         wait_until_sync(lambda: _answers(result.gateway_url, gateway), "the gateway", 60)
         yield result
@@ -174,19 +184,31 @@ def test_keys_never_appear_in_status_the_state_file_or_any_log(launched: Launche
     chat = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     # Traffic that exercises the keys: served (the router sends the engine key), refused
     # (a wrong key, an API key on /admin), a failing model, admin views and metrics.
-    served = requests.post(launched.gateway_url + "/v1/chat/completions", json=chat,
-                           headers=auth, timeout=60)
+    served = requests.post(
+        launched.gateway_url + "/v1/chat/completions", json=chat, headers=auth, timeout=60
+    )
     assert served.status_code == 200, served.text
     wrong = {"Authorization": f"Bearer {API_KEY}x"}
-    assert requests.get(launched.gateway_url + "/v1/models", headers=wrong,
-                        timeout=30).status_code == 401
-    assert requests.get(launched.gateway_url + "/admin/workers", headers=auth,
-                        timeout=30).status_code == 401
-    failing = requests.post(launched.gateway_url + "/v1/chat/completions",
-                            json={**chat, "model": "broken"}, headers=auth, timeout=60)
+    assert (
+        requests.get(launched.gateway_url + "/v1/models", headers=wrong, timeout=30).status_code
+        == 401
+    )
+    assert (
+        requests.get(launched.gateway_url + "/admin/workers", headers=auth, timeout=30).status_code
+        == 401
+    )
+    failing = requests.post(
+        launched.gateway_url + "/v1/chat/completions",
+        json={**chat, "model": "broken"},
+        headers=auth,
+        timeout=60,
+    )
     assert failing.status_code >= 500
-    admin = requests.get(launched.gateway_url + "/admin/workers",
-                         headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30)
+    admin = requests.get(
+        launched.gateway_url + "/admin/workers",
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        timeout=30,
+    )
     assert admin.status_code == 200
     metrics = requests.get(launched.gateway_url + "/metrics", timeout=30)
 
@@ -194,8 +216,7 @@ def test_keys_never_appear_in_status_the_state_file_or_any_log(launched: Launche
     as_json = launched.run("status", str(launched.fleet), "--json")
     assert table.returncode == 0 and as_json.returncode == 0, table.stderr + as_json.stderr
     assert "broken-0@local" in table.stdout and "failed" in table.stdout
-    assert {r["name"] for r in orjson.loads(as_json.stdout)} == {"tiny-0@local",
-                                                                 "broken-0@local"}
+    assert {r["name"] for r in orjson.loads(as_json.stdout)} == {"tiny-0@local", "broken-0@local"}
     for where, text in [
         ("status", table.stdout + table.stderr),
         ("status --json", as_json.stdout + as_json.stderr),
@@ -204,12 +225,19 @@ def test_keys_never_appear_in_status_the_state_file_or_any_log(launched: Launche
         _assert_no_secret(where, text)
     files = [p for p in launched.state_dir.rglob("*") if p.is_file()] + [launched.gateway_log]
     names = {p.name for p in files}
-    assert {"state-local.json", "supervisor-local.log", "tiny-0@local.log",
-            "broken-0@local.log", "gateway.log"} <= names
+    assert {
+        "state-local.json",
+        "supervisor-local.log",
+        "tiny-0@local.log",
+        "broken-0@local.log",
+        "gateway.log",
+    } <= names
     for path in files:
         _assert_no_secret(str(path), path.read_text(errors="replace"))
-    # The logs do say the key was given, masked.
-    assert "--api-key ***" in (launched.state_dir / "logs" / "tiny-0@local.log").read_text()
+    # Nor is it on an engine's command line, which every user of the host can read.
+    for record in orjson.loads((launched.state_dir / "state-local.json").read_bytes())["workers"]:
+        if record["pid"] is not None and psutil.pid_exists(record["pid"]):
+            _assert_no_secret("command line", " ".join(psutil.Process(record["pid"]).cmdline()))
 
 
 # -- where engines listen ------------------------------------------------------------------------
@@ -237,11 +265,21 @@ def test_each_backend_binds_to_loopback_unless_the_host_says_otherwise(
     host: dict[str, object] = {"name": "h", "gpus": "none"}
     if address is not None:
         host["address"] = address
-    fleet = parse_fleet({
-        "hosts": [host],
-        "models": [{"name": "m", "backend": backend, "path": "/w/m.gguf", "port": 30000,
-                    "gpus_per_replica": 0, "api_key": ENGINE_KEY}],
-    })
+    fleet = parse_fleet(
+        {
+            "hosts": [host],
+            "models": [
+                {
+                    "name": "m",
+                    "backend": backend,
+                    "path": "/w/m.gguf",
+                    "port": 30000,
+                    "gpus_per_replica": 0,
+                    "api_key": ENGINE_KEY,
+                }
+            ],
+        }
+    )
     [worker] = fleet.workers()
     spec = BACKENDS[backend].command(Placement(worker, (), None), fleet)
     argv = list(spec.argv)
@@ -261,22 +299,33 @@ def test_state_and_log_files_and_folders_are_not_world_writable_even_under_umask
     for path in written:
         mode = stat.S_IMODE(path.stat().st_mode)
         assert not mode & stat.S_IWOTH, f"{path} is world-writable ({mode:o})"
-    for path in [launched.state_dir / "logs" / "tiny-0@local.log",
-                 launched.state_dir / "logs" / "supervisor-local.log"]:
+    for path in [
+        launched.state_dir / "logs" / "tiny-0@local.log",
+        launched.state_dir / "logs" / "supervisor-local.log",
+    ]:
         assert not stat.S_IMODE(path.stat().st_mode) & stat.S_IRWXO  # logs: not even readable
 
 
 # -- every route asks for the key ----------------------------------------------------------------
 
 ODD_PATHS = [
-    "/v1/models/", "/v1//models", "/%761/models", "/v1/%6dodels", "/v1/./models",
-    "/x/../v1/models", "/admin/workers/", "/%61dmin/workers", "/admin/./workers",
-    "/v1/../admin/workers", "/admin/workers?url=x",
+    "/v1/models/",
+    "/v1//models",
+    "/%761/models",
+    "/v1/%6dodels",
+    "/v1/./models",
+    "/x/../v1/models",
+    "/admin/workers/",
+    "/%61dmin/workers",
+    "/admin/./workers",
+    "/v1/../admin/workers",
+    "/admin/workers?url=x",
 ]
 
 
-async def test_every_route_and_method_refuses_without_the_key_head_options_and_odd_paths_too(
-) -> None:
+async def test_every_route_and_method_refuses_without_the_key_head_options_and_odd_paths_too() -> (
+    None
+):
     router = Router.from_mapping(
         {"m": ["http://127.0.0.1:9"]}, transport=MockTransport(lambda r: MockResponse(json={}))
     )

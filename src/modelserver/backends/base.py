@@ -41,6 +41,10 @@ class Backend(ABC):
     """Keys allowed in `models[i].options` for this backend."""
     ready_paths: ClassVar[tuple[str, ...]] = ("/health",)
     health_path: ClassVar[str] = "/health"
+    api_key_env: ClassVar[str | None] = None
+    """The environment variable the engine reads its API key from, if it has one. The key
+    then goes there (readable by the owner only) instead of on the command line, which
+    every user of the host can read with `ps`."""
 
     @abstractmethod
     def argv(self, placement: Placement, model: ModelConfig, fleet: Fleet) -> list[str]:
@@ -48,7 +52,19 @@ class Backend(ABC):
 
     def command(self, placement: Placement, fleet: Fleet) -> LaunchSpec:
         model = fleet.model(placement.worker.model)
-        return LaunchSpec(tuple(self.argv(placement, model, fleet)), engine_env(placement))
+        env = engine_env(placement)
+        if self.api_key_env is not None:
+            # Never inherit a key from the launcher's own environment.
+            env.pop(self.api_key_env, None)
+            if model.api_key:
+                env[self.api_key_env] = model.api_key
+        return LaunchSpec(tuple(self.argv(placement, model, fleet)), env)
+
+    def api_key_flags(self, model: ModelConfig) -> list[str]:
+        """`--api-key KEY` for engines that only take it on the command line."""
+        if self.api_key_env is not None or not model.api_key:
+            return []
+        return ["--api-key", model.api_key]
 
     def option_problems(self, index: int, model: ModelConfig) -> list[str]:
         allowed = ", ".join(sorted(self.options)) or "none"
@@ -67,8 +83,11 @@ def engine_env(placement: Placement, parent: Mapping[str, str] | None = None) ->
     driver re-enumeration), else by index with CUDA_DEVICE_ORDER=PCI_BUS_ID so that CUDA's
     index means NVML's. A replica without GPUs gets an empty list: it sees none.
     """
-    env = {k: v for k, v in (os.environ if parent is None else parent).items()
-           if not k.startswith("CUDA_")}
+    env = {
+        k: v
+        for k, v in (os.environ if parent is None else parent).items()
+        if not k.startswith("CUDA_")
+    }
     env["CUDA_VISIBLE_DEVICES"] = ",".join(placement.gpu_ids)
     env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     return env

@@ -34,6 +34,7 @@ class LlamaCppBackend(Backend):
     options: ClassVar[frozenset[str]] = frozenset(_OPTION_FLAGS)
     ready_paths = ("/health",)
     health_path = "/health"
+    api_key_env = "LLAMA_API_KEY"
 
     def argv(self, placement: Placement, model: ModelConfig, fleet: Fleet) -> list[str]:
         worker = placement.worker
@@ -48,5 +49,5 @@ class LlamaCppBackend(Backend):
         )
         if model.kind == "embedding":
             argv += ["--embedding", "--pooling", "mean"]
-        argv += flag_pairs([("--api-key", model.api_key)])
+        argv += self.api_key_flags(model)
         return argv + list(model.args)

@@ -31,17 +31,22 @@ class SGLangBackend(Backend):
     def argv(self, placement: Placement, model: ModelConfig, fleet: Fleet) -> list[str]:
         worker = placement.worker
         python = str(model.options.get("python") or sys.executable)
-        argv = [python, "-m", "sglang.launch_server", *flag_pairs(
-            [
-                ("--model-path", fleet.model_path(model)),
-                ("--host", worker.address),
-                ("--port", worker.port),
-                ("--tp-size", max(1, len(placement.gpus))),
-                ("--mem-fraction-static", placement.mem_fraction),
-                ("--served-model-name", model.name),
-            ]
-        )]
+        argv = [
+            python,
+            "-m",
+            "sglang.launch_server",
+            *flag_pairs(
+                [
+                    ("--model-path", fleet.model_path(model)),
+                    ("--host", worker.address),
+                    ("--port", worker.port),
+                    ("--tp-size", max(1, len(placement.gpus))),
+                    ("--mem-fraction-static", placement.mem_fraction),
+                    ("--served-model-name", model.name),
+                ]
+            ),
+        ]
         if model.kind == "embedding":
             argv.append("--is-embedding")
-        argv += flag_pairs([("--api-key", model.api_key)])
+        argv += self.api_key_flags(model)
         return argv + list(model.args)

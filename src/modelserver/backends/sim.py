@@ -25,16 +25,24 @@ class SimBackend(Backend):
     # The sim answers GET /health with 200 once it serves.
     ready_paths = ("/health",)
     health_path = "/health"
+    api_key_env = "MODELSERVER_SIM_API_KEY"
 
     def argv(self, placement: Placement, model: ModelConfig, fleet: Fleet) -> list[str]:
         worker = placement.worker
         argv = [
-            sys.executable, "-m", "modelserver", "sim",
-            "--host", worker.address,
-            "--port", str(worker.port),
-            "--model", model.name,
-            "--kind", model.kind,
+            sys.executable,
+            "-m",
+            "modelserver",
+            "sim",
+            "--host",
+            worker.address,
+            "--port",
+            str(worker.port),
+            "--model",
+            model.name,
+            "--kind",
+            model.kind,
         ]
         argv += flag_pairs([(flag, model.options.get(key)) for key, flag in _OPTION_FLAGS.items()])
-        argv += flag_pairs([("--api-key", model.api_key)])
+        argv += self.api_key_flags(model)
         return argv + list(model.args)

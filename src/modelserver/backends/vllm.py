@@ -28,20 +28,26 @@ class VllmBackend(Backend):
     """`executable`: the `vllm` program to run (default: `vllm` on PATH)."""
     ready_paths = ("/health",)
     health_path = "/health"
+    api_key_env = "VLLM_API_KEY"
 
     def argv(self, placement: Placement, model: ModelConfig, fleet: Fleet) -> list[str]:
         worker = placement.worker
         program = str(model.options.get("executable") or shutil.which("vllm") or "vllm")
-        argv = [program, "serve", fleet.model_path(model), *flag_pairs(
-            [
-                ("--host", worker.address),
-                ("--port", worker.port),
-                ("--tensor-parallel-size", max(1, len(placement.gpus))),
-                ("--gpu-memory-utilization", placement.mem_fraction),
-                ("--served-model-name", model.name),
-            ]
-        )]
+        argv = [
+            program,
+            "serve",
+            fleet.model_path(model),
+            *flag_pairs(
+                [
+                    ("--host", worker.address),
+                    ("--port", worker.port),
+                    ("--tensor-parallel-size", max(1, len(placement.gpus))),
+                    ("--gpu-memory-utilization", placement.mem_fraction),
+                    ("--served-model-name", model.name),
+                ]
+            ),
+        ]
         if model.kind == "embedding":
             argv += ["--runner", "pooling"]
-        argv += flag_pairs([("--api-key", model.api_key)])
+        argv += self.api_key_flags(model)
         return argv + list(model.args)

@@ -26,6 +26,7 @@ the message says which.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -75,7 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--embedding", "--embeddings", action="store_true", help="serve embeddings only"
     )
     parser.add_argument("--pooling", choices=POOLING_TYPES, help="embedding pooling")
-    parser.add_argument("--api-key", default="", help="API key(s), comma-separated")
+    # llama-server reads the key from LLAMA_API_KEY when the flag is absent (llama.cpp
+    # common/arg.cpp: `--api-key` ... set_env("LLAMA_API_KEY")); the launcher uses it so the
+    # key is not on the command line.
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("LLAMA_API_KEY", ""),
+        help="API key(s), comma-separated (default: $LLAMA_API_KEY)",
+    )
     parser.add_argument("--metrics", action="store_true", help="serve Prometheus /metrics")
     return parser
 

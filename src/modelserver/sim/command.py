@@ -84,7 +84,10 @@ def register(app: typer.Typer) -> None:
             int | None, typer.Option(help="KV pool size in tokens (prefix cache + running).")
         ] = None,
         api_key: Annotated[
-            str | None, typer.Option(help="Require 'Authorization: Bearer KEY'.")
+            str | None,
+            typer.Option(
+                help="Require 'Authorization: Bearer KEY'.", envvar="MODELSERVER_SIM_API_KEY"
+            ),
         ] = None,
         seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
     ) -> None:
