@@ -50,7 +50,7 @@ def register(app: typer.Typer) -> None:
                  "Repeatable.")] = None,
         seed: Annotated[int, typer.Option(help="Seed of the workload and arrivals.")] = 0,
         out: Annotated[Path, typer.Option(help="Folder for report.json, PNGs, logs.")] = Path(
-            "bench-out"),
+            "bench-results/bench"),
         timeout: Annotated[float, typer.Option(
             help="Seconds a request may take before it counts as failed.")] = 60.0,
         plots: Annotated[bool, typer.Option(help="Write latency.png and load.png.")] = True,

@@ -3,7 +3,7 @@
 `AGENT_FEW_SHOT` is a household-task agent prompt in the style of ALFWorld (the shape of the
 seed's `BENCHMAK_MESSAGE`: "interact with a household", two solved episodes, then the task),
 written here from scratch. Every agent session starts with it, so every session shares a
-prefix of about a thousand tokens, and each session's conversation grows turn by turn.
+prefix of about 750 tokens, and each session's conversation grows turn by turn.
 
 `words(n, rng)` gives text of exactly `n` tokens in `modelserver.sim.tokenizer`: words of at
 most three letters, each preceded by a space, are one token each (the tokenizer cuts a

@@ -23,6 +23,7 @@ import psutil
 
 from modelserver.bench.arrivals import Arrivals, ClosedLoop, Poisson, parse_arrivals
 from modelserver.bench.contenders import (
+    Contender,
     ContenderOptions,
     Target,
     make_contender,
@@ -50,7 +51,7 @@ class BenchSettings:
     stream_share: float = 0.25
     faults: list[str] = field(default_factory=list)
     seed: int = 0
-    out: Path = Path("bench-out")
+    out: Path = Path("bench-results/bench")
     request_timeout_s: float = 60.0
     sample_interval_s: float = 0.25
 
@@ -115,7 +116,7 @@ def _streamed(seed: int, session: Session, turn: int, share: float) -> bool:
 class _Drive:
     """Sends one workload through one contender and collects what happened."""
 
-    def __init__(self, contender: Any, workload: Workload, settings: BenchSettings,
+    def __init__(self, contender: Contender, workload: Workload, settings: BenchSettings,
                  t0: float, before_send: Callable[[], Awaitable[None]] | None = None) -> None:
         self.before_send = before_send
         """Called before every request: faults due at a share of the workload are injected

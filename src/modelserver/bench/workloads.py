@@ -9,7 +9,7 @@ session is one independent request. Embedding sessions carry one input text each
 Named workloads (`WORKLOADS`):
 
 - `agent`: multi-turn household-agent sessions sharing a long few-shot prefix
-  (`prompts.AGENT_FEW_SHOT`, about 1,100 tokens) followed by a growing conversation.
+  (`prompts.AGENT_FEW_SHOT`, about 750 tokens) followed by a growing conversation.
 - `shared-prefix`: SGLang's router benchmark, the `generated-shared-prefix` dataset of
   `python -m sglang.bench_serving` (sgl-project/sglang `python/sglang/bench_serving.py` at
   0033168f: `--gsp-num-groups 64 --gsp-prompts-per-group 16 --gsp-system-prompt-len 2048
