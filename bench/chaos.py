@@ -4,7 +4,7 @@ them.
 
     .venv/bin/python bench/chaos.py [--duration 120] [--seed 8] [--replicas 4] [--speed 20]
                                     [--concurrency 8] [--rate R] [--mean-gap 2]
-                                    [--keep-healthy 1] [--json F]
+                                    [--keep-healthy 1] [--stream-every 10] [--json F]
 
 It writes a fleet of `--replicas` simulated engines (modelserver.chaos.fleet), starts it with
 the real launcher (`modelserver up --detach`), runs `modelserver.chaos.run_chaos`, and stops
@@ -78,6 +78,8 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=None, help="requests/s per path")
     parser.add_argument("--mean-gap", type=float, default=2.0, help="mean s between actions")
     parser.add_argument("--keep-healthy", type=int, default=1)
+    parser.add_argument("--stream-every", type=int, default=10,
+                        help="every n-th client request is streamed (0: none)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -92,7 +94,8 @@ def main() -> int:
             return 1
         options = ChaosOptions(
             duration_s=args.duration, seed=args.seed,
-            load=LoadSettings(concurrency=args.concurrency, rate_per_s=args.rate),
+            load=LoadSettings(concurrency=args.concurrency, rate_per_s=args.rate,
+                              stream_every=args.stream_every),
             chaos=ChaosSettings(mean_gap_s=args.mean_gap, keep_healthy=args.keep_healthy),
         )
         timeline, figures = asyncio.run(run_chaos(fleet, options))

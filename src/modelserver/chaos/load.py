@@ -29,6 +29,9 @@ class LoadSettings:
     rate_per_s: float | None = None
     """Requests started per second, per path (None: as fast as `concurrency` allows)."""
     max_tokens: int = 8
+    stream_every: int = 0
+    """Every n-th client request is streamed (0: none). Streams are counted apart (path
+    `client-stream`): one cut after its first piece cannot fail over, by design."""
 
 
 class Sender(Protocol):
@@ -72,8 +75,13 @@ class ClientSender:
         self._server, self._model, self._timeline, self._settings = (
             server, model, timeline, settings
         )
+        self._count = 0
 
     async def __call__(self, prompt: str) -> bool:
+        self._count += 1
+        every = self._settings.stream_every
+        if every and self._count % every == 0:
+            return await self._stream(prompt)
         sent = time.time()
         try:
             done = await self._server.chat(
@@ -88,6 +96,22 @@ class ClientSender:
             RequestRecord(sent, "client", done.worker, True, None, time.time() - sent)
         )
         return True
+
+    async def _stream(self, prompt: str) -> bool:
+        sent = time.time()
+        error: str | None = None
+        try:
+            pieces = [p async for p in self._server.stream(
+                self._model, prompt, max_tokens=self._settings.max_tokens
+            )]
+            if not pieces:
+                error = "an empty stream"
+        except RequestError as exc:
+            error = str(exc)[:300]
+        self._timeline.requests.append(
+            RequestRecord(sent, "client-stream", None, error is None, error, time.time() - sent)
+        )
+        return error is None
 
 
 class GatewaySender:
