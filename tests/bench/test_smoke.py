@@ -30,7 +30,7 @@ async def test_every_contender_completes_a_tiny_run_and_the_report_is_well_forme
         faults=["slow:2@50%"],
         seed=3,
         out=tmp_path,
-        request_timeout_s=30.0,
+        attempt_timeout_s=30.0,
     )
     report = await run_bench(settings)
 

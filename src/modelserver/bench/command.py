@@ -52,7 +52,8 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option(help="Folder for report.json, PNGs, logs.")] = Path(
             "bench-results/bench"),
         timeout: Annotated[float, typer.Option(
-            help="Seconds a request may take before it counts as failed.")] = 60.0,
+            help="Seconds one attempt may take (each contender's own per-attempt "
+                 "timeout); a request fails after 3 times that.")] = 60.0,
         plots: Annotated[bool, typer.Option(help="Write latency.png and load.png.")] = True,
     ) -> None:
         """Measure routing side by side: our policies, the seed's client, SGLang's router,
@@ -67,7 +68,7 @@ def register(app: typer.Typer) -> None:
             faults=list(fault or []),
             seed=seed,
             out=out,
-            request_timeout_s=timeout,
+            attempt_timeout_s=timeout,
         )
         console = Console()
         if not console.is_terminal:  # a log file: wide enough for the figures table

@@ -29,6 +29,7 @@ from modelserver.bench.contenders import (
     make_contender,
     unavailable,
 )
+from modelserver.bench.contenders.base import ATTEMPTS_PER_REQUEST
 from modelserver.bench.faults import SIM_SPECS, FaultPlan, parse_fault
 from modelserver.bench.fleet import EngineSpec, SimFleet
 from modelserver.bench.outcome import Outcome
@@ -52,7 +53,8 @@ class BenchSettings:
     faults: list[str] = field(default_factory=list)
     seed: int = 0
     out: Path = Path("bench-results/bench")
-    request_timeout_s: float = 60.0
+    attempt_timeout_s: float = 60.0
+    """Each contender's own per-attempt timeout; a request gets 3 times that in all."""
     sample_interval_s: float = 0.25
 
     def __post_init__(self) -> None:
@@ -126,6 +128,7 @@ class _Drive:
         self.settings = settings
         self.t0 = t0
         self.outcomes: list[Outcome] = []
+        self.cutoff_s = ATTEMPTS_PER_REQUEST * settings.attempt_timeout_s + 5.0
         self.sent = 0
         self.last_done = t0
 
@@ -137,12 +140,16 @@ class _Drive:
                 await self.before_send()
             sent_at = time.monotonic()
             self.sent += 1
-            if session.kind == "embedding":
-                outcome = await self.contender.embed(text)
-            else:
-                outcome = await self.contender.chat(
-                    session.messages(history, turn), session.max_tokens, stream
-                )
+            call = (self.contender.embed(text) if session.kind == "embedding" else
+                    self.contender.chat(session.messages(history, turn), session.max_tokens,
+                                        stream))
+            try:
+                # The contenders enforce their own timeouts; this only makes sure that no
+                # request outlives its budget whatever a contender does.
+                outcome = await asyncio.wait_for(call, self.cutoff_s)
+            except TimeoutError:
+                outcome = Outcome(ok=False, e2e_s=time.monotonic() - sent_at, streamed=stream,
+                                  error=f"no answer within {self.cutoff_s:.0f} s")
             outcome.start_s, outcome.session, outcome.turn = sent_at - self.t0, session.id, turn
             outcome.streamed = outcome.streamed or stream
             self.outcomes.append(outcome)
@@ -260,7 +267,7 @@ class BenchRunner:
         await fleet.reset()
         contender = make_contender(name, options)
         target = Target(model=MODEL_NAME, kind=self.workload.kind, urls=tuple(fleet.urls),
-                        request_timeout_s=self.settings.request_timeout_s)
+                        attempt_timeout_s=self.settings.attempt_timeout_s)
         try:
             await contender.start(target)
         except BaseException:

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 
 from modelserver.bench.outcome import Outcome
 
+ATTEMPTS_PER_REQUEST = 3
+"""Our router's default attempt budget; every contender gets that much time per request."""
+
 
 @dataclass(frozen=True)
 class Target:
@@ -21,7 +24,13 @@ class Target:
     model: str
     kind: str
     urls: tuple[str, ...]
-    request_timeout_s: float = 120.0
+    attempt_timeout_s: float = 60.0
+    """One attempt on one engine, given to each contender's own per-attempt timeout."""
+
+    @property
+    def request_timeout_s(self) -> float:
+        """All attempts of one request: after this the request counts as failed."""
+        return ATTEMPTS_PER_REQUEST * self.attempt_timeout_s
 
 
 class Contender(abc.ABC):

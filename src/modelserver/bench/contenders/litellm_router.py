@@ -76,7 +76,7 @@ class LitellmRouterContender(Contender):
         try:
             params: dict[str, Any] = {
                 "model": self._target.model, "messages": messages, "max_tokens": max_tokens,
-                "temperature": 0.0, "timeout": self._target.request_timeout_s,
+                "temperature": 0.0, "timeout": self._target.attempt_timeout_s,
             }
             if not stream:
                 resp = await self._router.acompletion(**params)
@@ -111,7 +111,7 @@ class LitellmRouterContender(Contender):
         start = time.monotonic()
         try:
             resp = await self._router.aembedding(model=self._target.model, input=[text],
-                                                 timeout=self._target.request_timeout_s)
+                                                 timeout=self._target.attempt_timeout_s)
         except Exception as exc:  # LiteLLM raises its own (openai-derived) error types
             return Outcome(ok=False, e2e_s=time.monotonic() - start,
                            error=f"{type(exc).__name__}: {str(exc)[:300]}")

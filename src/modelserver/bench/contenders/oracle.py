@@ -141,7 +141,7 @@ class OracleContender(Contender):
             self._inflight[url] += 1
             sent = time.monotonic()
             try:
-                last = await post_chat(self._session, url, body, self._target.request_timeout_s)
+                last = await post_chat(self._session, url, body, self._target.attempt_timeout_s)
             finally:
                 self._inflight[url] -= 1
             if last.ok:
@@ -162,7 +162,7 @@ class OracleContender(Contender):
             self._inflight[url] += 1
             try:
                 last = await post_embedding(self._session, url, self._target.model, text,
-                                            self._target.request_timeout_s)
+                                            self._target.attempt_timeout_s)
             finally:
                 self._inflight[url] -= 1
             if last.ok:

@@ -31,7 +31,8 @@ class OursContender(Contender):
 
     async def start(self, target: Target) -> None:
         config = (self._config or RouterConfig()).model_copy(
-            update={"policy": self.policy, "request_timeout_s": target.request_timeout_s}
+            update={"policy": self.policy, "request_timeout_s": target.request_timeout_s,
+                    "attempt_timeout_s": target.attempt_timeout_s}
         )
         fleet = {target.model: {"kind": target.kind, "urls": list(target.urls)}}
         self._client = AsyncModelServer(fleet, config=config)

@@ -113,7 +113,7 @@ class SeedContender(Contender):
                 continue
             body = chat_body(self._target.model, messages, max_tokens, stream)
             attempt_start = time.monotonic()
-            last = await post_chat(self._session, server, body, self._target.request_timeout_s)
+            last = await post_chat(self._session, server, body, self._target.attempt_timeout_s)
             elapsed = time.monotonic() - attempt_start
             if last.ok:
                 if elapsed >= LATENCY_GROWING_RATE * bound:
@@ -134,7 +134,7 @@ class SeedContender(Contender):
             server, generation = self._server, self._generation
             if server is not None:
                 result = await post_embedding(self._session, server, self._target.model, text,
-                                              self._target.request_timeout_s)
+                                              self._target.attempt_timeout_s)
                 if result.ok:
                     result.worker = server
                     result.e2e_s = time.monotonic() - start

@@ -4,10 +4,11 @@ Started as `python -m sglang_router.launch_router --host 127.0.0.1 --port P --wo
 URL... --policy cache_aware|power_of_two` (flags as `launch_router --help` lists them in
 sglang-router 0.3.2). Everything that decides routing, retries, circuit breaking and health
 is left at the wheel's defaults, as a user would run it; only what must differ on a shared
-machine is set: its own Prometheus port on 127.0.0.1, warn-level logs, and a 1 s worker
-start-up check interval (the default 30 s only delays the start). It learns each worker's
-`model_path` from `/model_info` and tries to load a tokenizer from there; the simulated
-engines report a local directory, so it never reaches for a model hub.
+machine or in this benchmark is set: its own Prometheus port on 127.0.0.1, warn-level logs,
+a 1 s worker start-up check interval (the default 30 s only delays the start), and its
+request timeout set to the benchmark's per-attempt timeout, as every contender's is. It
+learns each worker's `model_path` from `/model_info` and tries to load a tokenizer from
+there; the simulated engines report a local directory, so it never reaches for a model hub.
 
 The router process's CPU time counts as this contender's client-side CPU.
 """
@@ -33,7 +34,8 @@ from modelserver.errors import BenchError
 POLICIES = ("cache_aware", "power_of_two", "round_robin", "random")
 
 
-def router_command(policy: str, port: int, metrics_port: int, urls: list[str]) -> list[str]:
+def router_command(policy: str, port: int, metrics_port: int, urls: list[str],
+                   attempt_timeout_s: float) -> list[str]:
     return [
         sys.executable, "-m", "sglang_router.launch_router",
         "--host", HOST, "--port", str(port),
@@ -41,6 +43,7 @@ def router_command(policy: str, port: int, metrics_port: int, urls: list[str]) -
         "--policy", policy,
         "--prometheus-host", HOST, "--prometheus-port", str(metrics_port),
         "--worker-startup-check-interval", "1",
+        "--request-timeout-secs", str(max(1, round(attempt_timeout_s))),
         "--log-level", "warn",
     ]
 
@@ -66,7 +69,8 @@ class SglangRouterContender(Contender):
     async def start(self, target: Target) -> None:
         self._target = target
         port = free_port()
-        cmd = router_command(self.policy, port, free_port(), list(target.urls))
+        cmd = router_command(self.policy, port, free_port(), list(target.urls),
+                             target.attempt_timeout_s)
         log = self.log_dir / f"sglang-{self.policy}.log" if self.log_dir is not None else None
         self._process, self._log = spawn(cmd, log)
         self._base = f"http://{HOST}:{port}"
