@@ -150,11 +150,15 @@ def _proxy_handler(path: str, body_timeout_s: float) -> Handler:
             async with asyncio.timeout(body_timeout_s):
                 raw = await request.read()
         except TimeoutError:
-            return error_response(
+            response = error_response(
                 408,
                 f"the request body did not arrive within {body_timeout_s:g} s",
                 code="body_timeout",
             )
+            # The rest of the body may still come; this connection cannot carry another
+            # request, so close it rather than hold it open until the client gives up.
+            response.force_close()
+            return response
         try:
             model, stream = _routing_fields(raw)
             routed = await router.forward(model, path, raw, stream=stream)

@@ -59,7 +59,12 @@ class GatewayServer:
             await self.router.start()
         # access_log=None: the default access log is replaced by nothing that could carry
         # a header; keys never reach a log line.
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        # lingering_time: after answering a request whose body never fully came (408, 413),
+        # aiohttp keeps reading for this long so the answer is not lost to a reset; 10 s by
+        # default, which lets stalled callers hold connections (and shutdown) that long.
+        self._runner = web.AppRunner(
+            self.app, access_log=None, handle_signals=False, lingering_time=1.0
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)
         await site.start()
