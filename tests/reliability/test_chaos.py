@@ -6,7 +6,8 @@ Asserted: the figures that must be zero (failed non-streamed requests while a wo
 model is alive, which the controller guarantees by never touching the last healthy one;
 attempts sent to a worker known dead for more than 1 s), and that the run did what it
 claims (kills, faults, restarts that became ready, requests on both paths; every tenth
-client request streamed, counted apart). Timings are reported, not asserted. bench/chaos.py runs the long version (docs/BENCHMARKS.md).
+client request streamed, counted apart). Timings are reported, not asserted.
+bench/chaos.py runs the long version (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
