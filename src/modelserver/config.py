@@ -213,6 +213,11 @@ class CacheAwareConfig(_Section):
     balance_rel_threshold: float = Field(default=1.5, ge=1)
     block_chars: int = Field(default=64, ge=1)
     max_blocks: int = Field(default=1_000_000, ge=1)
+    affinity_max_slowdown: float = Field(default=1.5, ge=1)
+    """Ours, not SGLang's: a worker holding the prefix keeps the request only while its
+    learned seconds per output token are at most this many times the fastest usable
+    worker's; a slower replica holding hot prefixes would otherwise be fed past its speed
+    (docs/BENCHMARKS.md, run 1)."""
 
 
 class RouterConfig(_Section):

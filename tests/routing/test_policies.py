@@ -146,6 +146,25 @@ def test_cache_aware_balances_when_load_is_unbalanced() -> None:
     assert policy.select(pool, request(second)) is home  # balanced again: cache wins
 
 
+def test_cache_aware_does_not_feed_a_slow_holder_past_its_speed() -> None:
+    pool = workers(3)
+    policy = make_policy("cache_aware", RouterConfig(), random.Random(6))
+    assert isinstance(policy, CacheAwarePolicy)
+    text = conversation("hot prefix", 1)[0]
+    policy.index("m").insert(block_keys(text, 64), pool[0].url)
+    for w in pool:
+        w.ewma_latency = 0.010
+    assert policy.select(pool, request(text)) is pool[0]  # same speed: the cache wins
+    pool[0].ewma_latency = 0.014  # 1.4x slower: within the default 1.5x, still the cache
+    assert policy.select(pool, request(text)) is pool[0]
+    pool[0].ewma_latency = 0.020  # half speed: the request goes where it is served faster
+    picked = {policy.select(pool, request(text)).url for _ in range(20)}
+    assert pool[0].url not in picked
+    # ... and the prefix now has a second home, which later turns follow.
+    holders, _ = policy.index("m").longest_match(block_keys(text, 64), {w.url for w in pool})
+    assert len(holders) >= 2
+
+
 def test_cache_aware_sends_misses_to_the_less_loaded_not_the_smaller_tree() -> None:
     pool = workers(2)
     policy = make_policy("cache_aware", RouterConfig(), random.Random(4))

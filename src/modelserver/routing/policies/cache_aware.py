@@ -15,6 +15,14 @@ unbalanced. After SGLang's router (sgl-project/sglang
   holding the same prefix, go to the least weighted load (in flight × learned latency)
   with random tie-breaks; in-flight counts rise the moment a worker is picked.
 
+A fourth change: affinity has a price cap. A worker holding the prefix keeps the request
+only while its learned time per output token is within `affinity_max_slowdown` of the
+fastest usable worker's; otherwise the request goes to the least weighted load, so a
+slower replica holding hot prefixes is not fed past its speed (SGLang's absolute threshold
+of 64 requests in flight never trips on a small fleet). Time per token, not in-flight
+counts: a batching engine serves a few more requests at almost no cost, so a count says
+little until its batch is full, and by then the learned time per token has grown too.
+
 Imbalance, as in SGLang: max_load - min_load > balance_abs_threshold and
 max_load > balance_rel_threshold × min_load (loads = requests in flight); then the least
 loaded worker is used whatever the cache says, and the tree still learns where it went.
@@ -27,7 +35,12 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 from modelserver.config import RouterConfig
-from modelserver.routing.policies.base import Policy, least_loaded
+from modelserver.routing.policies.base import (
+    Policy,
+    fleet_default_latency,
+    latency_estimate,
+    least_loaded,
+)
 from modelserver.routing.request_key import RequestInfo
 from modelserver.routing.worker import Worker
 
@@ -115,11 +128,18 @@ class CacheAwarePolicy(Policy):
                 settings.cache_threshold
             ):
                 chosen = least_loaded([w for w in workers if w.url in holders], self.rng)
+        if chosen is not None and self._too_slow(chosen, workers):
+            chosen = None  # the cache saves a prefill; this worker costs more than that
         if chosen is None:
             chosen = least_loaded(workers, self.rng)
         if keys:
             index.insert(keys, chosen.url)
         return chosen
+
+    def _too_slow(self, holder: Worker, workers: Sequence[Worker]) -> bool:
+        default = fleet_default_latency(workers)
+        fastest = min(latency_estimate(w, default) for w in workers)
+        return latency_estimate(holder, default) > self.settings.affinity_max_slowdown * fastest
 
     def _imbalanced(self, workers: Sequence[Worker]) -> bool:
         loads = [w.in_flight for w in workers]
