@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,8 @@ from typing import Any
 
 import aiohttp
 import orjson
+
+from modelserver.netinfo import free_port_range
 
 ANSWER = orjson.dumps(
     {
@@ -85,24 +86,6 @@ def serve_engine(port: int) -> None:
 # -- helpers -----------------------------------------------------------------------------------
 
 
-def free_port_pair() -> int:
-    """A port p such that p and p+1 are both free (the fleet file counts replicas up)."""
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = int(probe.getsockname()[1])
-        if port < 65000 and all(_free(p) for p in (port, port + 1)):
-            return port
-    raise RuntimeError("no two consecutive free ports")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def start(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
@@ -221,7 +204,7 @@ async def litellm_contender(engines: list[str], requests: int, concurrency: int)
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
-    base = free_port_pair()
+    base = free_port_range(2)
     engines = [f"http://127.0.0.1:{base + i}" for i in range(2)]
     processes = [
         start([sys.executable, __file__, "--engine", str(base + i)], workdir / f"engine{i}.log")
@@ -234,7 +217,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         chat = [url + "/v1/chat/completions" for url in engines]
         results["direct"] = await http_contender(chat, args.requests, args.concurrency)
 
-        gateway_port = free_port_pair()
+        gateway_port = free_port_range(2)
         fleet = workdir / "fleet.toml"
         fleet.write_text(
             f'[[hosts]]\nname = "local"\ngpus = "none"\n'
@@ -246,7 +229,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "modelserver": [sys.executable, "-m", "modelserver", "gateway", str(fleet)],
         }
         if not args.skip_sglang:
-            router_port = free_port_pair()
+            router_port = free_port_range(2)
             contenders["sglang-router"] = [
                 sys.executable,
                 "-m",

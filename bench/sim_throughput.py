@@ -18,19 +18,13 @@ import asyncio
 import itertools
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import aiohttp
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from modelserver.netinfo import free_port_range
 
 
 async def wait_healthy(session: aiohttp.ClientSession, url: str, deadline: float) -> None:
@@ -97,7 +91,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--max-tokens", type=int, default=32)
     args = parser.parse_args()
-    ports = [free_port() for _ in range(args.sims)]
+    ports = [free_port_range() for _ in range(args.sims)]
     processes = [
         subprocess.Popen(
             [

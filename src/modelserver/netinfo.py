@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Collection
 
 import psutil
+
+from modelserver.errors import LaunchError
 
 
 def local_addresses() -> set[str]:
@@ -34,3 +37,33 @@ def primary_address() -> str:
             if not (ip.is_loopback or ip.is_link_local):
                 return addr.address
     return "127.0.0.1"
+
+
+def free_port_range(
+    count: int = 1, avoid: Collection[int] = (), host: str = "127.0.0.1", attempts: int = 200
+) -> int:
+    """A port p such that p .. p+count-1 can all be bound on `host` now, none in `avoid`.
+
+    For fleets written at run time (tests, the demo, benchmarks): the launcher gives replica
+    i of a model the port `port + i`, so a model's ports must be consecutive. Free *now*
+    only: another process may take a port before it is used.
+    """
+    for _ in range(attempts):
+        with socket.socket() as probe:
+            probe.bind((host, 0))
+            base = int(probe.getsockname()[1])
+        ports = range(base, base + count)
+        if base + count - 1 > 65535 or any(port in avoid for port in ports):
+            continue
+        if all(_bindable(host, port) for port in ports):
+            return base
+    raise LaunchError(f"found no {count} consecutive free ports on {host}")
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tomllib
@@ -28,6 +27,7 @@ import psutil
 import pytest
 
 from modelserver.models import prepare_models
+from modelserver.netinfo import free_port_range
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "cpu.toml"
 EXAMPLE_MODELS_DIR = "~/.cache/modelserver/models"
@@ -43,27 +43,6 @@ def running(pid: int | None) -> bool:
         return False
 
 
-def free_port_range(count: int, avoid: set[int]) -> int:
-    """A port p such that p .. p+count-1 are free now (and none is in `avoid`)."""
-    for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = int(probe.getsockname()[1])
-        ports = range(base, base + count)
-        if base + count > 65535 or avoid.intersection(ports):
-            continue
-        if all(_bindable(port) for port in ports):
-            return base
-    raise RuntimeError(f"no {count} consecutive free ports found")
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def copy_cpu_example(folder: Path, models_dir: Path) -> Path:

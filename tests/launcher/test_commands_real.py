@@ -22,14 +22,11 @@ from typing import Any
 import psutil
 import pytest
 
+from modelserver.netinfo import free_port_range
+
 DEADLINE_S = 60.0
 SECRET = "sk-launcher-test-secret"
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def running(pid: int | None) -> bool:
@@ -100,7 +97,7 @@ stop_grace_s = 5
 
 
 def _sim(name: str, **extra: str) -> str:
-    lines = [f'name = "{name}"', 'backend = "sim"', f"port = {_free_port()}"]
+    lines = [f'name = "{name}"', 'backend = "sim"', f"port = {free_port_range()}"]
     lines += [f"{key} = {value}" for key, value in extra.items()]
     return "[[models]]\n" + "\n".join(lines) + "\n"
 
@@ -289,7 +286,7 @@ def test_down_stops_the_workers_of_a_launcher_killed_with_sigkill(
 @pytest.fixture
 def far_engine(tmp_path: Path) -> Iterator[int]:
     """A simulated engine this test runs itself, standing for a worker on another host."""
-    port = _free_port()
+    port = free_port_range()
     proc = subprocess.Popen(
         [sys.executable, "-m", "modelserver", "sim", "--port", str(port), "--model", "far"],
         stdout=subprocess.DEVNULL,
@@ -320,7 +317,7 @@ address = "127.0.0.1"
     models = (
         _sim("tiny").replace("[[models]]", '[[models]]\nhosts = ["local"]')
         + f'[[models]]\nname = "far"\nbackend = "sim"\nport = {far_engine}\nhosts = ["far"]\n'
-        + f'[[models]]\nname = "gone"\nbackend = "sim"\nport = {_free_port()}\n'
+        + f'[[models]]\nname = "gone"\nbackend = "sim"\nport = {free_port_range()}\n'
         'hosts = ["far"]\n'
     )
     fleet = make_fleet(models, far)

@@ -16,16 +16,11 @@ from modelserver.gpus import Gpu, StaticInventory
 from modelserver.launch import detect_host, launch, ports_held_by_others
 from modelserver.launch_commands import resolve_worker
 from modelserver.lifecycle import WorkerStatus
+from modelserver.netinfo import free_port_range
 from modelserver.state import HostState, WorkerRecord, read_state, write_state
 from modelserver.supervisor import Supervisor
 
 from .fakes import FakeClock, FakeProbe, FakeSpawner
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _spec(port: int) -> WorkerSpec:
@@ -86,8 +81,8 @@ async def test_launch_without_nvml_starts_cpu_workers_and_fails_gpu_ones(tmp_pat
     fleet = parse_fleet({
         "fleet": {"state_dir": str(tmp_path)},
         "hosts": [{"name": "local"}],
-        "models": [{"name": "big", "backend": "sglang", "path": "/w", "port": _free_port()},
-                   {"name": "tiny", "backend": "sim", "port": _free_port()}],
+        "models": [{"name": "big", "backend": "sglang", "path": "/w", "port": free_port_range()},
+                   {"name": "tiny", "backend": "sim", "port": free_port_range()}],
     })
     spawner, probe = FakeSpawner(), FakeProbe()
     probe.up.update(w.url for w in fleet.workers())
@@ -115,7 +110,7 @@ async def test_launch_places_gpu_workers_from_a_static_inventory(tmp_path: Path)
         "hosts": [{"name": "local", "inventory": [
             {"index": 0, "uuid": "GPU-busy", "total_gib": 80, "used_gib": 40},
             {"index": 1, "uuid": "GPU-free", "total_gib": 80, "used_gib": 8}]}],
-        "models": [{"name": "big", "backend": "sglang", "path": "/w", "port": _free_port()}],
+        "models": [{"name": "big", "backend": "sglang", "path": "/w", "port": free_port_range()}],
     })
     spawner, probe = FakeSpawner(), FakeProbe()
     probe.up.update(w.url for w in fleet.workers())
@@ -142,7 +137,7 @@ def _previous_state(tmp_path: Path, url: str, pid: int, create_time: float) -> N
 
 def _tiny_fleet(tmp_path: Path) -> Any:
     return parse_fleet({"fleet": {"state_dir": str(tmp_path)}, "hosts": [{"name": "local"}],
-                        "models": [{"name": "tiny", "backend": "sim", "port": _free_port()}]})
+                        "models": [{"name": "tiny", "backend": "sim", "port": free_port_range()}]})
 
 
 @pytest.mark.parametrize("healthy", [True, False])

@@ -21,14 +21,11 @@ from typing import Any
 
 import pytest
 
+from modelserver.netinfo import free_port_range
+
 RUNNER = "modelserver.backends.xllamacpp_runner"
 READY_DEADLINE_S = 60.0
 STOP_DEADLINE_S = 15.0
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def port_is_open(port: int) -> bool:
@@ -88,7 +85,7 @@ class Runner:
 
 def launch(args: list[str], log: Path, api_key: str | None = None) -> Runner:
     """Start the runner with llama-server-style `args` plus --host/--port; do not wait."""
-    port = free_port()
+    port = free_port_range()
     argv = [sys.executable, "-m", RUNNER, *args, "--host", "127.0.0.1", "--port", str(port)]
     if api_key:
         argv += ["--api-key", api_key]

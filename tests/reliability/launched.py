@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 import psutil
 
-from modelserver.chaos.fleet import consecutive_free_ports
+from modelserver.netinfo import free_port_range
 
 DEADLINE_S = 60.0
 
@@ -176,7 +176,7 @@ def write_fleet(
     ports: dict[int, str] = {}
     blocks: list[str] = []
     for model in models:
-        base = consecutive_free_ports(model.replicas)
+        base = free_port_range(model.replicas)
         for replica in range(model.replicas):
             ports[base + replica] = f"{model.name}-{replica}@local"
         blocks.append(

@@ -19,6 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from modelserver.netinfo import free_port_range
 from tests.config.test_bad_fleet_files import CASES
 
 # A representative subset: syntax, unknown key, type, range, name, cross-field, GPUs, ports.
@@ -46,11 +47,6 @@ inventory = [
 ]
 """
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def run_up(fleet: Path) -> subprocess.CompletedProcess[str]:
@@ -111,7 +107,7 @@ def test_a_gpu_the_static_inventory_does_not_have(tmp_path: Path) -> None:
     fleet = _gpu_fleet(
         tmp_path,
         f'[[models]]\nname = "m"\nbackend = "sglang"\npath = "org/model"\n'
-        f"port = {_free_port()}\ngpus = [5]\n",
+        f"port = {free_port_range()}\ngpus = [5]\n",
     )
     done = run_up(fleet)
     assert_refused_and_nothing_started(fleet, done, "models[0]", "m-0@h", "GPU 5 does not exist")
@@ -121,7 +117,7 @@ def test_replicas_times_gpus_more_than_the_inventory_has(tmp_path: Path) -> None
     fleet = _gpu_fleet(
         tmp_path,
         f'[[models]]\nname = "m"\nbackend = "vllm"\npath = "org/model"\n'
-        f"port = {_free_port()}\nreplicas = 2\ngpus_per_replica = 2\n",
+        f"port = {free_port_range()}\nreplicas = 2\ngpus_per_replica = 2\n",
     )
     done = run_up(fleet)
     assert_refused_and_nothing_started(fleet, done, "models[0].replicas", "2 × 2 = 4", "has 2")
@@ -131,8 +127,8 @@ def test_two_models_needing_more_gpus_together_than_the_inventory_has(tmp_path: 
     model = '[[models]]\nname = "{name}"\nbackend = "sglang"\npath = "org/m"\nport = {port}\n'
     fleet = _gpu_fleet(
         tmp_path,
-        model.format(name="a", port=_free_port()) + "gpus_per_replica = 2\n"
-        + model.format(name="b", port=_free_port()),
+        model.format(name="a", port=free_port_range()) + "gpus_per_replica = 2\n"
+        + model.format(name="b", port=free_port_range()),
     )
     done = run_up(fleet)
     assert_refused_and_nothing_started(fleet, done, "need 3 GPUs", "a: 2", "b: 1", "has 2")
@@ -143,7 +139,7 @@ def test_a_llamacpp_model_file_that_does_not_exist(tmp_path: Path) -> None:
     fleet.write_text(
         '[[hosts]]\nname = "h"\naddress = "127.0.0.1"\n'
         f'[[models]]\nname = "m"\nbackend = "llamacpp"\npath = "./weights/m.gguf"\n'
-        f"port = {_free_port()}\n"
+        f"port = {free_port_range()}\n"
     )
     done = run_up(fleet)
     missing = str(tmp_path / "weights" / "m.gguf")
@@ -156,7 +152,7 @@ def test_a_llamacpp_path_that_is_a_folder(tmp_path: Path) -> None:
     fleet.write_text(
         '[[hosts]]\nname = "h"\naddress = "127.0.0.1"\n'
         f'[[models]]\nname = "m"\nbackend = "llamacpp"\npath = "./weights"\n'
-        f"port = {_free_port()}\n"
+        f"port = {free_port_range()}\n"
     )
     done = run_up(fleet)
     assert_refused_and_nothing_started(fleet, done, "models[0].path", "not a file")
@@ -175,7 +171,7 @@ def test_a_port_held_by_a_foreign_process(tmp_path: Path, foreign_listener: int)
     fleet = tmp_path / "fleet.toml"
     fleet.write_text(
         '[[hosts]]\nname = "h"\naddress = "127.0.0.1"\n'
-        f'[[models]]\nname = "ok"\nbackend = "sim"\nport = {_free_port()}\n'
+        f'[[models]]\nname = "ok"\nbackend = "sim"\nport = {free_port_range()}\n'
         f'[[models]]\nname = "m"\nbackend = "sim"\nport = {foreign_listener}\n'
     )
     done = run_up(fleet)

@@ -14,7 +14,6 @@ import contextlib
 import os
 import random
 import re
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -28,6 +27,7 @@ import psutil
 import pytest
 import requests
 
+from modelserver.netinfo import free_port_range
 from modelserver.sim import SimConfig, SimThread
 from tests.waiting import wait_until_sync
 
@@ -46,11 +46,6 @@ FD_BOUND = 2 * CONCURRENCY + 8
 many are open at a given moment depends on the last burst, not on how many requests came
 before. One descriptor leaked per 50 requests already exceeds it (60 over the run)."""
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -78,7 +73,7 @@ def gateway(tmp_path: Path) -> Iterator[Gateway]:
     try:
         for sim in sims:
             started.append(sim.start())
-        port = _free_port()
+        port = free_port_range()
         fleet = tmp_path / "fleet.toml"
         fleet.write_text(f"""
 [fleet]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -30,6 +29,7 @@ import requests
 from modelserver.backends import BACKENDS
 from modelserver.config import GatewayConfig, parse_fleet
 from modelserver.gateway import GatewayServer
+from modelserver.netinfo import free_port_range
 from modelserver.placement import Placement
 from modelserver.routing import MockResponse, MockTransport, Router
 from tests.waiting import wait_until_sync
@@ -40,11 +40,6 @@ API_KEY = "sk-gateway-api-key-do-not-leak"
 ADMIN_KEY = "sk-gateway-admin-key-do-not-leak"
 SECRETS = (ENGINE_KEY, BROKEN_KEY, API_KEY, ADMIN_KEY)
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -82,7 +77,7 @@ def launched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launched]:
     folder = tmp_path_factory.mktemp("security")
     state_dir = folder / "state"
     fleet = folder / "fleet.toml"
-    gateway_port = _free_port()
+    gateway_port = free_port_range()
     fleet.write_text(f"""
 [fleet]
 name = "security"
@@ -96,13 +91,13 @@ gpus = "none"
 [[models]]
 name = "tiny"
 backend = "sim"
-port = {_free_port()}
+port = {free_port_range()}
 api_key = "{ENGINE_KEY}"
 
 [[models]]
 name = "broken"
 backend = "sim"
-port = {_free_port()}
+port = {free_port_range()}
 api_key = "{BROKEN_KEY}"
 options = {{ fault = "crash-at=0" }}
 

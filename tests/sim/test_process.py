@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,14 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from modelserver.netinfo import free_port_range
+
 CHAT = {"model": "llama", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 3}
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_until(condition: object, deadline: float = 30.0) -> None:
@@ -77,7 +72,7 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
 
 
 def start_sim(processes: Processes, name: str, *extra: str) -> str:
-    port = free_port()
+    port = free_port_range()
     args = [sys.executable, "-m", "modelserver", "sim", "--port", str(port), "--model", "llama"]
     processes.start(name, [*args, "--speed", "20", *extra])
     url = f"http://127.0.0.1:{port}"
@@ -125,7 +120,7 @@ def test_sglang_router_routes_to_simulated_engines(processes: Processes, tmp_pat
     model_dir = tmp_path / "model"  # a local path, so the router fetches no tokenizer
     model_dir.mkdir()
     urls = [start_sim(processes, f"sim{i}", "--model-path", str(model_dir)) for i in range(2)]
-    port = free_port()
+    port = free_port_range()
     router = f"http://127.0.0.1:{port}"
     processes.start(
         "router",

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ import aiohttp
 from modelserver.bench.procs import spawn, stop_group
 from modelserver.bench.tombstone import Tombstone
 from modelserver.errors import BenchError
+from modelserver.netinfo import free_port_range
 
 HOST = "127.0.0.1"
 
@@ -39,9 +39,7 @@ class EngineSpec:
 
 
 def free_port(host: str = HOST) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    return free_port_range(host=host)
 
 
 @dataclass

@@ -3,8 +3,9 @@ the router and launcher settings that let failures be noticed in seconds, not mi
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
+
+from modelserver.netinfo import free_port_range
 
 ROUTER_TOML = """
 [router]
@@ -41,25 +42,6 @@ stable_after_s = 5
 """
 
 
-def consecutive_free_ports(count: int, attempts: int = 50) -> int:
-    """A base port such that base..base+count-1 are all free on 127.0.0.1 now (the launcher
-    gives replica i the port `port + i`)."""
-    for _ in range(attempts):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = int(probe.getsockname()[1])
-        if base + count - 1 <= 65535 and all(_free(p) for p in range(base, base + count)):
-            return base
-    raise RuntimeError(f"found no {count} consecutive free ports on 127.0.0.1")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def write_chaos_fleet(
@@ -67,7 +49,7 @@ def write_chaos_fleet(
 ) -> Path:
     """Write `folder/fleet.toml` (state in `folder/state`) and return its path."""
     folder.mkdir(parents=True, exist_ok=True)
-    port = consecutive_free_ports(replicas)
+    port = free_port_range(replicas)
     text = (
         f'[fleet]\nname = "chaos"\nstate_dir = "{folder / "state"}"\n\n'
         '[[hosts]]\nname = "local"\naddress = "127.0.0.1"\ngpus = "none"\n\n'

@@ -18,7 +18,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -30,6 +29,7 @@ import psutil
 from modelserver.config import Fleet, load_fleet
 from modelserver.errors import LaunchError
 from modelserver.models import PreparedModels
+from modelserver.netinfo import free_port_range
 from modelserver.routing.entries import WorkerEntry
 from modelserver.state import HostState, WorkerRecord, process_is, read_state, state_path
 
@@ -140,25 +140,6 @@ port = {gateway_port}
 """
 
 
-def free_port_range(count: int, avoid: set[int]) -> int:
-    """A port p such that p .. p+count-1 are free now and not in `avoid`."""
-    for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = int(probe.getsockname()[1])
-        ports = range(base, base + count)
-        if base + count <= 65535 and not avoid.intersection(ports) and all(map(_free, ports)):
-            return base
-    raise LaunchError(f"no {count} consecutive free ports found on 127.0.0.1")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 @dataclass
