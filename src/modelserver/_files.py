@@ -6,6 +6,7 @@ import contextlib
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,25 +14,31 @@ import orjson
 
 
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace `path` with `data` so a reader sees the old file or the new one, never half.
+    """Replace `path` with `data` so a reader sees the old file or the new one, never half."""
+    atomic_write_with(path, lambda tmp: tmp.write_bytes(data), mode)
+
+
+def atomic_write_with(path: Path, write: Callable[[Path], object], mode: int = 0o644) -> None:
+    """Let `write` fill a temporary file beside `path`, then rename it over `path`.
 
     The temporary file lives in the same folder (rename is atomic only within one file
     system) and is fsync'ed before the rename, and the folder after it, so a crash at any
-    moment leaves one whole file.
+    moment leaves one whole file: the old one or the new one.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
+        write(tmp)
+        with tmp.open("rb+") as handle:
             os.fsync(handle.fileno())
         _pause_for_crash_tests()
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+            tmp.unlink()
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:

@@ -18,7 +18,6 @@ from typer.testing import CliRunner
 from modelserver import models_commands
 from modelserver.errors import ModelPrepareError
 from modelserver.models import CHAT_FILE, EMBEDDING_FILE, PreparedModels, prepare_models
-from modelserver.models import prepare as prepare_module
 from modelserver.models.tiny_chat import SPECIAL_TOKENS
 
 
@@ -123,21 +122,6 @@ def test_the_written_bytes_are_the_same_every_time(tmp_path: Path) -> None:
 
     assert sha256(first.chat_path) == sha256(second.chat_path)
     assert sha256(first.embedding_path) == sha256(second.embedding_path)
-
-
-def test_a_write_that_fails_midway_leaves_the_old_file_and_no_debris(tmp_path: Path) -> None:
-    target = tmp_path / "model.gguf"
-    target.write_bytes(b"the old, whole file")
-
-    def half_then_fail(path: Path) -> None:
-        path.write_bytes(b"half of the new")
-        raise OSError(28, "No space left on device")
-
-    with pytest.raises(OSError, match="No space"):
-        prepare_module._write_atomically(target, half_then_fail)
-
-    assert target.read_bytes() == b"the old, whole file"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.gguf"]
 
 
 def test_the_tiny_chat_gguf_is_a_llama_with_a_chatml_template(prepared: PreparedModels) -> None:

@@ -15,15 +15,13 @@ import contextlib
 import fcntl
 import hashlib
 import importlib.util
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modelserver._files import atomic_write_json, read_json
+from modelserver._files import atomic_write_json, atomic_write_with, read_json
 from modelserver.errors import ModelPrepareError
 
 CHAT_FILE = "tiny-chat.gguf"
@@ -147,7 +145,7 @@ def _prepare_one(
                 time.perf_counter() - started,
             )
     try:
-        _write_atomically(path, recipe.write)
+        atomic_write_with(path, recipe.write)
     except (ValueError, KeyError) as exc:  # the installed package holds something unexpected
         raise ModelPrepareError(f"cannot write {path} ({recipe.generator}): {exc}") from exc
     size, digest = _describe(path) or (0, "")
@@ -179,28 +177,6 @@ def _read_manifest(folder: Path) -> dict[str, dict[str, Any]]:
     if not isinstance(files, dict):
         return {}
     return {name: entry for name, entry in files.items() if isinstance(entry, dict)}
-
-
-def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Let `write` fill a temporary file beside `path`, then fsync and rename it over `path`."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with tmp.open("rb+") as handle:
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 @contextlib.contextmanager
