@@ -9,6 +9,7 @@ asks for the usage chunk at the end, where SGLang reports cached tokens.
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -64,41 +65,46 @@ async def post_chat(
                 content = ((data.get("choices") or [{}])[0].get("message") or {}).get("content")
                 return Outcome(ok=True, e2e_s=time.monotonic() - start, prompt_tokens=p,
                                cached_tokens=c, completion_tokens=o, text=content or "")
-            return await _read_stream(resp, start)
+            return await read_sse(resp.content.iter_any(), start)
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         return Outcome(ok=False, e2e_s=time.monotonic() - start, streamed=stream,
                        error=f"{type(exc).__name__}: {exc}")
 
 
-async def _read_stream(resp: aiohttp.ClientResponse, start: float) -> Outcome:
+async def read_sse(
+    chunks: AsyncIterator[bytes], start: float, worker: str | None = None
+) -> Outcome:
+    """An OpenAI SSE stream, from raw byte chunks as they arrive, into an Outcome: TTFT at the
+    first chunk carrying content, the usage chunk kept, ok only if `data: [DONE]` came.
+    Read to the end, so the stream's connection is given back."""
     ttft: float | None = None
     parts: list[str] = []
     usage: dict[str, Any] | None = None
+    buffer = b""
     done = False
-    async for raw in resp.content:
-        line = raw.strip()
-        if not line.startswith(b"data:"):
-            continue
-        payload = line[5:].strip()
-        if payload == b"[DONE]":
-            done = True
-            break
-        event = orjson.loads(payload)
-        if event.get("usage"):
-            usage = event["usage"]
-        for choice in event.get("choices") or []:
-            piece = (choice.get("delta") or {}).get("content")
-            if piece:
-                if ttft is None:
-                    ttft = time.monotonic() - start
-                parts.append(piece)
-    e2e = time.monotonic() - start
-    if not done:
-        return Outcome(ok=False, e2e_s=e2e, ttft_s=ttft, streamed=True,
-                       error="stream ended before data: [DONE]")
+    async for chunk in chunks:
+        buffer += chunk
+        while b"\n\n" in buffer:
+            event, buffer = buffer.split(b"\n\n", 1)
+            payload = event.strip()
+            if not payload.startswith(b"data:"):
+                continue
+            payload = payload[5:].strip()
+            if payload == b"[DONE]":
+                done = True
+                continue
+            data = orjson.loads(payload)
+            usage = data.get("usage") or usage
+            for choice in data.get("choices") or []:
+                piece = (choice.get("delta") or {}).get("content")
+                if piece:
+                    if ttft is None:
+                        ttft = time.monotonic() - start
+                    parts.append(piece)
     p, c, o = usage_counts(usage)
-    return Outcome(ok=True, e2e_s=e2e, ttft_s=ttft, prompt_tokens=p, cached_tokens=c,
-                   completion_tokens=o, text="".join(parts), streamed=True)
+    return Outcome(ok=done, e2e_s=time.monotonic() - start, ttft_s=ttft, prompt_tokens=p,
+                   cached_tokens=c, completion_tokens=o, worker=worker, text="".join(parts),
+                   streamed=True, error=None if done else "stream ended before data: [DONE]")
 
 
 async def post_embedding(

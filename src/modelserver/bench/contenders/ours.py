@@ -8,12 +8,10 @@ makes, read here chunk by chunk so the final usage chunk (cached tokens) is kept
 from __future__ import annotations
 
 import time
-from typing import Any
-
-import orjson
 
 from modelserver.bench.contenders.base import Contender, Target
-from modelserver.bench.outcome import Outcome, usage_counts
+from modelserver.bench.openai_http import chat_body, read_sse
+from modelserver.bench.outcome import Outcome
 from modelserver.client import CHAT_PATH, AsyncModelServer
 from modelserver.config import RouterConfig
 from modelserver.errors import ModelServerError
@@ -65,42 +63,11 @@ class OursContender(Contender):
 
     async def _stream(self, messages: list[dict[str, str]], max_tokens: int,
                       start: float) -> Outcome:
-        body: dict[str, Any] = {
-            "model": self._model, "messages": messages, "max_tokens": max_tokens,
-            "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True},
-        }
+        body = chat_body(self._model, messages, max_tokens, stream=True)
         response = await self.client.router.forward(self._model, CHAT_PATH, body, stream=True)
         assert response.chunks is not None
-        ttft: float | None = None
-        parts: list[str] = []
-        usage: dict[str, Any] | None = None
-        buffer = b""
-        done = False
         async with response:
-            async for chunk in response.chunks:
-                buffer += chunk
-                while b"\n\n" in buffer:
-                    event, buffer = buffer.split(b"\n\n", 1)
-                    payload = event.strip()
-                    if not payload.startswith(b"data:"):
-                        continue
-                    payload = payload[5:].strip()
-                    if payload == b"[DONE]":
-                        done = True
-                        continue
-                    data = orjson.loads(payload)
-                    usage = data.get("usage") or usage
-                    for choice in data.get("choices") or []:
-                        piece = (choice.get("delta") or {}).get("content")
-                        if piece:
-                            if ttft is None:
-                                ttft = time.monotonic() - start
-                            parts.append(piece)
-        p, c, o = usage_counts(usage)
-        return Outcome(ok=done, e2e_s=time.monotonic() - start, ttft_s=ttft, prompt_tokens=p,
-                       cached_tokens=c, completion_tokens=o, worker=response.worker,
-                       text="".join(parts), streamed=True,
-                       error=None if done else "stream ended before data: [DONE]")
+            return await read_sse(response.chunks, start, worker=response.worker)
 
     async def embed(self, text: str) -> Outcome:
         start = time.monotonic()
