@@ -26,7 +26,7 @@ from typing import Any, Literal, TypeVar
 import orjson
 
 from modelserver.config import Fleet, RouterConfig, load_fleet
-from modelserver.errors import ModelServerError, RequestError, WorkerUnreachable
+from modelserver.errors import ModelServerError, RequestError
 from modelserver.routing.router import Router
 from modelserver.routing.transport import Transport
 from modelserver.routing.worker import WorkerStats
@@ -215,9 +215,7 @@ class AsyncModelServer:
                         return
                     if piece:
                         yield piece
-        # Every engine ends a chat stream with `data: [DONE]` (SGLang, vLLM, llama.cpp's
-        # server): without it the answer was cut short, and must not pass for a whole one.
-        raise WorkerUnreachable(response.worker, "the stream ended before data: [DONE]")
+        # A stream cut short before `data: [DONE]` raises from the router's relay above.
 
     async def map(
         self,

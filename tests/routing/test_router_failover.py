@@ -211,6 +211,30 @@ async def test_stream_fails_over_only_before_its_first_chunk() -> None:
     assert router.worker(response.worker).errors == 1
 
 
+async def test_a_stream_ending_without_done_raises_and_counts_against_the_worker() -> None:
+    cut = sse("a", "b")[:-1]  # two events, then a clean end with no `data: [DONE]`
+    router, _, _, _, recorder = make_router(lambda r: MockResponse(chunks=cut))
+    response = await router.forward("m", CHAT, chat_body(stream=True), stream=True)
+    assert response.chunks is not None
+    with pytest.raises(WorkerUnreachable, match=r"ended before data: \[DONE\]"):
+        async for _ in response.chunks:
+            pass
+    assert router.worker(response.worker).errors == 1
+    assert not recorder.results[-1].ok
+
+
+async def test_a_done_marker_split_across_two_chunks_still_ends_the_stream_well() -> None:
+    whole = b"".join(sse("a"))
+    seam = whole.index(b"[DONE]") + 3
+    router, _, _, _, recorder = make_router(
+        lambda r: MockResponse(chunks=[whole[:seam], whole[seam:]])
+    )
+    response = await router.forward("m", CHAT, chat_body(stream=True), stream=True)
+    assert response.chunks is not None
+    assert b"".join([chunk async for chunk in response.chunks]) == whole
+    assert recorder.results[-1].ok and router.worker(response.worker).errors == 0
+
+
 async def test_closing_a_stream_early_frees_the_worker_without_a_mark() -> None:
     router, *_ = make_router(lambda r: MockResponse(chunks=sse("a", "b", "c")))
     response = await router.forward("m", CHAT, chat_body(stream=True), stream=True)

@@ -235,29 +235,22 @@ async def _relay_stream(request: web.Request, routed: RoutedResponse) -> web.Str
     )
     chunks = routed.chunks
     assert chunks is not None
-    done, tail = False, b""
     try:
         await response.prepare(request)
         async for chunk in chunks:
             await response.write(chunk)
-            done = done or b"[DONE]" in tail + chunk  # the marker may straddle two chunks
-            tail = chunk[-8:]
     except (ConnectionResetError, ConnectionError):
         log.info("caller left a stream from %s; engine request closed", routed.worker)
         return response
     except WorkerError as exc:
-        # The first chunk is already out: no failover now. Tell the caller in the stream.
+        # The first chunk is already out: no failover now. Tell the caller in the stream
+        # (a worker that died, stalled, or ended without `data: [DONE]`: see Router._relay).
         with contextlib.suppress(ConnectionError):
             await response.write(b"data: " + error_body(502, str(exc), "worker_failed") + b"\n\n")
         return response
     finally:
         await routed.aclose()
     with contextlib.suppress(ConnectionError):
-        if not done and response.content_type == "text/event-stream":
-            # OpenAI-compatible engines end every stream with `data: [DONE]`; one that ended
-            # without it was cut short, and the caller must not take it for a whole answer.
-            message = f"{routed.worker}: the stream ended before data: [DONE]"
-            await response.write(b"data: " + error_body(502, message, "worker_failed") + b"\n\n")
         await response.write_eof()
     return response
 

@@ -343,7 +343,17 @@ class Router:
             _json_answer(worker.url, answer.headers, first)
             chunks = _no_chunks()
         ttft = self._clock() - start
-        relay = self._relay(worker, request, attempt, start, ttft, first, chunks, answer.status)
+        relay = self._relay(
+            worker,
+            request,
+            attempt,
+            start,
+            ttft,
+            first,
+            chunks,
+            answer.status,
+            sse=_looks_like_sse(first),
+        )
         return RoutedResponse(
             answer.status, answer.headers, worker.url, attempt, ttft, chunks=relay, ttft_s=ttft
         )
@@ -358,20 +368,30 @@ class Router:
         first: bytes,
         chunks: AsyncIterator[bytes],
         status: int,
+        sse: bool,
     ) -> AsyncIterator[bytes]:
-        """Hand chunks on as they come; account for the attempt when the stream ends."""
+        """Hand chunks on as they come; account for the attempt when the stream ends.
+
+        An SSE stream that ends without `data: [DONE]` was cut short (SGLang, vLLM and
+        llama.cpp's server all end with it): it raises `WorkerUnreachable` to the caller
+        and counts against the worker, rather than passing for a whole answer."""
         events = first.count(b"data:")
         # A caller may stop reading once it has seen `data: [DONE]` (the end of an OpenAI
         # stream); that is a complete, successful answer, not an abandoned one.
         done = b"[DONE]" in first
+        tail = first[-8:]
         verdict: bool | None = None
         error: str | None = "stream closed by the caller"
         try:
             yield first
             async for chunk in chunks:
                 events += chunk.count(b"data:")
-                done = done or b"[DONE]" in chunk
+                # The marker may straddle two chunks: look across the seam too.
+                done = done or b"[DONE]" in chunk or b"[DONE]" in tail + chunk[:8]
+                tail = chunk[-8:]
                 yield chunk
+            if sse and not done:
+                raise WorkerUnreachable(worker.url, "the stream ended before data: [DONE]")
             verdict, error = True, None
         except RetryableWorkerError as exc:
             verdict, error = False, _short(exc)
