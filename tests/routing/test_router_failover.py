@@ -2,12 +2,15 @@
 
 import asyncio
 import itertools
+import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from modelserver.config import RouterConfig
 from modelserver.errors import (
     DeadlineExceeded,
     EngineRejected,
@@ -17,8 +20,9 @@ from modelserver.errors import (
     WorkerUnreachable,
     WrongModelKind,
 )
-from modelserver.routing import MockRequest, MockResponse, WorkerEntry
+from modelserver.routing import MockRequest, MockResponse, RequestInfo, Router, Worker, WorkerEntry
 from modelserver.routing.breaker import BreakerState
+from modelserver.routing.policies.base import Policy
 
 from .helpers import CHAT, URLS, chat_answer, chat_body, error_answer, make_router, sse
 
@@ -398,3 +402,26 @@ async def test_no_policy_retries_on_the_worker_that_just_failed(policy: str) -> 
     # Whenever an attempt went to the failing worker, the next one went elsewhere.
     assert all(b != a for a, b in itertools.pairwise(attempts) if a == failed[0])
     assert sleep.delays == []
+
+
+async def test_a_body_the_caller_already_decoded_is_not_decoded_again() -> None:
+    seen: list[str] = []
+
+    class Recording(Policy):
+        name = "recording"
+        needs_text = True
+
+        def select(self, workers: Sequence[Worker], request: RequestInfo) -> Worker:
+            seen.append(request.text)
+            return workers[0]
+
+    _, transport, *_ = make_router(lambda r: chat_answer())
+    policy = Recording(RouterConfig(), random.Random(0))
+    router = Router([WorkerEntry("m", URLS[0])], policy=policy, transport=transport)
+    raw = orjson.dumps(chat_body("what the engine gets"))
+    decoded = chat_body("what the caller decoded")
+    await router.forward("m", CHAT, raw, parsed=decoded)
+    await router.forward("m", CHAT, raw)
+    assert "what the caller decoded" in seen[0]  # routed on what the caller handed over
+    assert "what the engine gets" in seen[1]  # no `parsed`: the router decodes the bytes
+    assert transport.requests[0].body == raw  # and the engine gets the bytes unchanged

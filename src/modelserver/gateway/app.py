@@ -160,8 +160,8 @@ def _proxy_handler(path: str, body_timeout_s: float) -> Handler:
             response.force_close()
             return response
         try:
-            model, stream = _routing_fields(raw)
-            routed = await router.forward(model, path, raw, stream=stream)
+            body, model, stream = _routing_fields(raw)
+            routed = await router.forward(model, path, raw, stream=stream, parsed=body)
         except _BadRequest as exc:
             return error_response(exc.status, str(exc), param=exc.param)
         except UnknownModel as exc:
@@ -185,8 +185,9 @@ def _proxy_handler(path: str, body_timeout_s: float) -> Handler:
     return handle
 
 
-def _routing_fields(raw: bytes) -> tuple[str, bool]:
-    """The two fields the gateway needs from a body it otherwise passes on untouched."""
+def _routing_fields(raw: bytes) -> tuple[dict[str, Any], str, bool]:
+    """The body decoded, and the two fields the gateway needs from it; the bytes themselves
+    go on to the engine untouched."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -201,7 +202,7 @@ def _routing_fields(raw: bytes) -> tuple[str, bool]:
         stream = False
     if not isinstance(stream, bool):
         raise _BadRequest("`stream` must be true or false", param="stream")
-    return model, stream
+    return body, model, stream
 
 
 def _engine_rejection(exc: EngineRejected) -> web.Response:

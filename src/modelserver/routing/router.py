@@ -146,6 +146,7 @@ class Router:
         *,
         stream: bool = False,
         headers: Mapping[str, str] | None = None,
+        parsed: dict[str, Any] | None = None,
     ) -> RoutedResponse:
         """Send one POST request for `model` to the best usable worker, failing over.
 
@@ -154,6 +155,8 @@ class Router:
         serialised with orjson). `stream=True` returns as soon as the first chunk of the
         answer has arrived; set it when the body asks the engine to stream. `headers` are
         added to the engine request (the worker's API key, if any, is set by the router).
+        `parsed`: the bytes `body` already decoded by the caller (the gateway has), so a
+        policy that reads the prompt does not decode it again.
 
         Failover: connection refused or reset, timeouts, HTTP 408, 429 and 5xx are retried
         on a different worker within `[router] max_attempts` and `request_timeout_s`;
@@ -180,7 +183,7 @@ class Router:
             parsed_body: Any = body
         else:
             payload = body
-            parsed_body = None
+            parsed_body = parsed
         text = ""
         if self.policy.needs_text:
             if parsed_body is None:
