@@ -165,3 +165,24 @@ def test_callers_leaving_streams_again_and_again_leak_no_slot_and_no_engine_requ
     statuses = answers_by_status(gateway)
     assert "500" not in statuses, statuses
     one_good_request(gateway)
+
+
+@pytest.mark.parametrize("path", ["/v1/models", "/admin/workers"])
+@pytest.mark.parametrize("token", [b"\xff", b"\xc3\x28", API_KEY.encode() + b"\xff"])
+def test_a_key_that_is_not_utf8_is_refused_with_401_in_openai_shape(
+    gateway: GatewayThread, path: str, token: bytes
+) -> None:
+    # Sent by hand: HTTP clients refuse to put such bytes in a header.
+    with connect(gateway) as sock:
+        sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n".encode()
+            + b"Authorization: Bearer " + token + b"\r\n\r\n"
+        )
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401"), head
+    error = orjson.loads(payload)["error"]
+    assert error["type"] == "authentication_error" and error["code"] == "invalid_api_key"
+    assert "500" not in answers_by_status(gateway)

@@ -86,7 +86,9 @@ def _bearer(authorization: str | None) -> bytes | None:
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None
-    return token.strip().encode()
+    # aiohttp decodes header bytes that are not UTF-8 as lone surrogates; this gives those
+    # bytes back, so a caller's junk is compared (and refused) rather than raising.
+    return token.strip().encode("utf-8", "surrogateescape")
 
 
 def _matches(token: bytes | None, keys: Iterable[bytes]) -> bool:
