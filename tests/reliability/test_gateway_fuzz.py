@@ -1,10 +1,13 @@
-"""The gateway fuzzed from its own OpenAPI description (schemathesis 4), with auth, in front of
-simulated engines: no 500 from the gateway's own code, every error in OpenAI's shape, no hang.
+"""The gateway fuzzed from the OpenAPI description it serves (schemathesis 4), with auth, in
+front of simulated engines: no 500 from the gateway's own code, every error in OpenAI's shape,
+no hang.
 
-Schemathesis generates valid and invalid requests for every operation of `/openapi.json`
-(positive and negative modes); the example count is bounded so the run stays short. Admin
-operations are fuzzed too (the fuzzer found that `POST /admin/workers` took any string as a
-worker URL; the router now refuses what is not http(s)://HOST:PORT).
+Schemathesis generates valid and invalid requests for every operation of the `/openapi.json`
+the running gateway serves (positive and negative modes); the example count is bounded so the
+run stays short. That description must list exactly the app's route table (HEAD aside), so a
+new route cannot be left out of it, nor out of the fuzzing. Admin operations are fuzzed too
+(the fuzzer found that `POST /admin/workers` took any string as a worker URL; the router now
+refuses what is not http(s)://HOST:PORT).
 """
 
 from __future__ import annotations
@@ -14,20 +17,19 @@ from collections.abc import Iterator
 from typing import Any
 
 import hypothesis
+import hypothesis.strategies as st
 import pytest
 import requests
 import schemathesis
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from modelserver.gateway.openapi import openapi_document
 from tests.reliability.loop_thread import ADMIN_KEY, GatewayThread
 
 MAX_EXAMPLES = 40
 TIMEOUT_S = 30.0
 """A request the gateway does not answer within this fails the test (a hang, not slowness:
 the router's own deadline here is 10 s)."""
-
 
 
 def _with_served_models(document: dict[str, Any]) -> dict[str, Any]:
@@ -43,18 +45,42 @@ def _with_served_models(document: dict[str, Any]) -> dict[str, Any]:
     return narrowed
 
 
-schema = schemathesis.openapi.from_dict(_with_served_models(openapi_document()))
-schema.config.generation.update(modes=list(GenerationMode), max_examples=MAX_EXAMPLES)
-
 RUN: dict[str, int] = {"examples": 0, "5xx": 0}
 SEEN: dict[int, int] = {}
 """How many answers of each status the fuzzer got (printed for the report)."""
+FUZZED: set[tuple[str, str]] = set()
+"""The (method, path) operations the fuzzer sent requests to."""
 
 
 @pytest.fixture(scope="module")
 def gateway() -> Iterator[GatewayThread]:
     with GatewayThread() as stack:
         yield stack
+
+
+@pytest.fixture(scope="module")
+def served_document(gateway: GatewayThread) -> dict[str, Any]:
+    """What the running gateway serves at /openapi.json (open, like /health)."""
+    response = requests.get(gateway.url + "/openapi.json", timeout=TIMEOUT_S)
+    assert response.status_code == 200, response.text
+    document: dict[str, Any] = response.json()
+    return document
+
+
+@pytest.fixture(scope="module")
+def served_schema(served_document: dict[str, Any]) -> schemathesis.BaseSchema:
+    return schemathesis.openapi.from_dict(_with_served_models(served_document))
+
+
+def routed_operations(gateway: GatewayThread) -> set[tuple[str, str]]:
+    """The app's route table; aiohttp adds a HEAD beside every GET, which needs no fuzzing of
+    its own."""
+    assert gateway.gateway is not None
+    return {
+        (route.method, route.resource.canonical)
+        for route in gateway.gateway.app.router.routes()
+        if route.method != "HEAD" and route.resource is not None
+    }
 
 
 @pytest.fixture(scope="module")
@@ -76,14 +102,35 @@ def assert_openai_error(response: schemathesis.Response) -> None:
     assert "param" in error and "code" in error, body
 
 
-@schema.parametrize()
-@hypothesis.settings(
-    deadline=None,
-    suppress_health_check=list(hypothesis.HealthCheck),
-    derandomize=True,  # the same examples on every run: a failure here is reproducible
-    database=None,  # nothing written into the work tree
-)
 def test_fuzzed_requests_get_no_500_and_errors_in_openai_shape(
+    gateway: GatewayThread, served_schema: schemathesis.BaseSchema, http: requests.Session
+) -> None:
+    # Strategies per operation rather than `schema.parametrize()`: the operations are only
+    # known once the gateway serves its description, and schemathesis' fixture-loaded
+    # schemas do not run under this pytest.
+    for result in served_schema.get_all_operations():
+        operation = result.ok()
+        cases = st.one_of(*(operation.as_strategy(generation_mode=mode) for mode in GenerationMode))
+
+        @hypothesis.given(case=cases)
+        @hypothesis.settings(
+            max_examples=MAX_EXAMPLES,
+            deadline=None,
+            suppress_health_check=list(hypothesis.HealthCheck),
+            derandomize=True,  # the same examples on every run: a failure is reproducible
+            database=None,  # nothing written into the work tree
+        )
+        def fuzz(case: schemathesis.Case) -> None:
+            send_and_check(case, gateway, http)
+
+        try:
+            fuzz()
+        except BaseException as exc:
+            exc.add_note(f"while fuzzing {operation.label}")
+            raise
+
+
+def send_and_check(
     case: schemathesis.Case, gateway: GatewayThread, http: requests.Session
 ) -> None:
     # The admin key is good for /v1 too, so every operation passes auth and reaches its code.
@@ -92,6 +139,7 @@ def test_fuzzed_requests_get_no_500_and_errors_in_openai_shape(
         timeout=TIMEOUT_S,
     )
     RUN["examples"] += 1
+    FUZZED.add((case.operation.method.upper(), case.operation.path))
     SEEN[response.status_code] = SEEN.get(response.status_code, 0) + 1
     case.validate_response(response, checks=[not_a_server_error])
     assert response.status_code != 500, response.text
@@ -101,14 +149,23 @@ def test_fuzzed_requests_get_no_500_and_errors_in_openai_shape(
         assert_openai_error(response)
 
 
-def test_the_fuzzer_ran_every_operation() -> None:
-    operations = [op.ok() for op in schema.get_all_operations()]
-    assert len(operations) >= 9
-    print(f"fuzz: {RUN['examples']} requests over {len(operations)} operations,"
+def test_the_served_description_has_every_route_of_the_app(
+    gateway: GatewayThread, served_document: dict[str, Any]
+) -> None:
+    described = {
+        (method.upper(), path)
+        for path, operations in served_document["paths"].items()
+        for method in operations
+    }
+    assert described == routed_operations(gateway)
+
+
+def test_the_fuzzer_ran_every_route_of_the_app(gateway: GatewayThread) -> None:
+    routed = routed_operations(gateway)
+    print(f"fuzz: {RUN['examples']} requests over {len(FUZZED)} operations,"
           f" {RUN['5xx']} answered 5xx (none 500); by status: {dict(sorted(SEEN.items()))}")
-    assert RUN["examples"] >= len(operations)
-
-
+    assert routed == FUZZED
+    assert RUN["examples"] >= len(routed)
 
 
 def test_an_embedding_request_asking_to_stream_is_answered_whole(

@@ -175,5 +175,19 @@ def openapi_document() -> dict[str, Any]:
                     "responses": admin_answers,
                 }
             },
+            "/admin/workers/undrain": {
+                "post": {
+                    "summary": "Put a drained worker back in rotation",
+                    "requestBody": url_body,
+                    "responses": admin_answers,
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This description",
+                    "security": [],
+                    "responses": {"200": {"description": "an OpenAPI 3.1 document"}},
+                }
+            },
         },
     }
