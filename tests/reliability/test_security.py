@@ -330,17 +330,32 @@ async def test_every_route_and_method_refuses_without_the_key_head_options_and_o
         aiohttp.ClientSession() as http,
     ):
         asked: list[tuple[str, str]] = []
+        routed: list[tuple[str, str]] = []
         for route in gateway.app.router.routes():  # HEAD routes included this time
             path = route.resource.canonical if route.resource else ""
             if path.startswith(("/v1", "/admin")):
+                routed.append((route.method, path))
                 asked += [(route.method, path), ("OPTIONS", path)]
+        assert len(routed) >= 10
         asked += [("GET", p) for p in ODD_PATHS] + [("POST", p) for p in ODD_PATHS]
         assert any(method == "HEAD" for method, _ in asked)
+        # Exactly 401, never 404: a refusal comes before routing, so a caller without the key
+        # learns nothing of which routes exist, and a walked route that answered 404 would be
+        # one the walk did not reach.
         for method, path in asked:
             for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY}):
                 async with http.request(method, gateway.url + path, headers=headers) as r:
-                    assert r.status in (401, 404), (method, path, headers, r.status)
-            if "admin" in path:
+                    assert r.status == 401, (method, path, headers, r.status)
+            if "admin" in path:  # an API key is not an admin key
                 auth = {"Authorization": f"Bearer {API_KEY}"}
                 async with http.request(method, gateway.url + path, headers=auth) as r:
-                    assert r.status in (401, 404), (method, path, r.status)
+                    assert r.status == 401, (method, path, r.status)
+                    if method != "HEAD":
+                        error = (await r.json())["error"]
+                        assert error["type"] == "authentication_error", (method, path, error)
+        # And the walk reached real routes: with the admin key each one is there (it may
+        # still refuse an empty body), so the 401s above were the key's doing.
+        admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        for method, path in routed:
+            async with http.request(method, gateway.url + path, headers=admin) as r:
+                assert r.status not in (401, 403, 404, 405), (method, path, r.status)
