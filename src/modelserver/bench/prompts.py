@@ -6,8 +6,8 @@ written here from scratch. Every agent session starts with it, so every session 
 prefix of about 750 tokens, and each session's conversation grows turn by turn.
 
 `words(n, rng)` gives text of exactly `n` tokens in `modelserver.sim.tokenizer`: words of at
-most three letters, each preceded by a space, are one token each (the tokenizer cuts a
-whitespace-led piece into four-character chunks), so token counts here are sim tokens.
+most three letters, each preceded by a space, are one token each (the tokenizer, like Llama
+3's, keeps a short word and its leading space whole), so token counts here are sim tokens.
 """
 
 from __future__ import annotations

@@ -1,17 +1,23 @@
-"""A deterministic stand-in for a BPE tokenizer and the Llama 3 chat template.
+"""A deterministic stand-in for Llama 3's tokenizer and chat template.
 
 What matters for routing is not the exact ids a real tokenizer gives but three properties:
 
-- about four characters of English per token, as a byte-pair encoder gives (Llama 3's
-  tiktoken-based vocabulary averages a little over four characters per English token);
+- as many tokens as Llama 3 gives for the same text, within a few percent on English;
 - the same text always gives the same ids, in every process (ids come from CRC-32, not from
   Python's per-process salted `hash`);
 - the prompt of turn N+1 of a conversation extends the prompt of turn N plus the answer of
   turn N token for token, so a prefix cache sees the reuse a real engine sees.
 
-Text is split into pieces (a run of non-space characters with the whitespace before it) and
-each piece into chunks of at most four characters; a chunk is one token. Pieces are cached,
-so a repeated system prompt costs one dictionary look-up per word.
+Text is first cut into pieces the way Llama 3's pre-tokenizer cuts it (its split pattern, in
+tokenizer.json of meta-llama/Llama-3.1-8B-Instruct: a word with at most one leading space or
+mark, English contractions, runs of at most three digits, runs of punctuation, runs of
+whitespace). Llama 3's 128k vocabulary holds nearly every common word with its leading space
+as one token, and splits long or rare words; so here a piece of up to `WHOLE_PIECE_BYTES`
+UTF-8 bytes is one token, and a longer one is that many bytes and then one token per
+`EXTRA_BYTES_PER_TOKEN`. Measured against Llama 3.1's own tokenizer (tokenizers 0.23,
+tokenizer.json of the model): narrative English 4.67 vs 4.65 characters per token,
+technical English 5.02 vs 5.08, the bench's agent prompt 3.04 vs 3.06, markdown docs
+within 6%. Pieces are cached, so a repeated system prompt costs one look-up per word.
 """
 
 from __future__ import annotations
@@ -22,7 +28,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
-CHARS_PER_TOKEN = 4
+# A piece of up to this many UTF-8 bytes (its leading space included) is one token; a
+# longer one costs one more token per EXTRA_BYTES_PER_TOKEN bytes. Fitted on Llama 3.1's
+# tokenizer: words of up to 9 characters are single tokens in >90% of cases, longer ones
+# average 1.3-1.5 tokens at 10-14 characters and 2-2.5 at 16-18.
+WHOLE_PIECE_BYTES = 9
+EXTRA_BYTES_PER_TOKEN = 5
 
 # Llama 3's vocabulary: 128,000 regular tokens then 256 reserved special tokens
 # (meta-llama/Llama-3.1-8B-Instruct, config.json `vocab_size` = 128256).
@@ -32,15 +43,29 @@ START_HEADER = 128_006  # <|start_header_id|>
 END_HEADER = 128_007  # <|end_header_id|>
 END_OF_TURN = 128_009  # <|eot_id|>
 
-_PIECE = re.compile(r"\s*\S+|\s+")
+# Llama 3's pre-tokenizer split, in the standard library's dialect: \p{L} is [^\W\d_],
+# \p{N} is \d, and "neither letter nor digit" is [^\w] or an underscore.
+_PIECE = re.compile(
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)"  # contractions
+    r"|(?:[^\r\n\w]|_)?[^\W\d_]+"  # a word, with at most one leading space or mark
+    r"|\d{1,3}"  # numbers, three digits a token
+    r"| ?(?:[^\s\w]|_)+[\r\n]*"  # punctuation
+    r"|\s*[\r\n]+"  # line breaks
+    r"|\s+(?!\S)"  # spaces, the last one left to the word after them
+    r"|\s+"
+)
 
 
 @lru_cache(maxsize=1 << 16)
 def _encode_piece(piece: str) -> tuple[int, ...]:
-    return tuple(
-        zlib.crc32(piece[i : i + CHARS_PER_TOKEN].encode()) % REGULAR_VOCAB
-        for i in range(0, len(piece), CHARS_PER_TOKEN)
-    )
+    data = piece.encode()
+    if len(data) <= WHOLE_PIECE_BYTES:
+        return (zlib.crc32(data) % REGULAR_VOCAB,)
+    ids = [zlib.crc32(data[:WHOLE_PIECE_BYTES]) % REGULAR_VOCAB]
+    for i in range(WHOLE_PIECE_BYTES, len(data), EXTRA_BYTES_PER_TOKEN):
+        # The offset goes into the id so that a repeated chunk inside a word differs.
+        ids.append(zlib.crc32(data[i : i + EXTRA_BYTES_PER_TOKEN], i) % REGULAR_VOCAB)
+    return tuple(ids)
 
 
 def _encode(text: str) -> list[int]:
@@ -66,7 +91,7 @@ def encode(text: str) -> list[int]:
 
 
 # Output vocabulary: words of at most three letters, so " word" (with its leading space) is
-# exactly one token and re-encoding generated text gives back the generated ids.
+# one token and re-encoding generated text gives back the generated ids.
 OUTPUT_WORDS: tuple[str, ...] = tuple(
     """the and of to in is it was for on are as at be by or an we can all one not but has had
     new use may now way day man out see our two how its who did get own any set end put big run
