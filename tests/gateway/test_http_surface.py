@@ -97,6 +97,28 @@ async def test_huge_body_is_413() -> None:
     assert "4096" in body["error"]["message"]
 
 
+@pytest.mark.parametrize("path", ["/v1/completions", "/admin/workers"])
+async def test_a_huge_content_length_is_413_at_once_without_waiting_for_the_body(
+    path: str,
+) -> None:
+    router = Router.from_mapping({"m": ["http://127.0.0.1:9"]})
+    # A body timeout longer than any test: a 413 that waited for the body would hang here.
+    config = GatewayConfig(max_body_bytes=4096, body_timeout_s=3600)
+    async with GatewayServer(router, config, port=0, environ={}) as gateway:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+        writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            "Content-Length: 99999999999\r\n\r\n{}".encode()
+        )
+        await writer.drain()
+        answer = await reader.read()  # the gateway closes the connection after answering
+        writer.close()
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413"), head
+    assert_openai_error(orjson.loads(payload))
+    assert "4096" in orjson.loads(payload)["error"]["message"]
+
+
 async def test_health_is_200_while_each_model_has_a_worker_and_503_with_reason_after(
     stack: Stack, http: aiohttp.ClientSession
 ) -> None:

@@ -56,7 +56,11 @@ def build_app(router: Router, config: GatewayConfig, keys: KeyRing) -> web.Appli
     router.add_observer(metrics)
     app = web.Application(
         client_max_size=config.max_body_bytes,
-        middlewares=[_error_middleware(metrics, config.max_body_bytes), _auth_middleware(keys)],
+        middlewares=[
+            _error_middleware(metrics, config.max_body_bytes),
+            _auth_middleware(keys),
+            _body_limit_middleware(config.max_body_bytes),
+        ],
     )
     app[ROUTER_KEY] = router
     app[METRICS_KEY] = metrics
@@ -97,6 +101,29 @@ def _auth_middleware(keys: KeyRing) -> Any:
     return auth
 
 
+def _body_limit_middleware(max_body_bytes: int) -> Any:
+    """A Content-Length over the limit is refused before waiting for a body that may never
+    come (aiohttp would only refuse once that many bytes had arrived)."""
+
+    @web.middleware
+    async def body_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+        length = request.content_length
+        if length is None or length <= max_body_bytes:
+            return await handler(request)
+        response = _body_too_large(max_body_bytes)
+        # The body stays unread, so this connection cannot carry another request.
+        response.force_close()
+        return response
+
+    return body_limit
+
+
+def _body_too_large(max_body_bytes: int) -> web.Response:
+    return error_response(
+        413, f"request body larger than the limit of {max_body_bytes} bytes", code="body_too_large"
+    )
+
+
 def _error_middleware(metrics: GatewayMetrics, max_body_bytes: int) -> Any:
     """Every answer in OpenAI's shape; nothing escapes as a traceback."""
 
@@ -106,12 +133,8 @@ def _error_middleware(metrics: GatewayMetrics, max_body_bytes: int) -> Any:
         name = route.canonical if route is not None else "unmatched"
         try:
             response = await handler(request)
-        except web.HTTPRequestEntityTooLarge:
-            response = error_response(
-                413,
-                f"request body larger than the limit of {max_body_bytes} bytes",
-                code="body_too_large",
-            )
+        except web.HTTPRequestEntityTooLarge:  # a chunked body that grew past the limit
+            response = _body_too_large(max_body_bytes)
         except web.HTTPException as exc:  # 404 no route, 405 wrong method, ...
             if exc.status < 400:
                 raise
