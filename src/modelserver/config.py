@@ -212,12 +212,22 @@ class CacheAwareConfig(_Section):
     balance_abs_threshold: int = Field(default=64, ge=0)
     balance_rel_threshold: float = Field(default=1.5, ge=1)
     block_chars: int = Field(default=64, ge=1)
-    max_blocks: int = Field(default=1_000_000, ge=1)
+    max_blocks: int = Field(default=262_144, ge=1)
+    """16M characters (~4M tokens) of prompts per model: more than the KV caches of eight
+    H100 engines of an 8B model hold (~0.45M tokens each); ~140 bytes a block (tracemalloc)."""
     affinity_max_slowdown: float = Field(default=1.5, ge=1)
     """Ours, not SGLang's: a worker holding the prefix keeps the request only while its
     learned seconds per output token are at most this many times the fastest usable
     worker's; a slower replica holding hot prefixes would otherwise be fed past its speed
     (docs/BENCHMARKS.md, run 1)."""
+    affinity_load_factor: float = Field(default=1.25, ge=1)
+    affinity_load_slack: float = Field(default=2.0, ge=0)
+    """Ours: bounded-load affinity (Mirrokni et al., "Consistent Hashing with Bounded Loads",
+    SODA 2018; HAProxy's `hash-balance-factor`), with c = 1.25. A holder keeps the request
+    only while its requests in flight, this one included, stay within factor × its
+    speed-weighted share of all requests in flight + slack. The slack lets a few conversations
+    homed on one worker stay there; without the bound, prompts sharing a system prompt all
+    go to one worker until SGLang's 64-request imbalance rule trips."""
 
 
 class RouterConfig(_Section):

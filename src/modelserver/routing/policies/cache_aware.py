@@ -1,38 +1,39 @@
-"""`cache_aware`: send a conversation where its prefix is likely cached, unless load is
-unbalanced. After SGLang's router (sgl-project/sglang
-`sgl-model-gateway/src/policies/cache_aware.rs`), with three changes:
+"""`cache_aware`: send a conversation where its prefix is likely cached, unless that would
+overload the worker holding it. After SGLang's router (sgl-project/sglang
+`sgl-model-gateway/src/policies/cache_aware.rs`), with these changes:
 
 * The key is the whole conversation (every message rendered, see `request_key`), not only
   the first message, so turn N+1 follows turn N.
 * The "approximate radix tree" is a chain of hashed fixed-size blocks of text (SGLang's
   later versions also match in blocks, `block_size`): block i's key is the hash of block i
   and block i-1's key, so a key names a whole prefix, one dict lookup per block, and LRU
-  eviction of blocks bounds memory (`max_blocks` per model).
-* No hot spot when loads tie. SGLang sends a cache miss to the worker with the smallest
-  tree and breaks load ties by list order; users saw one worker get everything
-  (sgl-project/sglang#14305 "death spiral", #15473 and #27547 "always selects the first
-  worker", vllm-project/router#179). Here a miss, and the choice among several workers
-  holding the same prefix, go to the least weighted load (in flight × learned latency)
-  with random tie-breaks; in-flight counts rise the moment a worker is picked.
+  eviction of blocks bounds memory (`max_blocks` per model). Owners are a bit mask of the
+  model's workers: one small int per block instead of a set.
+* No hot spot. SGLang sends a cache miss to the worker with the smallest tree, breaks load
+  ties by list order, and lets affinity win until one worker has 64 requests more than the
+  idlest; users saw one worker get everything (sgl-project/sglang#14305 "death spiral",
+  #15473 and #27547 "always selects the first worker", vllm-project/router#179), and so did
+  we whenever prompts share a system prompt. Here a miss, and the choice among several
+  holders, go to the least weighted load (in flight × learned latency) with random
+  tie-breaks; and affinity has a bounded load (Mirrokni, Thorup, Zadimoghaddam,
+  "Consistent Hashing with Bounded Loads", SODA 2018; HAProxy's `hash-balance-factor`):
+  a holder keeps the request only while its requests in flight stay within
+  `affinity_load_factor` × its fair share of all requests in flight (shares by learned
+  speed, so a half-speed replica's share is half) plus `affinity_load_slack`. Above that
+  the request goes to the least weighted load and the prefix gets a second home.
+* Affinity has a price cap too: a holder whose learned time per output token is over
+  `affinity_max_slowdown` × the fastest usable worker's does not get it.
 
-A fourth change: affinity has a price cap. A worker holding the prefix keeps the request
-only while its learned time per output token is within `affinity_max_slowdown` of the
-fastest usable worker's; otherwise the request goes to the least weighted load, so a
-slower replica holding hot prefixes is not fed past its speed (SGLang's absolute threshold
-of 64 requests in flight never trips on a small fleet). Time per token, not in-flight
-counts: a batching engine serves a few more requests at almost no cost, so a count says
-little until its batch is full, and by then the learned time per token has grown too.
-
-Imbalance, as in SGLang: max_load - min_load > balance_abs_threshold and
-max_load > balance_rel_threshold × min_load (loads = requests in flight); then the least
-loaded worker is used whatever the cache says, and the tree still learns where it went.
+SGLang's own imbalance rule stays: max_load - min_load > balance_abs_threshold and
+max_load > balance_rel_threshold × min_load (loads = requests in flight) sends the request
+to the least loaded worker whatever the cache says; the index still learns where it went.
 """
 
 from __future__ import annotations
 
 import random
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from modelserver.config import RouterConfig
 from modelserver.routing.policies.base import (
@@ -43,6 +44,9 @@ from modelserver.routing.policies.base import (
 )
 from modelserver.routing.request_key import RequestInfo
 from modelserver.routing.worker import Worker
+
+_TINY_LATENCY = 1e-9
+"""Floor for a learned latency when it becomes a speed (1 / latency)."""
 
 
 def block_keys(text: str, block_chars: int) -> list[int]:
@@ -56,50 +60,89 @@ def block_keys(text: str, block_chars: int) -> list[int]:
 
 
 class PrefixIndex:
-    """Which workers recently received which prefixes (of one model), LRU-bounded."""
+    """Which workers recently received which prefixes (of one model), LRU-bounded.
+
+    Each worker URL gets one bit; a block's owners are an int mask. A forgotten worker's
+    bit is retired, not swept out of every block at once (that would stall the event loop
+    for a large index); matches ignore it, and retired bits are swept out together once
+    `_SWEEP_AFTER` have piled up, after which they are free again."""
+
+    _SWEEP_AFTER = 32
 
     def __init__(self, max_blocks: int) -> None:
         self.max_blocks = max_blocks
-        self._owners: OrderedDict[int, set[str]] = OrderedDict()
+        self._owners: OrderedDict[int, int] = OrderedDict()
+        self._bits: dict[str, int] = {}
+        self._retired = 0
+        self._retired_count = 0
 
     def __len__(self) -> int:
         return len(self._owners)
 
-    def longest_match(self, keys: list[int], urls: set[str]) -> tuple[set[str], int]:
+    def _bit(self, url: str) -> int:
+        bit = self._bits.get(url)
+        if bit is None:
+            taken = self._retired
+            for used in self._bits.values():
+                taken |= used
+            bit = ~taken & (taken + 1)  # the lowest free bit
+            self._bits[url] = bit
+        return bit
+
+    def _mask(self, urls: Iterable[str]) -> int:
+        mask = 0
+        for url in urls:
+            mask |= self._bits.get(url, 0)
+        return mask
+
+    def longest_match(self, keys: list[int], urls: Iterable[str]) -> tuple[set[str], int]:
         """The workers among `urls` holding the longest prefix of `keys`, and its length in
         blocks (0 and an empty set when none holds even the first block)."""
-        holders: set[str] = set()
+        alive = self._mask(urls)
+        holders = 0
         matched = 0
-        alive = urls
+        owners_of = self._owners
         for key in keys:
-            owners = self._owners.get(key)
-            if not owners:
-                break
-            common = alive & owners
+            common = owners_of.get(key, 0) & alive
             if not common:
                 break
             alive = holders = common
             matched += 1
-        return holders, matched
+        if not holders:
+            return set(), 0
+        return {url for url, bit in self._bits.items() if bit & holders}, matched
 
     def insert(self, keys: list[int], url: str) -> None:
+        bit = self._bit(url)
         owners_of = self._owners
         for key in keys:
             owners = owners_of.get(key)
             if owners is None:
-                owners_of[key] = {url}
+                owners_of[key] = bit
             else:
-                owners.add(url)
+                owners_of[key] = owners | bit
                 owners_of.move_to_end(key)
         while len(owners_of) > self.max_blocks:
             owners_of.popitem(last=False)  # the least recently used block goes first
 
     def forget(self, url: str) -> None:
-        for key in [k for k, owners in self._owners.items() if url in owners]:
-            owners = self._owners[key]
-            owners.discard(url)
-            if not owners:
-                del self._owners[key]
+        """`url` holds nothing any more: retire its bit (swept later, in one pass)."""
+        bit = self._bits.pop(url, None)
+        if bit is None:
+            return
+        self._retired |= bit
+        self._retired_count += 1
+        if self._retired_count >= self._SWEEP_AFTER:
+            self._sweep()
+
+    def _sweep(self) -> None:
+        keep = ~self._retired
+        owners_of = self._owners
+        for key in [k for k, owners in owners_of.items() if not owners & keep]:
+            del owners_of[key]
+        for key, owners in owners_of.items():
+            owners_of[key] = owners & keep
+        self._retired = self._retired_count = 0
 
 
 class CacheAwarePolicy(Policy):
@@ -123,13 +166,15 @@ class CacheAwarePolicy(Policy):
         index = self.index(request.model)
         chosen: Worker | None = None
         if len(workers) > 1 and not self._imbalanced(workers) and keys:
-            holders, matched = index.longest_match(keys, {w.url for w in workers})
+            holders, matched = index.longest_match(keys, (w.url for w in workers))
             if matched and matched * settings.block_chars / len(request.text) > (
                 settings.cache_threshold
             ):
                 chosen = least_loaded([w for w in workers if w.url in holders], self.rng)
-        if chosen is not None and self._too_slow(chosen, workers):
-            chosen = None  # the cache saves a prefill; this worker costs more than that
+        if chosen is not None and (
+            self._too_slow(chosen, workers) or self._over_fair_share(chosen, workers)
+        ):
+            chosen = None  # the cache saves a prefill; this worker would cost more than that
         if chosen is None:
             chosen = least_loaded(workers, self.rng)
         if keys:
@@ -140,6 +185,19 @@ class CacheAwarePolicy(Policy):
         default = fleet_default_latency(workers)
         fastest = min(latency_estimate(w, default) for w in workers)
         return latency_estimate(holder, default) > self.settings.affinity_max_slowdown * fastest
+
+    def _over_fair_share(self, holder: Worker, workers: Sequence[Worker]) -> bool:
+        """Would one more request put `holder` past its bounded share of the requests in
+        flight (this one included), shares weighted by learned speed?"""
+        default = fleet_default_latency(workers)
+        total_speed = 0.0
+        in_flight = 1
+        for worker in workers:
+            total_speed += 1.0 / max(latency_estimate(worker, default), _TINY_LATENCY)
+            in_flight += worker.in_flight
+        share = 1.0 / max(latency_estimate(holder, default), _TINY_LATENCY) / total_speed
+        bound = self.settings.affinity_load_factor * in_flight * share
+        return holder.in_flight + 1 > bound + self.settings.affinity_load_slack
 
     def _imbalanced(self, workers: Sequence[Worker]) -> bool:
         loads = [w.in_flight for w in workers]
