@@ -224,6 +224,38 @@ async def test_hang_set_at_run_time_holds_new_requests(
     assert await pending == 200
 
 
+async def test_hang_set_at_run_time_stops_requests_already_running(
+    start_sim: StartSim, http: aiohttp.ClientSession
+) -> None:
+    sim = await start_sim()
+    request = sim.new_request(list(range(1, 200)), 50, stream=True)
+    hang_set: list[asyncio.Task[None]] = []
+
+    def hang_after_first_token() -> None:  # called by the engine loop after each step
+        if not hang_set:
+            hang_set.append(asyncio.create_task(sim.set_faults("hang")))
+
+    (finished,) = await sim.admit([request], hang_after_first_token)
+
+    async def engine_held() -> bool:
+        return sim.engine_held
+
+    await eventually(engine_held)
+    steps, generated = sim.engine.steps, request.generated
+    assert 1 <= generated < 50
+    for _ in range(3):  # the server answers, the GPU does not step
+        async with http.get(sim.url + "/sim/state") as response:
+            state = await response.json()
+        assert state["engine_held"] and state["steps"] == steps and state["running"] == 1
+    assert not finished.done() and request.generated == generated
+    cleared_at = asyncio.get_running_loop().time()
+    await sim.set_faults("")
+    await finished
+    assert request.generated == 50
+    assert request.finished_at is not None and request.finished_at >= cleared_at
+    assert not sim.engine_held
+
+
 async def test_slow_ramp_is_reported_and_cleared(
     start_sim: StartSim, http: aiohttp.ClientSession
 ) -> None:

@@ -4,8 +4,9 @@ A spec is a comma-separated list of items (spaces ignored, empty spec = healthy)
 
     crash-after=N        accept N generation requests, then die when the next one arrives
     crash-at=T           die T seconds after the faults were set
-    hang                 accept generation requests and never answer them; /health then
-                         fails the way SGLang's does (no answer within its 20 s timeout)
+    hang                 the GPU stops: no engine step runs, so running requests stop and
+                         new ones are accepted and never answered; /health then fails the
+                         way SGLang's does (no answer within its 20 s timeout)
     slow-ramp=R          every step takes (1 + R*t) times longer, t = seconds since set
     error-rate=P[:S]     answer a generation request with HTTP S (500 or 503, default 500)
                          with probability P (0..1), drawn from the seeded generator

@@ -48,6 +48,7 @@ class OracleRoutes:
                 "faults": self.server.faults.faults.describe(),
                 "speed": self.server.config.speed,
                 "steps": engine.steps,
+                "engine_held": self.server.engine_held,
                 "max_running": engine.max_running,
             }
         )

@@ -78,6 +78,7 @@ class SimServer:
         self._in_flight: dict[asyncio.Future[None], Callable[[], None] | None] = {}
         self._crashed = False
         self._stopping = False
+        self.engine_held = False  # the engine loop is parked by `hang`
         self.started_at = time.time()
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -221,6 +222,8 @@ class SimServer:
         loop = asyncio.get_running_loop()
         planned_end = loop.time()
         while True:
+            if not self._unhang.is_set():
+                planned_end = await self._wait_out_hang(planned_end)
             engine = self.engine
             now = loop.time()
             start = planned_end if now - planned_end < CATCH_UP_SECONDS else now
@@ -234,7 +237,22 @@ class SimServer:
                 continue
             planned_end = start + step.duration * self.faults.latency_multiplier(time.monotonic())
             await asyncio.sleep(max(0.0, planned_end - loop.time()))
+            if not self._unhang.is_set():  # the step under way never ends on a hung GPU
+                planned_end = await self._wait_out_hang(planned_end)
             engine.complete_step(step, planned_end)
+
+    async def _wait_out_hang(self, planned_end: float) -> float:
+        """Hold the engine loop while `hang` is in force: a hung GPU runs no step at all.
+
+        Returns the time the timeline resumes from: the end of the hang, so latencies on
+        the engine's clock include it, as a client of a hung engine would see.
+        """
+        self.engine_held = True
+        try:
+            await self._unhang.wait()
+        finally:
+            self.engine_held = False
+        return max(planned_end, asyncio.get_running_loop().time())
 
     # --- requests through the engine -----------------------------------------------------
 
