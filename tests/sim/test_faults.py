@@ -32,6 +32,8 @@ def test_a_full_spec_parses() -> None:
         refuse=True,
     )
     assert parse_faults(faults.describe()) == faults
+    timed = parse_faults("refuse=2.5")
+    assert (timed.refuse, timed.refuse_for, timed.describe()) == (True, 2.5, "refuse=2.5")
     assert parse_faults("") == Faults()
     assert parse_faults("error-rate=0.5").error_status == 500
 
@@ -46,6 +48,7 @@ def test_a_full_spec_parses() -> None:
         ("error-rate=2", "probability"),
         ("error-rate=0.1:404", "500 or 503"),
         ("hang=1", "takes no value"),
+        ("refuse=soon", "is not a number"),
     ],
 )
 def test_bad_specs_say_what_is_wrong(spec: str, complaint: str) -> None:
@@ -173,6 +176,37 @@ async def test_refuse_at_start_and_at_run_time(start_sim: StartSim) -> None:
         assert await chat(http, sim.url) == 200
         await sim.set_faults("refuse")
         assert await refused(http, sim.url)
+
+
+async def test_timed_refuse_set_over_http_reopens_the_port(start_sim: StartSim) -> None:
+    sim = await start_sim()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+        assert await chat(http, sim.url) == 200
+        async with http.post(sim.url + "/sim/faults", json={"spec": "refuse=2"}) as response:
+            assert response.status == 200  # answered before the listener closed
+            assert (await response.json())["faults"] == "refuse=2"
+        await eventually(lambda: refused(http, sim.url))
+        await eventually(lambda: listening(http, sim.url))
+        assert await chat(http, sim.url) == 200
+        async with http.get(sim.url + "/sim/state") as response:
+            assert (await response.json())["faults"] == ""  # the refusal is over
+        assert sim.engine.totals.requests == 2  # not a restart: the same engine
+
+
+async def test_timed_refuse_after_a_crash_comes_back_restarted(start_sim: StartSim) -> None:
+    sim = await start_sim(faults="crash-after=1")
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+        assert await chat(http, sim.url) == 200
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await chat(http, sim.url)
+        await sim.set_faults("refuse=0.05")
+        await eventually(lambda: listening(http, sim.url))
+        assert await chat(http, sim.url) == 200
+        assert sim.engine.totals.requests == 1  # a fresh engine
+
+
+async def listening(http: aiohttp.ClientSession, url: str) -> bool:
+    return not await refused(http, url)
 
 
 async def test_faults_endpoint_rejects_a_bad_spec(

@@ -12,6 +12,10 @@ A spec is a comma-separated list of items (spaces ignored, empty spec = healthy)
                          with probability P (0..1), drawn from the seeded generator
     slow-start=T         /health and /health_generate answer 503 for T seconds
     refuse               stop listening: connections are refused until the faults change
+                         (so, over HTTP, until the process is killed: /sim/faults is on
+                         the same port)
+    refuse=T             stop listening for T seconds, then listen again (after a crash:
+                         come back as a restarted engine, empty cache)
 
 "Die" means the process exits (status 1) when run as `modelserver sim`, and the server stops
 listening and drops its connections when run in-process. Times count from when the spec
@@ -21,7 +25,7 @@ was set: at start for `--fault`, at the call for `POST /sim/faults`.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from modelserver.errors import ModelServerError
@@ -33,7 +37,7 @@ class FaultSpecError(ModelServerError, ValueError):
 
 GRAMMAR = (
     "crash-after=N, crash-at=SECONDS, hang, slow-ramp=RATE, error-rate=P[:500|503], "
-    "slow-start=SECONDS, refuse"
+    "slow-start=SECONDS, refuse[=SECONDS]"
 )
 
 
@@ -47,6 +51,7 @@ class Faults:
     error_status: int = 500
     slow_start: float = 0.0
     refuse: bool = False
+    refuse_for: float | None = None  # seconds; None: until the faults change
 
     def describe(self) -> str:
         items: list[str] = []
@@ -62,7 +67,9 @@ class Faults:
             items.append(f"error-rate={self.error_rate:g}:{self.error_status}")
         if self.slow_start:
             items.append(f"slow-start={self.slow_start:g}")
-        if self.refuse:
+        if self.refuse_for is not None:
+            items.append(f"refuse={self.refuse_for:g}")
+        elif self.refuse:
             items.append("refuse")
         return ",".join(items)
 
@@ -91,10 +98,14 @@ def parse_faults(spec: str) -> Faults:
             and not value
         ):
             raise FaultSpecError(f"fault {item!r} needs a value; allowed: {GRAMMAR}")
-        if name in ("hang", "refuse"):
+        if name == "hang":
             if value:
-                raise FaultSpecError(f"fault {item!r}: {name} takes no value")
-            fields[name] = True
+                raise FaultSpecError(f"fault {item!r}: hang takes no value")
+            fields["hang"] = True
+        elif name == "refuse":
+            fields["refuse"] = True
+            if value:
+                fields["refuse_for"] = _number(item, value)
         elif name == "crash-after":
             fields["crash_after"] = int(_number(item, value, integer=True))
         elif name == "crash-at":
@@ -134,6 +145,14 @@ class FaultState:
 
     def latency_multiplier(self, now: float) -> float:
         return 1.0 + self.faults.slow_ramp * max(0.0, now - self.since)
+
+    def lift_refusal(self) -> None:
+        """A timed `refuse` is over; the other faults and their clocks carry on."""
+        self.faults = replace(self.faults, refuse=False, refuse_for=None)
+
+    def refusal_ends_at(self) -> float | None:
+        seconds = self.faults.refuse_for
+        return None if seconds is None else self.since + seconds
 
     def starting(self, now: float) -> bool:
         return now - self.since < self.faults.slow_start

@@ -9,7 +9,7 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
-from modelserver.sim.faults import FaultSpecError
+from modelserver.sim.faults import FaultSpecError, parse_faults
 from modelserver.sim.protocol import (
     BadRequest,
     ChatCompletionRequest,
@@ -94,7 +94,13 @@ class OracleRoutes:
         if not isinstance(spec, str):
             raise BadRequest('the body must be {"spec": "<fault spec>"}', param="spec")
         try:
-            await self.server.set_faults(spec)
+            faults = parse_faults(spec)
         except FaultSpecError as exc:
             raise BadRequest(str(exc), param="spec") from None
-        return json_response({"faults": self.server.faults.faults.describe()})
+        response = json_response({"faults": faults.describe()})
+        if faults.refuse:
+            # The answer goes out before the listener, and this connection with it, closes.
+            await response.prepare(request)
+            await response.write_eof()
+        await self.server.set_faults(spec)
+        return response

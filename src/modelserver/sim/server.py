@@ -75,6 +75,8 @@ class SimServer:
         self._wake = asyncio.Event()
         self._unhang = asyncio.Event()
         self._crash_timer: asyncio.TimerHandle | None = None
+        self._refusal_timer: asyncio.TimerHandle | None = None
+        self._refusal_end: asyncio.Task[None] | None = None
         self._in_flight: dict[asyncio.Future[None], Callable[[], None] | None] = {}
         self._crashed = False
         self._stopping = False
@@ -113,8 +115,7 @@ class SimServer:
 
     async def stop(self) -> None:
         self._stopping = True
-        if self._crash_timer is not None:
-            self._crash_timer.cancel()
+        self._cancel_timers()
         if self._driver is not None:
             self._driver.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -131,14 +132,9 @@ class SimServer:
         """Replace the faults in force (raises FaultSpecError for a bad spec)."""
         faults = parse_faults(spec)
         self.faults.replace(faults, time.monotonic())
-        if self._crash_timer is not None:
-            self._crash_timer.cancel()
-            self._crash_timer = None
+        self._cancel_timers()
         if self._crashed and not faults.refuse:
-            # A restarted engine: empty cache, nothing running.
-            self._crashed = False
-            self.engine = self._new_engine()
-            self.metrics = SimMetrics(self.engine, self.config.model)
+            self._restart()
         if faults.refuse or self._crashed:
             await self._stop_listening()
         else:
@@ -147,7 +143,7 @@ class SimServer:
             self._unhang.clear()
         else:
             self._unhang.set()
-        self._schedule_crash_timer()
+        self._schedule_timers()
 
     def _apply_faults_at_start(self) -> None:
         faults = self.faults.faults
@@ -157,7 +153,13 @@ class SimServer:
             self._unhang.set()
         if faults.refuse:
             asyncio.get_running_loop().create_task(self._stop_listening())
-        self._schedule_crash_timer()
+        self._schedule_timers()
+
+    def _restart(self) -> None:
+        """The engine comes back after a crash: empty cache, nothing running."""
+        self._crashed = False
+        self.engine = self._new_engine()
+        self.metrics = SimMetrics(self.engine, self.config.model)
 
     def _new_engine(self) -> Engine:
         return Engine(
@@ -186,12 +188,35 @@ class SimServer:
                 if connection.transport is not None:
                     connection.transport.close()
 
-    def _schedule_crash_timer(self) -> None:
+    def _schedule_timers(self) -> None:
+        loop = asyncio.get_running_loop()
         due = self.faults.crash_due_at()
-        if due is None:
+        if due is not None:
+            self._crash_timer = loop.call_later(max(0.0, due - time.monotonic()), self._crash)
+        ends = self.faults.refusal_ends_at()
+        if ends is not None:
+            self._refusal_timer = loop.call_later(
+                max(0.0, ends - time.monotonic()), self._on_refusal_over
+            )
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._crash_timer, self._refusal_timer):
+            if timer is not None:
+                timer.cancel()
+        self._crash_timer = self._refusal_timer = None
+
+    def _on_refusal_over(self) -> None:
+        self._refusal_timer = None
+        self._refusal_end = asyncio.get_running_loop().create_task(self._end_refusal())
+
+    async def _end_refusal(self) -> None:
+        """`refuse=T` is over: listen again (a crashed engine comes back restarted)."""
+        if self._stopping:
             return
-        delay = max(0.0, due - time.monotonic())
-        self._crash_timer = asyncio.get_running_loop().call_later(delay, self._crash)
+        self.faults.lift_refusal()
+        if self._crashed:
+            self._restart()
+        await self._listen()
 
     def _crash(self) -> None:
         """The engine dies: the process exits, or (in-process) stops listening."""
