@@ -186,6 +186,40 @@ async def test_admin_lists_drains_adds_and_removes_workers(
         assert_openai_error(await response.json())
 
 
+async def test_a_worker_added_with_an_engine_key_gets_requests_carrying_that_key() -> None:
+    seen: dict[str, str | None] = {}
+
+    def engine(request: MockRequest) -> MockResponse:
+        if request.method == "POST":
+            seen[request.worker] = request.headers.get("authorization")
+        return MockResponse(json={"choices": [{"text": "ok"}]})
+
+    first, added = "http://127.0.0.1:9", "http://127.0.0.1:10"
+    router = Router.from_mapping({"m": [first]}, transport=MockTransport(engine))
+    config = GatewayConfig(api_keys=[API_KEY], admin_keys=[ADMIN_KEY])
+    async with (
+        GatewayServer(router, config, port=0, environ={}) as gateway,
+        aiohttp.ClientSession() as http,
+    ):
+        admin = gateway.url + "/admin/workers"
+        for junk in ("", "two words", "line\r\nX-Injected: 1", 7):
+            body = {"model": "m", "url": added, "api_key": junk}
+            async with http.post(admin, json=body, headers=ADMIN) as response:
+                assert response.status == 400, junk
+                assert (await response.json())["error"]["param"] == "api_key"
+        body = {"model": "m", "url": added, "api_key": "sk-engine-added"}
+        async with http.post(admin, json=body, headers=ADMIN) as response:
+            assert response.status == 200
+            assert "sk-engine-added" not in await response.text()
+        async with http.post(admin + "/drain", json={"url": first}, headers=ADMIN) as response:
+            assert response.status == 200
+        payload = orjson.dumps({"model": "m", "prompt": "hi"})
+        async with http.post(gateway.url + "/v1/completions", data=payload, headers=AUTH) as r:
+            assert r.status == 200
+            assert r.headers["X-ModelServer-Worker"] == added
+    assert seen == {added: "Bearer sk-engine-added"}
+
+
 async def test_every_v1_and_admin_route_refuses_without_the_right_key(
     stack: Stack, http: aiohttp.ClientSession
 ) -> None:

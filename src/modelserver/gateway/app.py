@@ -339,14 +339,29 @@ async def _admin_list(request: web.Request) -> web.Response:
 
 
 async def _admin_add(request: web.Request) -> web.Response:
+    """Body: `model`, `url`, optional `kind` and `api_key` (the engine's own key; without
+    one the worker gets the key the model's other workers use)."""
     body = await _admin_body(request, ("model", "url"))
     kind = body.get("kind", "chat")
+    api_key = body.get("api_key")
+    if api_key is not None and not _is_bearer_token(api_key):
+        return error_response(
+            400,
+            "`api_key` must be a non-empty string of visible ASCII characters"
+            " (it is sent to the engine as Authorization: Bearer KEY)",
+            param="api_key",
+        )
     router = request.app[ROUTER_KEY]
     try:
-        worker = router.add_worker(str(body["model"]), str(body["url"]), str(kind))
+        worker = router.add_worker(str(body["model"]), str(body["url"]), str(kind), api_key=api_key)
     except (ValueError, WrongModelKind) as exc:
         return error_response(400, str(exc))
     return web.json_response({"added": worker.url, "model": worker.model}, dumps=_dumps)
+
+
+def _is_bearer_token(value: Any) -> bool:
+    # Visible ASCII only: a space, CR or LF in a header would end or split it.
+    return isinstance(value, str) and bool(value) and all("!" <= c <= "~" for c in value)
 
 
 async def _admin_remove(request: web.Request) -> web.Response:

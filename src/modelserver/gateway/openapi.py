@@ -106,6 +106,7 @@ def openapi_document() -> dict[str, Any]:
                         "model": {"type": "string"},
                         "url": {"type": "string"},
                         "kind": {"type": "string", "enum": ["chat", "embedding"]},
+                        "api_key": {"type": "string", "pattern": "^[!-~]+$"},
                     },
                 }
             }
