@@ -6,6 +6,8 @@ A fleet file is TOML with the sections `[fleet]`, `[[hosts]]`, `[[models]]`, `[l
 
 Counting rule: `replicas` is the number of workers of a model on *each* of its hosts; replica
 `i` on a host listens on `port + i`.
+
+Validation is strict (`_fleet_values`): `true` is no port and `"5"` no timeout.
 """
 
 from __future__ import annotations
@@ -15,15 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from modelserver._fleet_messages import KeyProblem, allowed_keys, describe
+from modelserver._fleet_values import (
+    ANY_ADDRESS,
+    GpuRef,
+    Section,
+    may_share_socket,
+    no_gpu_twice,
+    shared_gpus,
+    socket_address,
+)
 from modelserver.errors import FleetFileError
 
 Kind = Literal["chat", "embedding"]
@@ -33,16 +38,12 @@ PolicyName = Literal["fastest", "round_robin", "least_load", "cache_aware"]
 GPU_BACKENDS: frozenset[str] = frozenset({"sglang", "vllm"})
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class FleetSection(_Section):
+class FleetSection(Section):
     name: str = "fleet"
     state_dir: str = ".modelserver"
 
 
-class StaticGpuConfig(_Section):
+class StaticGpuConfig(Section):
     """One GPU of a host's static inventory (a machine without NVML, or a dry run)."""
 
     index: int = Field(ge=0)
@@ -52,32 +53,45 @@ class StaticGpuConfig(_Section):
     used_gib: float = Field(default=0.0, ge=0)
 
 
-class HostConfig(_Section):
+class HostConfig(Section):
     name: str = Field(min_length=1)
     address: str = "127.0.0.1"
     """An IP or DNS name other hosts reach this one at, or "auto" (found with psutil)."""
-    gpus: str | list[int | str] = "all"
+    gpus: str | list[GpuRef] = "all"
     """Which GPUs ModelServer may use here: "all", "none", or indices / UUIDs."""
     inventory: list[StaticGpuConfig] | None = None
     """The launcher's GPU inventory of this host, written out instead of asking NVML."""
 
+    @field_validator("address")
+    @classmethod
+    def _reachable(cls, value: str) -> str:
+        if socket_address(value) == ANY_ADDRESS:
+            raise ValueError(
+                f"{value!r} is no address another machine can reach; give this host's IP or"
+                ' DNS name (its engines listen there), or "auto"'
+            )
+        return value
+
     @field_validator("gpus", mode="before")
     @classmethod
-    def _gpus_valid(cls, value: Any) -> Any:
-        if isinstance(value, str) and value not in ("all", "none"):
+    def _gpus_shape(cls, value: Any) -> Any:
+        if (isinstance(value, str) and value not in ("all", "none")) or not isinstance(
+            value, str | list
+        ):
             raise ValueError(
                 f'must be "all", "none" or a list of GPU indices or UUIDs (got {value!r})'
             )
+        return value
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus_once(cls, value: str | list[int | str]) -> str | list[int | str]:
         if isinstance(value, list):
-            for gpu in value:
-                if isinstance(gpu, int) and gpu < 0:
-                    raise ValueError(f"GPU index {gpu} is negative; indices start at 0")
-            if len(set(value)) != len(value):
-                raise ValueError("a GPU is listed twice")
+            no_gpu_twice(value)
         return value
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
     kind: Kind = "chat"
     backend: BackendName
@@ -87,7 +101,7 @@ class ModelConfig(_Section):
     hosts: list[str] | None = None
     replicas: int = Field(default=1, ge=1, le=1024)
     gpus_per_replica: int | None = Field(default=None, ge=0, le=64)
-    gpus: list[int | str] | None = None
+    gpus: list[GpuRef] | None = None
     """Explicit GPUs for this model on each host, split in order into groups of
     `gpus_per_replica`; when absent the launcher chooses among free GPUs."""
     port: int = Field(ge=1, le=65535)
@@ -118,7 +132,7 @@ class ModelConfig(_Section):
         return self
 
 
-class LauncherConfig(_Section):
+class LauncherConfig(Section):
     ready_timeout_s: float = Field(default=900.0, gt=0)
     """How long a starting engine may take to answer its readiness probe (SGLang loading a
     70B model from disk takes minutes)."""
@@ -145,7 +159,7 @@ class LauncherConfig(_Section):
     max_restarts and the backoff."""
 
 
-class BreakerConfig(_Section):
+class BreakerConfig(Section):
     """Circuit breaker per worker: closed -> open after `failure_threshold` consecutive
     failures -> half-open (one trial request at a time) after `cooldown_s` -> closed after
     `success_threshold` trial successes. Names and defaults follow SGLang's model gateway
@@ -158,7 +172,7 @@ class BreakerConfig(_Section):
     cooldown_s: float = Field(default=30.0, gt=0)
 
 
-class BackoffConfig(_Section):
+class BackoffConfig(Section):
     """Backoff before retrying when no other worker is left: initial × multiplier^n, capped,
     ± jitter. Defaults from SGLang's model gateway RetryConfig (sgl-project/sglang
     `sgl-model-gateway/src/config/types.rs`: initial_backoff_ms 50, max_backoff_ms 30000,
@@ -170,7 +184,7 @@ class BackoffConfig(_Section):
     jitter: float = Field(default=0.2, ge=0, le=1)
 
 
-class HealthConfig(_Section):
+class HealthConfig(Section):
     """Active probes: GET `endpoint` on every worker each `interval_s` (never a generation).
     `failure_threshold` consecutive failed probes take a worker out, `success_threshold`
     bring it back. SGLang's HealthCheckConfig (`sgl-model-gateway/src/config/types.rs`) uses
@@ -183,7 +197,7 @@ class HealthConfig(_Section):
     success_threshold: int = Field(default=2, ge=1)
 
 
-class LatencyConfig(_Section):
+class LatencyConfig(Section):
     """Latency learned from real traffic, and ejection of workers that grow slow.
 
     A worker whose EWMA latency per output token exceeds `ejection_ratio` × the median of
@@ -201,7 +215,7 @@ class LatencyConfig(_Section):
     readmit_after_s: float = Field(default=30.0, gt=0)
 
 
-class CacheAwareConfig(_Section):
+class CacheAwareConfig(Section):
     """Prefix affinity (policy `cache_aware`). `cache_threshold`, `balance_abs_threshold` and
     `balance_rel_threshold` mean what they mean in SGLang's router (sgl-project/sglang
     `sgl-model-gateway/src/policies/cache_aware.rs`; defaults 0.3 / 64 / 1.5 from its
@@ -230,7 +244,7 @@ class CacheAwareConfig(_Section):
     go to one worker until SGLang's 64-request imbalance rule trips."""
 
 
-class RouterConfig(_Section):
+class RouterConfig(Section):
     policy: PolicyName = "cache_aware"
     request_timeout_s: float = Field(default=600.0, gt=0)
     """Deadline of one request, all attempts and backoffs included."""
@@ -246,7 +260,7 @@ class RouterConfig(_Section):
     cache_aware: CacheAwareConfig = Field(default_factory=CacheAwareConfig)
 
 
-class GatewayConfig(_Section):
+class GatewayConfig(Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     api_keys: list[str] = Field(default_factory=list)
@@ -276,7 +290,7 @@ class WorkerSpec:
         return f"http://{address}:{self.port}"
 
 
-class Fleet(_Section):
+class Fleet(Section):
     fleet: FleetSection = Field(default_factory=FleetSection)
     hosts: list[HostConfig] = Field(default_factory=list)
     models: list[ModelConfig] = Field(default_factory=list)
@@ -295,32 +309,70 @@ class Fleet(_Section):
         for index, model in enumerate(self.models):
             for host in model.hosts or []:
                 if host not in known_hosts:
-                    raise _KeyError(
+                    raise KeyProblem(
                         f"models[{index}].hosts",
                         f"unknown host {host!r}; hosts in this file: "
                         + (", ".join(repr(h) for h in sorted(known_hosts)) or "none"),
                     )
         if self.models and not self.hosts:
-            raise _KeyError("hosts", "the fleet has models but no [[hosts]]")
+            raise KeyProblem("hosts", "the fleet has models but no [[hosts]]")
         for index, model in enumerate(self.models):
             for host_cfg in self.hosts_of(model):
                 _check_gpus_fit(index, model, host_cfg)
-        taken: dict[tuple[str, int], str] = {}
+        self._check_machines_shared()
+        self._check_ports()
+        return self
+
+    def _check_machines_shared(self) -> None:
+        """Two [[hosts]] that are one machine (both loopback, or one address) must not both
+        be free to give an engine the same GPU: each host's launcher places on its own."""
+        needs_gpus = {
+            host.name for model in self.models if model.gpus_each
+            for host in self.hosts_of(model)
+        }
+        for later, host in enumerate(self.hosts):
+            for earlier in self.hosts[:later]:
+                if _machine(earlier) != _machine(host):
+                    continue
+                shared = shared_gpus(earlier.gpus, host.gpus)
+                if shared and {earlier.name, host.name} <= needs_gpus:
+                    raise KeyProblem(
+                        f"hosts[{later}].gpus",
+                        f"hosts {earlier.name!r} ({earlier.address}) and {host.name!r}"
+                        f" ({host.address}) are the same machine, and both may give {shared}"
+                        " to an engine; list disjoint `gpus` for each",
+                    )
+
+    def _check_ports(self) -> None:
+        """No two listeners that may share one socket: a worker's address:port against the
+        others (127.0.0.1 and localhost are one address), and the gateway's against every
+        worker (0.0.0.0 is every address of the machine the gateway runs on)."""
+        taken: dict[tuple[str, int], WorkerSpec] = {}
         for worker in self.workers():
-            key = (worker.address, worker.port)
+            key = (socket_address(worker.address), worker.port)
             if key in taken:
-                raise _KeyError(
+                other = taken[key]
+                same = (
+                    "" if other.address == worker.address
+                    else f" ({worker.address} and {other.address} are one address)"
+                )
+                raise KeyProblem(
                     f"models[{self._model_index(worker.model)}].port",
                     f"{worker.name} would listen on {worker.address}:{worker.port},"
-                    f" already taken by {taken[key]}",
+                    f" already taken by {other.name} on {other.address}:{other.port}{same}",
                 )
-            taken[key] = worker.name
-        gateway_key = (self.gateway.host, self.gateway.port)
-        if gateway_key in taken:
-            raise _KeyError(
-                "gateway.port", f"port {self.gateway.port} is taken by {taken[gateway_key]}"
-            )
-        return self
+            taken[key] = worker
+        gateway = self.gateway
+        for worker in taken.values():
+            if worker.port == gateway.port and may_share_socket(gateway.host, worker.address):
+                where = f"{gateway.host}:{gateway.port}"
+                if socket_address(gateway.host) == ANY_ADDRESS:
+                    where += " (every address of the machine it runs on)"
+                raise KeyProblem(
+                    "gateway.port",
+                    f"the gateway on {where} would take port {gateway.port} of {worker.name}"
+                    f" on {worker.address}:{worker.port}; give one of them another port",
+                )
 
     def _model_index(self, name: str) -> int:
         return next(i for i, m in enumerate(self.models) if m.name == name)
@@ -389,6 +441,10 @@ def resolve_path(value: str, base_dir: str) -> Path:
     return path if path.is_absolute() else (Path(base_dir) / path).resolve()
 
 
+def _machine(host: HostConfig) -> str:
+    return socket_address(resolve_address(host.address))
+
+
 def resolve_address(address: str) -> str:
     """Turn "auto" into this machine's first non-loopback IPv4 address (psutil), else keep."""
     if address != "auto":
@@ -398,33 +454,25 @@ def resolve_address(address: str) -> str:
     return primary_address()
 
 
-class _KeyError(ValueError):
-    """A cross-field problem that belongs to a specific key, not to the whole file."""
-
-    def __init__(self, key: str, message: str) -> None:
-        self.key = key
-        super().__init__(message)
-
-
 def _check_gpus_fit(index: int, model: ModelConfig, host: HostConfig) -> None:
     """What the file alone can tell about GPUs; the real inventory is checked at placement."""
     needed = model.replicas * model.gpus_each
     if needed and host.gpus == "none":
-        raise _KeyError(
+        raise KeyProblem(
             f"models[{index}].gpus_per_replica",
             f'{model.name!r} needs {needed} GPU(s) on host {host.name!r}, which has gpus = "none"',
         )
     if not isinstance(host.gpus, list):
         return
     if needed > len(host.gpus):
-        raise _KeyError(
+        raise KeyProblem(
             f"models[{index}].replicas",
             f"replicas × gpus_per_replica = {model.replicas} × {model.gpus_each} = {needed}"
             f" GPUs, but host {host.name!r} offers {len(host.gpus)}: {host.gpus}",
         )
     for gpu in model.gpus or []:
         if gpu not in host.gpus:
-            raise _KeyError(
+            raise KeyProblem(
                 f"models[{index}].gpus",
                 f"GPU {gpu!r} is not among host {host.name!r}'s gpus {host.gpus}",
             )
@@ -434,7 +482,7 @@ def _check_unique(section: str, names: list[str]) -> None:
     seen: set[str] = set()
     for index, name in enumerate(names):
         if name in seen:
-            raise _KeyError(f"{section}[{index}].name", f"duplicate name {name!r}")
+            raise KeyProblem(f"{section}[{index}].name", f"duplicate name {name!r}")
         seen.add(name)
 
 
@@ -461,91 +509,39 @@ def load_fleet(path: str | Path) -> Fleet:
         raise FleetFileError(shown, [f"is not UTF-8 text (byte {exc.start})"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise FleetFileError(shown, [f"invalid TOML: {exc}"]) from None
-    return parse_fleet(data, source=shown, base_dir=str(file.resolve().parent))
+    # A file that names no model would start nothing (and `up` could only complain that no
+    # host is this machine); say what a fleet file needs, beside any other mistake.
+    empty = [] if data.get("models") else [_what_a_fleet_needs(data)]
+    try:
+        fleet = parse_fleet(data, source=shown, base_dir=str(file.resolve().parent))
+    except FleetFileError as exc:
+        raise FleetFileError(shown, empty + exc.problems) from None
+    if empty:
+        raise FleetFileError(shown, empty)
+    return fleet
+
+
+def _what_a_fleet_needs(data: dict[str, Any]) -> str:
+    needs = "at least one [[models]] table (name, backend, port)"
+    if not data.get("hosts"):
+        needs += ' and one [[hosts]] table (name; address, default "127.0.0.1")'
+    return f"models: the file describes no model to serve; a fleet file needs {needs}"
 
 
 def parse_fleet(data: dict[str, Any], source: str = "<memory>", base_dir: str = ".") -> Fleet:
-    """Validate an already-parsed fleet document (a dict shaped like the TOML file)."""
+    """Validate an already-parsed fleet document (a dict shaped like the TOML file),
+    each model's `options` included (its backend says which and what values)."""
     for reserved in ("source", "base_dir"):
         if reserved in data:
-            raise FleetFileError(source, [f"{reserved}: unknown key; {_allowed_keys(Fleet)}"])
+            raise FleetFileError(source, [f"{reserved}: unknown key; {allowed_keys(Fleet)}"])
     try:
-        return Fleet.model_validate({**data, "source": source, "base_dir": base_dir})
+        fleet = Fleet.model_validate({**data, "source": source, "base_dir": base_dir})
     except ValidationError as exc:
-        raise FleetFileError(source, _describe(exc, data)) from None
+        raise FleetFileError(source, describe(exc, data, Fleet)) from None
+    from modelserver.backends import check_options  # the backends import this module
 
-
-def _describe(exc: ValidationError, data: dict[str, Any]) -> list[str]:
-    problems: list[str] = []
-    for error in exc.errors(include_url=False):
-        ctx_error = (error.get("ctx") or {}).get("error")
-        if isinstance(ctx_error, _KeyError):
-            problems.append(f"{ctx_error.key}: {ctx_error}")
-            continue
-        loc = [part for part in error["loc"] if not _is_union_tag(part)]
-        key = _dotted(loc)
-        kind = error["type"]
-        if kind == "extra_forbidden":
-            owner = _model_at(loc[:-1])
-            allowed = _allowed_keys(owner) if owner else ""
-            problems.append(f"{key}: unknown key; {allowed}")
-        elif kind == "missing":
-            problems.append(f"{key}: required key is missing")
-        elif kind == "value_error":
-            problems.append(f"{key or 'file'}: {ctx_error or error['msg']!s}")
-        else:
-            got = _value_at(data, error["loc"])
-            shown = f" (got {got!r})" if got is not _MISSING else ""
-            problems.append(f"{key}: {error['msg']}{shown}")
-    return list(dict.fromkeys(problems))
-
-
-_MISSING = object()
-
-
-def _value_at(data: Any, loc: tuple[int | str, ...]) -> Any:
-    node = data
-    for part in loc:
-        try:
-            node = node[part]
-        except (KeyError, IndexError, TypeError):
-            return _MISSING
-    return node
-
-
-def _is_union_tag(part: int | str) -> bool:
-    # pydantic puts the tried union member ("list[union[int,str]]", "literal['all','none']")
-    # into the location; a user never wrote those.
-    return isinstance(part, str) and ("[" in part or part in ("int", "str"))
-
-
-def _dotted(loc: list[int | str]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
-    return out
-
-
-_SECTIONS: dict[str, type[BaseModel]] = {
-    "fleet": FleetSection,
-    "hosts": HostConfig,
-    "models": ModelConfig,
-    "launcher": LauncherConfig,
-    "router": RouterConfig,
-    "gateway": GatewayConfig,
-}
-
-
-def _model_at(loc: list[int | str]) -> type[BaseModel] | None:
-    names = [p for p in loc if isinstance(p, str)]
-    if not names:
-        return Fleet
-    return _SECTIONS.get(names[0]) if len(names) == 1 else None
-
-
-def _allowed_keys(model: type[BaseModel]) -> str:
-    fields = [name for name, f in model.model_fields.items() if not f.exclude]
-    return "allowed keys: " + ", ".join(fields)
+    check_options(fleet)
+    return fleet
 
 
 def allowed_values(literal: Any) -> tuple[str, ...]:

@@ -13,17 +13,26 @@ from modelserver import FleetFileError, load_fleet
 
 HOST = '[[hosts]]\nname = "h"\n'
 SIM = '[[models]]\nname = "m"\nbackend = "sim"\nport = 31000\n'
+GPUS = HOST + "gpus = "
+SGLANG = '[[models]]\nname = "m"\nbackend = "sglang"\npath = "/w"\nport = 30000\n'
 
 # (case id, file text, key the message must name, words the message must contain)
 CASES: list[tuple[str, str, str, list[str]]] = [
     ("bad toml syntax", "[fleet\nname = 1", "invalid TOML", ["line 1"]),
-    ("unknown top-level key", HOST + "[modls]\nx = 1\n", "modls", ["unknown key", "models"]),
-    ("unknown key in fleet", "[fleet]\nnmae = 'x'\n", "fleet.nmae", ["allowed keys", "name"]),
-    ("unknown key in hosts", HOST + "adress = 'x'\n", "hosts[0].adress", ["address"]),
+    ("unknown top-level key", HOST + SIM + "[modls]\nx = 1\n", "modls", ["unknown key", "models"]),
+    (
+        "unknown key in fleet",
+        HOST + SIM + "[fleet]\nnmae = 'x'\n",
+        "fleet.nmae",
+        ["allowed keys", "name"],
+    ),
+    ("unknown key in hosts", HOST + "adress = 'x'\n" + SIM, "hosts[0].adress", ["address"]),
     ("unknown key in models", HOST + SIM + "replica = 2\n", "models[0].replica", ["replicas"]),
-    ("unknown key in router", "[router]\npolcy = 'x'\n", "router.polcy", ["policy"]),
-    ("unknown key in gateway", "[gateway]\nprt = 1\n", "gateway.prt", ["port"]),
-    ("unknown key in launcher", "[launcher]\nretries = 1\n", "launcher.retries", ["max_restarts"]),
+    ("unknown key in router", HOST + SIM + "[router]\npolcy = 'x'\n", "router.polcy", ["policy"]),
+    ("unknown key in gateway", HOST + SIM + "[gateway]\nprt = 1\n", "gateway.prt", ["port"]),
+    (
+        "unknown key in launcher",
+        HOST + SIM + "[launcher]\nretries = 1\n", "launcher.retries", ["max_restarts"]),
     ("replicas not a number", HOST + SIM + 'replicas = "two"\n', "models[0].replicas", ["integer"]),
     ("negative replicas", HOST + SIM + "replicas = -1\n", "models[0].replicas", ["greater than"]),
     ("zero replicas", HOST + SIM + "replicas = 0\n", "models[0].replicas", ["greater than"]),
@@ -37,14 +46,19 @@ CASES: list[tuple[str, str, str, list[str]]] = [
     ),
     ("unknown backend", HOST + SIM.replace('"sim"', '"sglan"'), "models[0].backend", ["sglang"]),
     ("unknown kind", HOST + SIM + 'kind = "completion"\n', "models[0].kind", ["embedding"]),
-    ("unknown policy", '[router]\npolicy = "fast"\n', "router.policy", ["cache_aware"]),
+    (
+        "unknown policy",
+        HOST + SIM + '[router]\npolicy = "fast"\n',
+        "router.policy",
+        ["cache_aware"],
+    ),
     (
         "duplicate model names",
         HOST + SIM + SIM.replace("31000", "32000"),
         "models[1].name",
         ["duplicate"],
     ),
-    ("duplicate host names", HOST + HOST, "hosts[1].name", ["duplicate"]),
+    ("duplicate host names", HOST + HOST + SIM, "hosts[1].name", ["duplicate"]),
     ("model on unknown host", HOST + SIM + 'hosts = ["gpu-z"]\n', "models[0].hosts", ["'h'"]),
     (
         "port clash between models",
@@ -80,9 +94,9 @@ CASES: list[tuple[str, str, str, list[str]]] = [
         "models[0].gpus_per_replica",
         ['gpus = "none"'],
     ),
-    ("host gpus word", '[[hosts]]\nname = "h"\ngpus = "some"\n', "hosts[0].gpus", ['"all"']),
-    ("host gpu twice", '[[hosts]]\nname = "h"\ngpus = [1, 1]\n', "hosts[0].gpus", ["twice"]),
-    ("negative gpu index", '[[hosts]]\nname = "h"\ngpus = [-1]\n', "hosts[0].gpus", ["negative"]),
+    ("host gpus word", '[[hosts]]\nname = "h"\ngpus = "some"\n' + SIM, "hosts[0].gpus", ['"all"']),
+    ("host gpu twice", '[[hosts]]\nname = "h"\ngpus = [1, 1]\n' + SIM, "hosts[0].gpus", ["twice"]),
+    ("negative gpu index", GPUS + "[-1]\n" + SIM, "hosts[0].gpus", ["negative"]),
     ("path missing for sglang", HOST + SIM.replace('"sim"', '"sglang"'), "models[0]", ["path"]),
     (
         "gpus list of the wrong length",
@@ -98,22 +112,24 @@ CASES: list[tuple[str, str, str, list[str]]] = [
         "models[0].name",
         ["pattern"],
     ),
-    ("empty host name", '[[hosts]]\nname = ""\n', "hosts[0].name", ["at least 1"]),
-    ("gateway port not a number", '[gateway]\nport = "eighty"\n', "gateway.port", ["integer"]),
+    ("empty host name", '[[hosts]]\nname = ""\n' + SIM, "hosts[0].name", ["at least 1"]),
+    (
+        "gateway port not a number",
+        HOST + SIM + '[gateway]\nport = "eighty"\n', "gateway.port", ["integer"]),
     (
         "negative gpus per replica",
         HOST + SIM + "gpus_per_replica = -1\n",
         "models[0].gpus_per_replica",
         ["greater than"],
     ),
-    ("args not strings", HOST + SIM + "args = [1, 2]\n", "models[0].args[0]", ["string"]),
+    ("args not strings", HOST + SIM + 'args = ["--x", 2]\n', "models[0].args[1]", ["string"]),
     (
         "negative timeout",
-        "[launcher]\nready_timeout_s = -5\n",
+        HOST + SIM + "[launcher]\nready_timeout_s = -5\n",
         "launcher.ready_timeout_s",
         ["greater"],
     ),
-    ("hosts not a list", 'hosts = "h"\n', "hosts", ["list"]),
+    ("hosts not a list", 'hosts = "h"\n' + SIM, "hosts", ["list"]),
     (
         "missing port",
         HOST + '[[models]]\nname = "m"\nbackend = "sim"\n',
@@ -125,6 +141,135 @@ CASES: list[tuple[str, str, str, list[str]]] = [
         HOST + '[[models]]\nname = "m"\nport = 1\n',
         "models[0].backend",
         ["required"],
+    ),
+    # Types are strict: TOML says what a value is, nothing is converted behind the user's back.
+    ("port a boolean", HOST + SIM.replace("31000", "true"), "models[0].port", ["integer", "True"]),
+    ("replicas a boolean", HOST + SIM + "replicas = true\n", "models[0].replicas", ["integer"]),
+    ("replicas a fraction", HOST + SIM + "replicas = 1.5\n", "models[0].replicas", ["integer"]),
+    (
+        "port a string of digits",
+        HOST + SIM.replace("31000", '"31000"'),
+        "models[0].port",
+        ["integer", "'31000'"],
+    ),
+    (
+        "timeout a string of digits",
+        HOST + SIM + '[launcher]\nready_timeout_s = "5"\n',
+        "launcher.ready_timeout_s",
+        ["number", "'5'"],
+    ),
+    (
+        "host gpu a boolean",
+        '[[hosts]]\nname = "h"\ngpus = [true]\n' + SIM,
+        "hosts[0].gpus[0]",
+        ["index", "True"],
+    ),
+    (
+        "host gpu index written as a string",
+        '[[hosts]]\nname = "h"\ngpus = [0, "0"]\n' + SIM,
+        "hosts[0].gpus[1]",
+        ["as a number (0)"],
+    ),
+    ("host gpus a boolean", GPUS + "true\n" + SIM, "hosts[0].gpus", ['"all"']),
+    ("model name a date", HOST + SIM.replace('"m"', "1979-05-27"), "models[0].name", ["string"]),
+    ("options not a table", HOST + SIM + "options = 5\n", "models[0].options", ["dictionary"]),
+    # Options: the backend names them and checks their values, at load time.
+    (
+        "unknown sim option",
+        HOST + SIM + "options = { speeed = 0.5 }\n",
+        "models[0].options.speeed",
+        ["unknown option", "'sim'", "speed"],
+    ),
+    (
+        "negative sim speed",
+        HOST + SIM + "options = { speed = -1 }\n",
+        "models[0].options.speed",
+        ["> 0", "-1"],
+    ),
+    (
+        "sim speed a boolean",
+        HOST + SIM + "options = { speed = true }\n",
+        "models[0].options.speed",
+        ["number", "True"],
+    ),
+    (
+        "sim fault not in the grammar",
+        HOST + SIM + 'options = { fault = "crash:xx" }\n',
+        "models[0].options.fault",
+        ["crash:xx", "crash-after=N"],
+    ),
+    (
+        "sim cache too small",
+        HOST + SIM + "options = { cache_tokens = 4 }\n",
+        "models[0].options.cache_tokens",
+        ["at least 16"],
+    ),
+    (
+        "sglang memory fraction a word",
+        HOST + SGLANG + 'options = { mem_fraction = "lots" }\n',
+        "models[0].options.mem_fraction",
+        ["number", "'lots'"],
+    ),
+    (
+        "vllm memory fraction over one",
+        HOST + SGLANG.replace("sglang", "vllm") + "options = { mem_fraction = 1.5 }\n",
+        "models[0].options.mem_fraction",
+        ["less than or equal to 1", "1.5"],
+    ),
+    (
+        "sglang option of another backend",
+        HOST + SGLANG + "options = { speed = 0.5 }\n",
+        "models[0].options.speed",
+        ["'sglang'", "mem_fraction, python"],
+    ),
+    (
+        "llamacpp threads zero",
+        HOST + SGLANG.replace("sglang", "llamacpp") + "options = { threads = 0 }\n",
+        "models[0].options.threads",
+        ["greater than or equal to 1"],
+    ),
+    # An unknown key in a nested table lists the keys of that table.
+    (
+        "unknown key in router.breaker",
+        HOST + SIM + "[router.breaker]\nfailur_threshold = 3\n",
+        "router.breaker.failur_threshold",
+        ["unknown key", "failure_threshold", "cooldown_s"],
+    ),
+    (
+        "unknown key in a host's inventory",
+        '[[hosts]]\nname = "h"\ninventory = [{ index = 0, total_gib = 8, foo = 1 }]\n' + SIM,
+        "hosts[0].inventory[0].foo",
+        ["unknown key", "total_gib"],
+    ),
+    # A file that describes nothing says what a fleet file needs.
+    ("empty file", "", "models", ["[[models]]", "[[hosts]]"]),
+    ("hosts but no models", HOST, "models", ["at least one [[models]]"]),
+    # Listeners that would share a socket on one machine.
+    (
+        "gateway on every address takes a worker's port",
+        HOST + SIM + '[gateway]\nhost = "0.0.0.0"\nport = 31000\n',
+        "gateway.port",
+        ["0.0.0.0:31000", "m-0@h", "127.0.0.1:31000"],
+    ),
+    (
+        "localhost and 127.0.0.1 hosts share a port",
+        HOST + 'address = "127.0.0.1"\n[[hosts]]\nname = "g"\naddress = "localhost"\n' + SIM,
+        "models[0].port",
+        ["m-0@g", "localhost:31000", "m-0@h", "one address"],
+    ),
+    (
+        "two hosts of one machine may give the same GPUs",
+        HOST + '[[hosts]]\nname = "g"\naddress = "localhost"\n'
+        + SGLANG + 'hosts = ["h"]\n' + SGLANG.replace('"m"', '"n"').replace("30000", "30100")
+        + 'hosts = ["g"]\n',
+        "hosts[1].gpus",
+        ["same machine", "every GPU"],
+    ),
+    (
+        "host address that no one can reach",
+        '[[hosts]]\nname = "h"\naddress = "0.0.0.0"\n' + SIM,
+        "hosts[0].address",
+        ["'0.0.0.0'", '"auto"'],
     ),
 ]
 
@@ -141,6 +286,7 @@ def test_mistake_gives_one_message_naming_file_and_key(
         load_fleet(path)
     message = str(caught.value)
     assert message.startswith(str(path)), message
+    assert len(caught.value.problems) == 1, message  # one mistake, one message
     assert key in message, message
     for word in words:
         assert word in message, f"{word!r} not in {message!r}"

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import pytest
+from pydantic import Field, Strict
 
 from modelserver import load_fleet
+from modelserver._fleet_values import Section
 from modelserver.config import parse_fleet
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -35,7 +38,7 @@ replicas = 8
 gpus_per_replica = 1
 port = 30000
 args = ["--enable-torch-compile"]
-options = { speed = 0.5 }
+options = { mem_fraction = 0.5 }   # the issue wrote the simulator's speed; sglang refuses it
 
 [router]
 policy = "cache_aware"
@@ -51,7 +54,7 @@ port = 8000
     model = fleet.model("llama-8b")
     assert (model.kind, model.backend, model.replicas, model.gpus_each) == ("chat", "sglang", 8, 1)
     assert model.args == ["--enable-torch-compile"]
-    assert model.options == {"speed": 0.5}
+    assert model.options == {"mem_fraction": 0.5}
     urls = [w.url for w in fleet.workers()]
     assert urls == [f"http://10.0.0.11:{30000 + i}" for i in range(8)]
     assert fleet.workers()[3].name == "llama-8b-3@gpu-a"
@@ -129,3 +132,43 @@ def test_seed_example_has_eight_8b_replicas_on_gpus_0_to_7() -> None:
     assert chat.replicas == 8 and chat.gpus == list(range(8))
     assert [m.name for m in fleet.models if m.kind == "embedding"] == ["gte-large", "e5-mistral"]
     assert "llama-70b" in (EXAMPLES / "seed-8x8b.toml").read_text()
+
+
+def test_an_integer_is_taken_where_a_number_is_wanted() -> None:
+    fleet = parse_fleet(
+        {
+            "hosts": [{"name": "h"}],
+            "models": [{"name": "m", "backend": "sim", "port": 1, "options": {"speed": 20}}],
+            "launcher": {"ready_timeout_s": 5},
+        }
+    )
+    assert fleet.launcher.ready_timeout_s == 5.0
+    assert isinstance(fleet.launcher.ready_timeout_s, float)
+
+
+def test_a_field_toml_cannot_write_is_refused_when_its_section_is_defined() -> None:
+    with pytest.raises(TypeError, match=r"Bad\.folder: .*Strict\(False\)"):
+
+        class Bad(Section):
+            folder: Path = Path(".")
+
+    class Good(Section):
+        folder: Annotated[Path, Strict(False)] = Path(".")
+        more: list[Annotated[Path, Strict(False)]] = Field(default_factory=list)
+
+    good = Good.model_validate({"folder": "/data", "more": ["a"]})
+    assert (good.folder, good.more) == (Path("/data"), [Path("a")])
+
+
+def test_hosts_of_one_machine_may_share_it_when_no_port_or_gpu_is_given_twice() -> None:
+    fleet = parse_fleet(
+        {
+            "hosts": [{"name": "a", "address": "127.0.0.1"}, {"name": "b", "address": "localhost"}],
+            "models": [
+                {"name": "m", "backend": "sim", "port": 5000, "hosts": ["a"]},
+                {"name": "n", "backend": "sim", "port": 5001, "hosts": ["b"]},
+            ],
+            "gateway": {"host": "0.0.0.0", "port": 5002},
+        }
+    )
+    assert [w.url for w in fleet.workers()] == ["http://127.0.0.1:5000", "http://localhost:5001"]

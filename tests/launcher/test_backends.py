@@ -174,17 +174,15 @@ def test_gpus_without_uuid_are_named_by_index() -> None:
 
 
 def test_unknown_option_names_the_key_and_the_allowed_ones() -> None:
-    fleet = parse_fleet(
-        {
-            "hosts": [{"name": "local"}],
-            "models": [
-                {"name": "a", "backend": "sim", "port": 1000, "options": {"speed": 1}},
-                {"name": "b", "backend": "sim", "port": 2000, "options": {"sped": 1}},
-            ],
-        }
-    )
+    document = {
+        "hosts": [{"name": "local"}],
+        "models": [
+            {"name": "a", "backend": "sim", "port": 1000, "options": {"speed": 1}},
+            {"name": "b", "backend": "sim", "port": 2000, "options": {"sped": 1}},
+        ],
+    }
     with pytest.raises(FleetFileError) as info:
-        check_options(fleet)
+        check_options(parse_fleet(document))  # parse_fleet itself checks options now
     assert info.value.problems == [
         "models[1].options.sped: unknown option for backend 'sim'; allowed: cache_tokens,"
         " fault, max_running, seed, speed"

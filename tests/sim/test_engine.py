@@ -91,6 +91,53 @@ def test_a_repeated_prefix_is_reported_cached_and_prefills_faster() -> None:
     assert ttft_warm < ttft_cold / 3
 
 
+def test_identical_prompts_arriving_together_do_not_hit_kv_not_computed_yet() -> None:
+    engine = make_engine()
+    clock = VirtualClock()
+    tokens = prompt(5, 3000)
+    first, second = Request(tokens, 4, arrival=0.0), Request(list(tokens), 4, arrival=0.0)
+    drive_virtual(engine, clock, [first, second])
+    assert first.cached_tokens == second.cached_tokens == 0  # one prefill batch, both computed
+    third = Request(list(tokens), 4, arrival=clock.now)
+    drive_virtual(engine, clock, [third])
+    assert third.cached_tokens == 2999  # computed by now: all but the token always recomputed
+    assert engine.reserved == 0 and engine.cache.locked_size == 0
+
+
+def test_a_chunked_prefill_caches_each_chunk_as_its_step_ends() -> None:
+    engine = make_engine()
+    tokens = prompt(6, 3 * CHUNKED_PREFILL_SIZE + 100)
+    first = Request(tokens, 4, arrival=0.0)
+    engine.submit(first)
+    clock = VirtualClock()
+    for chunk in (1, 2):
+        step = engine.begin_step(clock.now)
+        assert step is not None and step.prefill == [(first, CHUNKED_PREFILL_SIZE)]
+        assert engine.cache.match(tokens) == (chunk - 1) * CHUNKED_PREFILL_SIZE  # not yet
+        clock.now += step.duration
+        engine.complete_step(step, clock.now)
+        assert engine.cache.match(tokens) == chunk * CHUNKED_PREFILL_SIZE
+    # Arrives while the first is still prefilling: it gets what the first computed so far.
+    second = Request(list(tokens), 4, arrival=clock.now)
+    drive_virtual(engine, clock, [second])
+    assert first.done and second.done
+    assert 2 * CHUNKED_PREFILL_SIZE <= second.cached_tokens < second.prompt_tokens - 1
+    assert second.cached_tokens % CHUNKED_PREFILL_SIZE == 0  # whole chunks, as computed
+    assert engine.reserved == 0 and engine.cache.locked_size == 0
+
+
+def test_a_request_aborted_mid_prefill_gives_back_what_it_held() -> None:
+    engine = make_engine(cache_tokens=50_000)
+    request = Request(prompt(8, 2 * CHUNKED_PREFILL_SIZE), 100, arrival=0.0)
+    engine.submit(request)
+    step = engine.begin_step(0.0)
+    assert step is not None
+    engine.complete_step(step, step.duration)
+    engine.abort(request)
+    assert engine.reserved == 0 and engine.cache.locked_size == 0
+    assert engine.cache.match(request.tokens) == CHUNKED_PREFILL_SIZE  # the computed chunk stays
+
+
 def test_a_finished_answer_is_cached_for_the_next_turn() -> None:
     from modelserver.sim.tokenizer import output_ids
 

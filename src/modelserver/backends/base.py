@@ -11,7 +11,9 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
+
+from pydantic import Field, TypeAdapter, ValidationError
 
 from modelserver.config import Fleet, ModelConfig
 from modelserver.placement import Placement
@@ -34,11 +36,17 @@ class LaunchSpec:
 
 SECRET_FLAGS = frozenset({"--api-key"})
 
+# Types of options several backends take.
+MemFraction = Annotated[float, Field(gt=0, le=1)]
+"""Share of each GPU's memory the engine may take (overrides the free-memory rule)."""
+Program = Annotated[str, Field(min_length=1)]
+
 
 class Backend(ABC):
     name: ClassVar[str]
-    options: ClassVar[frozenset[str]] = frozenset()
-    """Keys allowed in `models[i].options` for this backend."""
+    options: ClassVar[Mapping[str, Any]] = {}
+    """Keys allowed in `models[i].options` for this backend, each with the type its value
+    must have, checked strictly as the fleet file's own keys are (`true` is no number)."""
     ready_paths: ClassVar[tuple[str, ...]] = ("/health",)
     health_path: ClassVar[str] = "/health"
     api_key_env: ClassVar[str | None] = None
@@ -68,12 +76,24 @@ class Backend(ABC):
 
     def option_problems(self, index: int, model: ModelConfig) -> list[str]:
         allowed = ", ".join(sorted(self.options)) or "none"
-        return [
-            f"models[{index}].options.{key}: unknown option for backend {self.name!r};"
-            f" allowed: {allowed}"
-            for key in model.options
-            if key not in self.options
-        ]
+        problems: list[str] = []
+        for key, value in model.options.items():
+            where = f"models[{index}].options.{key}"
+            if key not in self.options:
+                problems.append(
+                    f"{where}: unknown option for backend {self.name!r}; allowed: {allowed}"
+                )
+            elif (why := self.option_value_problem(key, value, model)) is not None:
+                problems.append(f"{where}: {why}")
+        return problems
+
+    def option_value_problem(self, key: str, value: Any, model: ModelConfig) -> str | None:
+        """Why `value` cannot be option `key` of `model`, or None if it can."""
+        try:
+            TypeAdapter(self.options[key]).validate_python(value, strict=True)
+        except ValidationError as exc:
+            return f"{exc.errors()[0]['msg']} (got {value!r})"
+        return None
 
 
 def engine_env(placement: Placement, parent: Mapping[str, str] | None = None) -> dict[str, str]:

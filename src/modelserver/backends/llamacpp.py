@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import shutil
 import sys
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar
+
+from pydantic import Field
 
 from modelserver.backends.base import Backend, flag_pairs
 from modelserver.config import Fleet, ModelConfig
@@ -31,7 +34,11 @@ def server_program() -> list[str]:
 
 class LlamaCppBackend(Backend):
     name = "llamacpp"
-    options: ClassVar[frozenset[str]] = frozenset(_OPTION_FLAGS)
+    options: ClassVar[Mapping[str, Any]] = {
+        "ctx_size": Annotated[int, Field(ge=0)],  # 0: the model's own context length
+        "parallel": Annotated[int, Field(ge=1)],
+        "threads": Annotated[int, Field(ge=1)],
+    }
     ready_paths = ("/health",)
     health_path = "/health"
     api_key_env = "LLAMA_API_KEY"

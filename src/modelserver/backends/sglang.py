@@ -14,16 +14,17 @@ GET /v1/models, served in both versions once the tokenizer manager is up. Health
 from __future__ import annotations
 
 import sys
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
-from modelserver.backends.base import Backend, flag_pairs
+from modelserver.backends.base import Backend, MemFraction, Program, flag_pairs
 from modelserver.config import Fleet, ModelConfig
 from modelserver.placement import Placement
 
 
 class SGLangBackend(Backend):
     name = "sglang"
-    options: ClassVar[frozenset[str]] = frozenset({"mem_fraction", "python"})
+    options: ClassVar[Mapping[str, Any]] = {"mem_fraction": MemFraction, "python": Program}
     """`python`: the interpreter that has SGLang installed (default: this one)."""
     ready_paths = ("/health", "/v1/models")
     health_path = "/health"

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sys
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar, get_type_hints
 
 from modelserver.backends.base import Backend, flag_pairs
 from modelserver.config import Fleet, ModelConfig
 from modelserver.placement import Placement
+from modelserver.sim.config import SimConfig
 
 # options key -> `modelserver sim` flag
 _OPTION_FLAGS = {
@@ -17,15 +19,32 @@ _OPTION_FLAGS = {
     "cache_tokens": "--cache-tokens",
     "seed": "--seed",
 }
+# options key -> SimConfig field, where the names differ
+_CONFIG_FIELDS = {"fault": "faults"}
+_CONFIG_TYPES = get_type_hints(SimConfig)
 
 
 class SimBackend(Backend):
     name = "sim"
-    options: ClassVar[frozenset[str]] = frozenset(_OPTION_FLAGS)
+    options: ClassVar[Mapping[str, Any]] = {
+        key: _CONFIG_TYPES[_CONFIG_FIELDS.get(key, key)] for key in _OPTION_FLAGS
+    }
     # The sim answers GET /health with 200 once it serves.
     ready_paths = ("/health",)
     health_path = "/health"
     api_key_env = "MODELSERVER_SIM_API_KEY"
+
+    def option_value_problem(self, key: str, value: Any, model: ModelConfig) -> str | None:
+        """The type, then the simulator's own checks: a fleet file is refused for whatever
+        `modelserver sim` would refuse when started."""
+        problem = super().option_value_problem(key, value, model)
+        if problem is not None:
+            return problem
+        try:
+            SimConfig(model=model.name, kind=model.kind, **{_CONFIG_FIELDS.get(key, key): value})
+        except ValueError as exc:
+            return str(exc)
+        return None
 
     def argv(self, placement: Placement, model: ModelConfig, fleet: Fleet) -> list[str]:
         worker = placement.worker

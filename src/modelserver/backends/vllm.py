@@ -15,16 +15,17 @@ engine has loaded the model.
 from __future__ import annotations
 
 import shutil
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
-from modelserver.backends.base import Backend, flag_pairs
+from modelserver.backends.base import Backend, MemFraction, Program, flag_pairs
 from modelserver.config import Fleet, ModelConfig
 from modelserver.placement import Placement
 
 
 class VllmBackend(Backend):
     name = "vllm"
-    options: ClassVar[frozenset[str]] = frozenset({"mem_fraction", "executable"})
+    options: ClassVar[Mapping[str, Any]] = {"mem_fraction": MemFraction, "executable": Program}
     """`executable`: the `vllm` program to run (default: `vllm` on PATH)."""
     ready_paths = ("/health",)
     health_path = "/health"

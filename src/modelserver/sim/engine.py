@@ -9,6 +9,9 @@ request can be admitted:
   cache entries are evicted, least recently used first, to make room);
 - a prefill step takes at most `CHUNKED_PREFILL_SIZE` uncached prompt tokens; a longer
   prompt is prefilled in chunks over several steps; it yields each request's first token;
+- the prompt tokens a prefill step computed join the cache when that step ends, as SGLang's
+  `cache_unfinished_req` after the forward pass: a request arriving meanwhile with the same
+  prefix reuses only what is computed already;
 - a decode step gives every running request one more token;
 - a finished request's prompt and output stay in the cache, unlocked.
 
@@ -49,6 +52,7 @@ class Request:
     cached_tokens: int = 0
     prefill_left: int = 0
     generated: int = 0
+    held: int = 0  # KV tokens promised to it beyond the cache: prompt still to compute, output
     admitted_at: float | None = None
     first_token_at: float | None = None
     finished_at: float | None = None
@@ -88,7 +92,7 @@ class Engine:
         self.cache = RadixCache(cache_tokens)
         self.queue: deque[Request] = deque()
         self.running: list[Request] = []
-        self.reserved = 0  # KV tokens promised to running requests' outputs
+        self.reserved = 0  # KV tokens promised to running requests, not in the cache yet
         self.totals = EngineTotals()
         self.last_hit_rate = 0.0  # of the last prefill batch, as sglang:cache_hit_rate
         self.steps = 0
@@ -183,6 +187,7 @@ class Engine:
             if request.done:
                 continue
             request.prefill_left -= take
+            self._cache_computed_prompt(request, take, now)
             if request.prefill_left:
                 continue
             request.first_token_at = now
@@ -215,26 +220,37 @@ class Engine:
         cache.lock(prefix_node)
         # At least one prompt token is computed, to get the logits of the first output token.
         cached = min(matched, request.prompt_tokens - 1)
-        need = request.prompt_tokens - matched + request.max_new_tokens
+        need = request.prompt_tokens - cached + request.max_new_tokens
         shortfall = need - (cache.budget - cache.size - self.reserved)
         if shortfall > 0 and cache.evict(shortfall) < shortfall:
             cache.unlock(prefix_node)
             return False
-        node, _ = cache.insert(request.tokens, now)
-        cache.lock(node)
-        cache.unlock(prefix_node)
-        request._node = node
+        request._node = prefix_node
+        request.held = need
         request.cached_tokens = cached
         request.prefill_left = request.prompt_tokens - cached
         request.admitted_at = now
-        self.reserved += request.max_new_tokens
+        self.reserved += need
         return True
+
+    def _cache_computed_prompt(self, request: Request, computed: int, now: float) -> None:
+        """Put the prompt computed so far in the cache; its `computed` new tokens move out of
+        the request's promise (fewer join the tree if another request computed them too)."""
+        assert request._node is not None
+        done = request.prompt_tokens - request.prefill_left
+        node, _ = self.cache.insert(request.tokens[:done], now)
+        self.cache.lock(node)
+        self.cache.unlock(request._node)
+        request._node = node
+        request.held -= computed
+        self.reserved -= computed
 
     def _release(self, request: Request) -> None:
         assert request._node is not None
         self.cache.unlock(request._node)
         request._node = None
-        self.reserved -= request.max_new_tokens
+        self.reserved -= request.held
+        request.held = 0
 
     def _finish(self, request: Request, now: float) -> None:
         request.done = True
