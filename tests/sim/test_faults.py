@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from modelserver.sim import FaultSpecError, parse_faults
+from modelserver.sim import FaultSpecError, SimConfig, SimServer, parse_faults
 from modelserver.sim.faults import Faults, FaultState
 
 from .conftest import StartSim
@@ -290,11 +290,43 @@ async def test_hang_set_at_run_time_stops_requests_already_running(
     assert not sim.engine_held
 
 
-async def test_slow_ramp_is_reported_and_cleared(
-    start_sim: StartSim, http: aiohttp.ClientSession
+class FaultClock:
+    """The clock fault times count on, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def generate_latency(http: aiohttp.ClientSession, url: str, seed: int) -> float:
+    """e2e_latency (engine clock) of a fixed-size request: 100 fresh prompt tokens, 40 new."""
+    body = {
+        "input_ids": [seed * 1000 + i for i in range(100)],
+        "sampling_params": {"max_new_tokens": 40},
+    }
+    async with http.post(url + "/generate", json=body) as response:
+        assert response.status == 200
+        meta = (await response.json())["meta_info"]
+    assert meta["cached_tokens"] == 0 and meta["completion_tokens"] == 40
+    return float(meta["e2e_latency"])
+
+
+async def test_slow_ramp_makes_the_same_request_slower_as_it_proceeds(
+    http: aiohttp.ClientSession,
 ) -> None:
-    sim = await start_sim(faults="slow-ramp=2")
-    assert sim.faults.latency_multiplier(sim.faults.since + 10) == 21
-    assert await chat(http, sim.url) == 200  # slower, still answered
-    await sim.set_faults("")
-    assert sim.faults.latency_multiplier(sim.faults.since + 10) == 1
+    clock = FaultClock()
+    sim = SimServer(SimConfig(model="llama", speed=5.0, faults="slow-ramp=1"), fault_clock=clock)
+    await sim.start()
+    try:
+        latencies = []
+        for seconds_into_ramp in (0.0, 2.0, 4.0):  # step times x1, x3, x5
+            clock.now = sim.faults.since + seconds_into_ramp
+            latencies.append(await generate_latency(http, sim.url, len(latencies)))
+        assert latencies[0] < latencies[1] < latencies[2]
+        assert latencies[2] > 2.5 * latencies[0]
+        await sim.set_faults("")  # cleared: back to the first figure's speed
+        assert await generate_latency(http, sim.url, 9) < latencies[1]
+    finally:
+        await sim.stop()

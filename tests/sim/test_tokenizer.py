@@ -21,32 +21,32 @@ from modelserver.sim.tokenizer import (
 # into 180 tokens (4.73 characters a token, 1.12 tokens a word) and TECHNICAL into 193
 # (5.07 characters, 1.11 tokens a word).
 NARRATIVE = (
-    'The river had been rising for three days before anyone in the village thought to '
+    "The river had been rising for three days before anyone in the village thought to "
     "move the boats. By the time the baker's son ran down to the landing, the water was "
-    'already lapping at the lowest step, brown and quick and full of branches that had '
-    'come down from the hills. He stood there for a while, watching a whole tree turn '
-    'slowly in the current, and then he went back up the lane to tell his father.\n\nNobody'
-    ' was surprised. The river flooded most springs, and the older people remembered '
-    'years when it had reached the church door. What worried them this time was the '
-    'bridge. It had been built in a hurry after the war, with timber that was never quite'
-    ' dry, and every winter another plank went soft. The council had promised to replace '
-    'it, and then promised again, and in the end had done nothing but paint a warning '
-    'sign and nail it to the railing.'
+    "already lapping at the lowest step, brown and quick and full of branches that had "
+    "come down from the hills. He stood there for a while, watching a whole tree turn "
+    "slowly in the current, and then he went back up the lane to tell his father.\n\nNobody"
+    " was surprised. The river flooded most springs, and the older people remembered "
+    "years when it had reached the church door. What worried them this time was the "
+    "bridge. It had been built in a hurry after the war, with timber that was never quite"
+    " dry, and every winter another plank went soft. The council had promised to replace "
+    "it, and then promised again, and in the end had done nothing but paint a warning "
+    "sign and nail it to the railing."
 )
 
 TECHNICAL = (
-    'Large language models are usually served by engines that batch requests '
-    'continuously. Instead of waiting for a whole batch to finish, the scheduler adds new'
-    ' requests as soon as there is room and removes finished ones after every step. Each '
-    'step is either a prefill, which computes the attention keys and values of a new '
-    'prompt, or a decode, which produces one more token for every running request.\n\nA '
-    'prefix cache keeps the keys and values of earlier prompts in memory. When a new '
-    'request begins with text the engine has already seen, such as a long system prompt '
-    'or the earlier turns of a conversation, those tokens are not computed again, and the'
-    ' time to the first token falls sharply. The cache has a fixed budget, so the engine '
-    'evicts the entries that were used least recently when it needs room. A router that '
-    'sends related requests to the same engine makes the cache far more useful, but it '
-    'must also avoid piling every request onto one machine while the others sit idle.\n'
+    "Large language models are usually served by engines that batch requests "
+    "continuously. Instead of waiting for a whole batch to finish, the scheduler adds new"
+    " requests as soon as there is room and removes finished ones after every step. Each "
+    "step is either a prefill, which computes the attention keys and values of a new "
+    "prompt, or a decode, which produces one more token for every running request.\n\nA "
+    "prefix cache keeps the keys and values of earlier prompts in memory. When a new "
+    "request begins with text the engine has already seen, such as a long system prompt "
+    "or the earlier turns of a conversation, those tokens are not computed again, and the"
+    " time to the first token falls sharply. The cache has a fixed budget, so the engine "
+    "evicts the entries that were used least recently when it needs room. A router that "
+    "sends related requests to the same engine makes the cache far more useful, but it "
+    "must also avoid piling every request onto one machine while the others sit idle.\n"
 )
 ENGLISH = TECHNICAL
 LLAMA3_TOKENS = {"NARRATIVE": 180, "TECHNICAL": 193}

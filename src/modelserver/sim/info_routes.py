@@ -9,7 +9,6 @@ that only says the HTTP server is up and a `/health_generate` that runs one toke
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -45,7 +44,7 @@ class InfoRoutes:
         router.add_get("/metrics", self.prometheus)
 
     async def health(self, request: web.Request) -> web.Response:
-        if self.server.faults.starting(time.monotonic()):
+        if self.server.faults.starting(self.server.fault_clock()):
             return web.Response(status=503)
         if self.server.faults.faults.hang:
             return await self._hung_health()
@@ -53,7 +52,7 @@ class InfoRoutes:
 
     async def health_generate(self, request: web.Request) -> web.Response:
         """SGLang's probe: push a one-token request through the scheduler."""
-        if self.server.faults.starting(time.monotonic()):
+        if self.server.faults.starting(self.server.fault_clock()):
             return web.Response(status=503)
         if self.server.faults.faults.hang:
             return await self._hung_health()

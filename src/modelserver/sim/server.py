@@ -61,14 +61,17 @@ class SimServer:
         port: int = 0,
         *,
         on_crash: Callable[[], None] | None = None,
+        fault_clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`fault_clock` is the clock fault times count on (tests move their own)."""
         self.config = config
         self.host = host
         self.port = port
         self._on_crash = on_crash
+        self.fault_clock = fault_clock
         self.engine = self._new_engine()
         self.metrics = SimMetrics(self.engine, config.model)
-        self.faults = FaultState(parse_faults(config.faults), time.monotonic(), config.seed)
+        self.faults = FaultState(parse_faults(config.faults), fault_clock(), config.seed)
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._driver: asyncio.Task[None] | None = None
@@ -131,7 +134,7 @@ class SimServer:
     async def set_faults(self, spec: str) -> None:
         """Replace the faults in force (raises FaultSpecError for a bad spec)."""
         faults = parse_faults(spec)
-        self.faults.replace(faults, time.monotonic())
+        self.faults.replace(faults, self.fault_clock())
         self._cancel_timers()
         if self._crashed and not faults.refuse:
             self._restart()
@@ -192,11 +195,11 @@ class SimServer:
         loop = asyncio.get_running_loop()
         due = self.faults.crash_due_at()
         if due is not None:
-            self._crash_timer = loop.call_later(max(0.0, due - time.monotonic()), self._crash)
+            self._crash_timer = loop.call_later(max(0.0, due - self.fault_clock()), self._crash)
         ends = self.faults.refusal_ends_at()
         if ends is not None:
             self._refusal_timer = loop.call_later(
-                max(0.0, ends - time.monotonic()), self._on_refusal_over
+                max(0.0, ends - self.fault_clock()), self._on_refusal_over
             )
 
     def _cancel_timers(self) -> None:
@@ -260,7 +263,7 @@ class SimServer:
                 await self._wake.wait()
                 planned_end = loop.time()
                 continue
-            planned_end = start + step.duration * self.faults.latency_multiplier(time.monotonic())
+            planned_end = start + step.duration * self.faults.latency_multiplier(self.fault_clock())
             await asyncio.sleep(max(0.0, planned_end - loop.time()))
             if not self._unhang.is_set():  # the step under way never ends on a hung GPU
                 planned_end = await self._wait_out_hang(planned_end)
