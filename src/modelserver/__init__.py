@@ -5,6 +5,7 @@ import logging
 from modelserver.client import AsyncModelServer, Completion, MapItem, ModelServer, Usage
 from modelserver.config import Fleet, WorkerSpec, load_fleet
 from modelserver.errors import (
+    ClientClosed,
     DeadlineExceeded,
     EngineRejected,
     FleetFileError,
@@ -24,6 +25,7 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "AsyncModelServer",
+    "ClientClosed",
     "Completion",
     "DeadlineExceeded",
     "EngineRejected",

@@ -16,6 +16,8 @@ to call from many threads at once (no lock around requests).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
@@ -26,7 +28,7 @@ from typing import Any, Literal, TypeVar
 import orjson
 
 from modelserver.config import Fleet, RouterConfig, load_fleet
-from modelserver.errors import ModelServerError, RequestError
+from modelserver.errors import ClientClosed, ModelServerError, RequestError
 from modelserver.routing.router import Router
 from modelserver.routing.transport import Transport
 from modelserver.routing.worker import WorkerStats
@@ -287,6 +289,8 @@ class AsyncModelServer:
         return self.router.workers(model)
 
     async def close(self) -> None:
+        """Refuse new calls and stop those in flight: each raises `ClientClosed`, and no
+        worker is held responsible (no breaker opens, no model is marked down)."""
         await self.router.close()
 
     async def __aenter__(self) -> AsyncModelServer:
@@ -302,7 +306,8 @@ class ModelServer:
 
     The router lives on one background event-loop thread; each call hands its coroutine to
     that loop and waits for the answer, so concurrent callers share the connection pool and
-    the routing state without a lock around requests.
+    the routing state without a lock around requests. `close()` (from any thread) makes
+    every call still waiting, and every later one, raise `ClientClosed`.
     """
 
     def __init__(self, fleet: FleetLike, **options: Any) -> None:
@@ -312,6 +317,10 @@ class ModelServer:
         )
         self._thread.start()
         self._closed = False
+        # Held only while a call is handed to the loop, never while it runs: so that no
+        # call slips in after close() has started, to wait on a loop that has stopped.
+        self._handover = threading.Lock()
+        self._waiting: set[Future[Any]] = set()
 
         async def build() -> AsyncModelServer:
             server = AsyncModelServer(fleet, **options)
@@ -331,10 +340,16 @@ class ModelServer:
     def _run(self, make: Callable[[], Awaitable[T]]) -> T:
         """Run `make()` on the router's loop and wait for it (`make` is called only when the
         client is open, so a closed client leaves no coroutine behind)."""
-        if self._closed:
-            raise ModelServerError("this ModelServer is closed")
-        future: Future[T] = asyncio.run_coroutine_threadsafe(_as_coroutine(make), self._loop)
-        return future.result()
+        with self._handover:
+            if self._closed:
+                raise ClientClosed("this ModelServer is closed")
+            future: Future[T] = asyncio.run_coroutine_threadsafe(_as_coroutine(make), self._loop)
+            self._waiting.add(future)
+        future.add_done_callback(self._waiting.discard)
+        try:
+            return future.result()
+        except concurrent.futures.CancelledError:
+            raise ClientClosed("this ModelServer was closed while the call ran") from None
 
     def chat(self, model: str, messages: str | Messages, **params: Any) -> Completion:
         return self._run(lambda: self._async.chat(model, messages, **params))
@@ -355,7 +370,8 @@ class ModelServer:
                     return
         finally:
             if not self._closed:
-                self._run(agen.aclose)
+                with contextlib.suppress(ClientClosed):  # closed meanwhile: the router ended it
+                    self._run(agen.aclose)
 
     def map(
         self,
@@ -393,17 +409,34 @@ class ModelServer:
         return self._run(lambda: _call(lambda: self._async.workers(model)))
 
     def close(self) -> None:
-        if self._closed:
-            return
-        try:
-            self._run(self._async.close)
-        finally:
+        """Refuse new calls, stop those in flight (they raise `ClientClosed`, no worker is
+        blamed), close the connection pool and the loop thread."""
+        with self._handover:
+            if self._closed:
+                return
             self._closed = True
+        try:
+            asyncio.run_coroutine_threadsafe(self._shut_down(), self._loop).result()
+        finally:
             self._stop_loop()
+
+    async def _shut_down(self) -> None:
+        await self._async.close()
+        # Whatever still runs on the loop (a map between items, a stream's generator) ends
+        # now rather than being dropped with the loop.
+        me = asyncio.current_task()
+        rest = [task for task in asyncio.all_tasks() if task is not me]
+        for task in rest:
+            task.cancel()
+        await asyncio.gather(*rest, return_exceptions=True)
 
     def _stop_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
+        # A call handed over but never started (the loop stopped first) must not wait forever.
+        for future in list(self._waiting):
+            if not future.done():
+                future.set_exception(ClientClosed("this ModelServer was closed"))
         if not self._thread.is_alive():
             self._loop.close()
 

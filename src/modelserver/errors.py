@@ -13,6 +13,7 @@
         ├── WrongModelKind        e.g. a chat request to an embedding model (not retryable)
         ├── NoHealthyWorker       every worker of the model is out; says why each one is
         ├── DeadlineExceeded      the per-request deadline or attempt budget ran out
+        ├── ClientClosed          the client (its router) was closed before or during the call
         └── WorkerError           one attempt on one worker failed
             ├── RetryableWorkerError    refused, reset, timeout, 408, 429, 5xx: try elsewhere
             │   ├── WorkerUnreachable   connection refused or reset
@@ -125,6 +126,11 @@ class DeadlineExceeded(RequestError):
         self.timed_out = timed_out
         """True if the deadline passed; False if every allowed attempt failed first."""
         super().__init__(message)
+
+
+class ClientClosed(RequestError):
+    """The client, or the router under it, was closed: the call came after `close()`, or
+    was still running when `close()` stopped it. Nothing is held against any worker."""
 
 
 class WorkerError(RequestError):

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import statistics
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,6 +28,7 @@ import orjson
 
 from modelserver.config import Fleet, RouterConfig
 from modelserver.errors import (
+    ClientClosed,
     DeadlineExceeded,
     EngineRejected,
     NoHealthyWorker,
@@ -39,6 +41,7 @@ from modelserver.errors import (
     WrongModelKind,
 )
 from modelserver.routing.availability import Availability
+from modelserver.routing.closing import STOPPED, InFlight
 from modelserver.routing.entries import WorkerEntry, entries_from_mapping
 from modelserver.routing.events import AttemptResult, RouterObserver
 from modelserver.routing.health import probe_round, read_launcher_states
@@ -46,6 +49,7 @@ from modelserver.routing.policies import Policy, make_policy, usable_workers
 from modelserver.routing.request_key import RequestInfo, kind_of_path, render_text
 from modelserver.routing.response import RoutedResponse
 from modelserver.routing.retry import AttemptBudget, backoff_delay, error_for_status
+from modelserver.routing.stream import StreamRelay, looks_like_json, looks_like_sse, no_chunks
 from modelserver.routing.transport import AiohttpTransport, Transport, TransportResponse
 from modelserver.routing.worker import Worker, WorkerStats
 
@@ -96,6 +100,10 @@ class Router:
         self._headers: dict[str, dict[str, str]] = {}
         self._probe_task: asyncio.Task[None] | None = None
         self._state_task: asyncio.Task[None] | None = None
+        self._in_flight = InFlight()
+        self._streams: set[StreamRelay] = set()
+        """Streams handed to callers and not ended yet (closed with the router)."""
+        self._closing: asyncio.Future[None] | None = None
         for entry in entries:
             self.add_worker(
                 entry.model, entry.url, entry.kind, name=entry.name, api_key=entry.api_key
@@ -131,6 +139,8 @@ class Router:
 
     @property
     def transport(self) -> Transport:
+        if self._closing is not None:
+            raise ClientClosed("the router is closed")
         if self._transport is None:
             # Created lazily: aiohttp binds its session to the running event loop.
             self._transport = AiohttpTransport(self.config.connect_timeout_s)
@@ -171,7 +181,20 @@ class Router:
             NoHealthyWorker: every worker of the model is out; `.reasons` says why each.
             DeadlineExceeded: the attempts or the deadline ran out; `.attempts` lists
                 `url: error` per failed attempt.
+            ClientClosed: `close()` was called before, or while the request ran.
         """
+        with self._in_flight.guard():
+            return await self._route(model, path, body, stream, headers, parsed)
+
+    async def _route(
+        self,
+        model: str,
+        path: str,
+        body: bytes | dict[str, Any],
+        stream: bool,
+        headers: Mapping[str, str] | None,
+        parsed: dict[str, Any] | None,
+    ) -> RoutedResponse:
         workers = self._models.get(model)
         if workers is None:
             raise UnknownModel(model, list(self._models))
@@ -292,8 +315,10 @@ class Router:
             data = await answer.read()
             parsed = _json_answer(worker.url, answer.headers, data)
         except RetryableWorkerError as exc:
+            # While closing, a failure may be the closing itself: no verdict then.
+            verdict = None if self._in_flight.closing else False
             self._finish(
-                worker, request, attempt, False, status, _short(exc), start, None, None, stream
+                worker, request, attempt, verdict, status, _short(exc), start, None, None, stream
             )
             if isinstance(exc, WorkerRefused) and self._probe_task is not None:
                 # Only while probes run: they are what brings the worker back.
@@ -331,8 +356,8 @@ class Router:
             first = await chunks.__anext__()
         except StopAsyncIteration:
             raise WorkerUnreachable(worker.url, "stream ended before its first chunk") from None
-        if not _looks_like_sse(first):
-            if not _looks_like_json(answer.headers, first):
+        if not looks_like_sse(first):
+            if not looks_like_json(answer.headers, first):
                 closer = getattr(chunks, "aclose", None)
                 if closer is not None:  # drop the connection: the rest of it is of no use
                     await closer()
@@ -344,72 +369,41 @@ class Router:
             # Answered whole (embeddings ignore `stream`): read it all, pass it on if JSON.
             first += b"".join([chunk async for chunk in chunks])
             _json_answer(worker.url, answer.headers, first)
-            chunks = _no_chunks()
+            chunks = no_chunks()
         ttft = self._clock() - start
-        relay = self._relay(
-            worker,
-            request,
-            attempt,
-            start,
-            ttft,
+        relay = StreamRelay(
+            worker.url,
             first,
             chunks,
-            answer.status,
-            sse=_looks_like_sse(first),
+            release=answer.release,
+            on_end=functools.partial(
+                self._stream_ended, worker, request, attempt, start, ttft, answer.status
+            ),
+            sse=looks_like_sse(first),
+            guard=self._in_flight.guard,
         )
+        self._streams.add(relay)
         return RoutedResponse(
             answer.status, answer.headers, worker.url, attempt, ttft, chunks=relay, ttft_s=ttft
         )
 
-    async def _relay(
+    def _stream_ended(
         self,
         worker: Worker,
         request: RequestInfo,
         attempt: int,
         start: float,
         ttft: float,
-        first: bytes,
-        chunks: AsyncIterator[bytes],
         status: int,
-        sse: bool,
-    ) -> AsyncIterator[bytes]:
-        """Hand chunks on as they come; account for the attempt when the stream ends.
-
-        An SSE stream that ends without `data: [DONE]` was cut short (SGLang, vLLM and
-        llama.cpp's server all end with it): it raises `WorkerUnreachable` to the caller
-        and counts against the worker, rather than passing for a whole answer."""
-        events = first.count(b"data:")
-        # A caller may stop reading once it has seen `data: [DONE]` (the end of an OpenAI
-        # stream); that is a complete, successful answer, not an abandoned one.
-        done = b"[DONE]" in first
-        tail = first[-8:]
-        verdict: bool | None = None
-        error: str | None = "stream closed by the caller"
-        try:
-            yield first
-            async for chunk in chunks:
-                events += chunk.count(b"data:")
-                # The marker may straddle two chunks: look across the seam too.
-                done = done or b"[DONE]" in chunk or b"[DONE]" in tail + chunk[:8]
-                tail = chunk[-8:]
-                yield chunk
-            if sse and not done:
-                raise WorkerUnreachable(worker.url, "the stream ended before data: [DONE]")
-            verdict, error = True, None
-        except RetryableWorkerError as exc:
-            verdict, error = False, _short(exc)
-            raise
-        finally:
-            if verdict is None and done:
-                verdict, error = True, None
-            closer = getattr(chunks, "aclose", None)
-            if closer is not None and verdict is None:
-                await closer()
-            # The last event of an OpenAI stream is `data: [DONE]`, not a token.
-            tokens = max(events - 1, 1)
-            self._finish(
-                worker, request, attempt, verdict, status, error, start, ttft, tokens, True
-            )
+        relay: StreamRelay,
+        ok: bool | None,
+        error: str | None,
+        tokens: int,
+    ) -> None:
+        self._streams.discard(relay)
+        if ok is False and self._in_flight.closing:
+            ok = None  # broken by the closing itself
+        self._finish(worker, request, attempt, ok, status, error, start, ttft, tokens, True)
 
     def _finish(
         self,
@@ -541,6 +535,8 @@ class Router:
 
     async def start(self) -> None:
         """Probe every worker now, then every `[router.health] interval_s` in the background."""
+        if self._closing is not None:
+            raise ClientClosed("the router is closed; it cannot start again")
         if self._probe_task is None:
             await self.probe_once()
             self._probe_task = asyncio.create_task(self._probe_loop(), name="router-probes")
@@ -677,16 +673,28 @@ class Router:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def close(self) -> None:
-        """Stop probing and close the HTTP pool (if the router created it)."""
+        """Refuse new requests; stop the ones in flight (their callers get `ClientClosed`,
+        no worker gets a verdict); stop probing; close the HTTP pool if the router created
+        it. Safe to call more than once, and from several tasks."""
+        self._in_flight.closing = True  # refuse new requests from now on
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
         for task in (self._probe_task, self._state_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._probe_task = self._state_task = None
+        await self._in_flight.stop()
+        # Streams handed out but not being read at this moment.
+        for relay in list(self._streams):
+            await relay.abandon(ClientClosed(STOPPED))
         if self._owns_transport and self._transport is not None:
             await self._transport.close()
-            self._transport = None
+        self._transport = None
 
     async def __aenter__(self) -> Router:
         return self
@@ -744,28 +752,6 @@ def _json_answer(url: str, headers: Mapping[str, str], data: bytes) -> Any:
         raise WorkerBadAnswer(
             url, f"answered HTTP 200 with {_shown(headers, data)}, which is not JSON"
         ) from None
-
-
-_SSE_FIELDS = (b"data:", b"event:", b"id:", b"retry:", b":")
-
-
-def _looks_like_sse(first: bytes) -> bool:
-    """True if a stream's first chunk can be the start of an SSE event (it may be cut
-    anywhere, even inside the first field name)."""
-    head = first.lstrip(b"\r\n")
-    return any(head[: len(f)] == f[: len(head)] for f in _SSE_FIELDS)
-
-
-async def _no_chunks() -> AsyncIterator[bytes]:
-    return
-    yield b""  # an async generator that yields nothing
-
-
-def _looks_like_json(headers: Mapping[str, str], first: bytes) -> bool:
-    """An engine may answer a stream request whole, as JSON (embeddings ignore `stream`):
-    that is an answer, passed on as it is."""
-    kind = headers.get("content-type", "")
-    return kind.startswith("application/json") and first.lstrip()[:1] in (b"{", b"[")
 
 
 def _shown(headers: Mapping[str, str], data: bytes) -> str:

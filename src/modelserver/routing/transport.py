@@ -2,14 +2,14 @@
 mock for tests (routing logic without sockets or sleeps).
 
 A transport raises only our error types for connection trouble: `WorkerUnreachable`
-(refused, reset, closed mid-answer) and `WorkerTimeout`. HTTP statuses are not errors
-here; the router classifies them.
+(refused, reset, closed mid-answer) and `WorkerTimeout`, and `ClientClosed` once closed.
+HTTP statuses are not errors here; the router classifies them.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
-from modelserver.errors import WorkerRefused, WorkerTimeout, WorkerUnreachable
+from modelserver.errors import ClientClosed, WorkerRefused, WorkerTimeout, WorkerUnreachable
 
 
 class TransportResponse(Protocol):
@@ -128,10 +128,16 @@ class AiohttpTransport:
         else:
             timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=self._connect_timeout_s)
         worker = _worker_of(url)
+        if self._session.closed:
+            raise ClientClosed("the HTTP session is closed")
         try:
             response = await self._session.request(
                 method, url, data=body, headers=headers, timeout=timeout
             )
+        except RuntimeError:
+            if self._session.closed:  # aiohttp's "Session is closed"
+                raise ClientClosed("the HTTP session was closed during the request") from None
+            raise
         except (TimeoutError, aiohttp.ServerTimeoutError):
             raise WorkerTimeout(worker, f"no answer within {timeout_s:g} s") from None
         except aiohttp.ClientConnectorError as exc:
@@ -174,34 +180,51 @@ class MockResponse:
     status: int = 200
     json: Any = None
     body: bytes = b""
-    chunks: Iterable[bytes] | None = None
+    chunks: Iterable[bytes | BaseException] | AsyncIterable[bytes] | None = None
     """For streams: the chunks, in order. An exception instance in the list is raised there
-    (a stream that breaks mid-way)."""
+    (a stream that breaks mid-way). An async iterable plays an engine that takes its time."""
     headers: dict[str, str] = field(default_factory=lambda: {"content-type": "application/json"})
 
 
 class _MockResponseHandle:
-    def __init__(self, response: MockResponse) -> None:
+    def __init__(self, response: MockResponse, transport: MockTransport) -> None:
         self.status = response.status
         self.headers: Mapping[str, str] = response.headers
         self._response = response
+        self._transport = transport
+        self._released = False
 
     async def read(self) -> bytes:
-        if self._response.json is not None:
-            return orjson.dumps(self._response.json)
-        if self._response.chunks is not None:
-            return b"".join(c for c in self._response.chunks if isinstance(c, bytes))
-        return self._response.body
+        try:
+            if self._response.json is not None:
+                return orjson.dumps(self._response.json)
+            chunks = self._response.chunks
+            if isinstance(chunks, AsyncIterable):
+                return b"".join([c async for c in chunks])
+            if chunks is not None:
+                return b"".join(c for c in chunks if isinstance(c, bytes))
+            return self._response.body
+        finally:
+            self.release()
 
     async def chunks(self) -> AsyncIterator[bytes]:
         chunks = self._response.chunks
-        for chunk in [await self.read()] if chunks is None else chunks:
-            if isinstance(chunk, BaseException):
-                raise chunk
-            yield chunk
+        try:
+            if isinstance(chunks, AsyncIterable):
+                async for data in chunks:
+                    yield data
+                return
+            for chunk in [await self.read()] if chunks is None else chunks:
+                if isinstance(chunk, BaseException):
+                    raise chunk
+                yield chunk
+        finally:
+            self.release()
 
     def release(self) -> None:
-        pass
+        if not self._released:
+            self._released = True
+            self._transport.open_answers -= 1
 
 
 MockHandler = Callable[[MockRequest], "MockResponse | Awaitable[MockResponse]"]
@@ -218,6 +241,8 @@ class MockTransport:
         self.handler = handler
         self.requests: list[MockRequest] = []
         self.closed = False
+        self.open_answers = 0
+        """Answers not given back yet (read to the end, or released): held connections."""
 
     async def send(
         self,
@@ -252,7 +277,8 @@ class MockTransport:
         except TimeoutError:
             raise WorkerTimeout(request.worker, f"no answer within {timeout_s:g} s") from None
         assert isinstance(result, MockResponse)
-        return _MockResponseHandle(result)
+        self.open_answers += 1
+        return _MockResponseHandle(result, self)
 
     async def close(self) -> None:
         self.closed = True
