@@ -15,12 +15,13 @@
         ├── DeadlineExceeded      the per-request deadline or attempt budget ran out
         ├── ClientClosed          the client (its router) was closed before or during the call
         └── WorkerError           one attempt on one worker failed
-            ├── RetryableWorkerError    refused, reset, timeout, 408, 429, 5xx: try elsewhere
+            ├── RetryableWorkerError    refused, reset, timeout, 401/403, 408, 429, 5xx: elsewhere
             │   ├── WorkerUnreachable   connection refused or reset
             │   │   └── WorkerRefused   no connection at all: nothing listens (taken out at once)
             │   ├── WorkerTimeout       no answer within the attempt timeout
-            │   └── WorkerBadAnswer     2xx, but not JSON (or a stream that is not SSE)
-            └── EngineRejected          4xx other than 408/429: the request itself is wrong
+            │   ├── WorkerBadAnswer     2xx, but not JSON (or a stream that is not SSE)
+            │   └── WorkerAuthRejected  401/403: the engine refused the worker's configured key
+            └── EngineRejected          4xx other than 401/403/408/429: the request is wrong
 
 A caller catches `RequestError` for "this request failed" and `ModelServerError`
 for anything of ours. Only `RetryableWorkerError` sends a request to another worker.
@@ -169,8 +170,15 @@ class WorkerBadAnswer(RetryableWorkerError):
     proxy in front of it, a half-written body). Another worker may answer properly."""
 
 
+class WorkerAuthRejected(RetryableWorkerError):
+    """The engine answered 401 or 403 to the API key the router sends it (the fleet file's
+    `api_key`, or the one given when the worker was added): that worker is misconfigured,
+    the caller is not at fault. Tried elsewhere, and counted against the worker's circuit."""
+
+
 class EngineRejected(WorkerError):
-    """The engine refused the request itself (4xx other than 408/429); retrying cannot help."""
+    """The engine refused the request itself (4xx other than 401/403/408/429); retrying
+    cannot help."""
 
     def __init__(self, worker: str, status: int, message: str, body: object = None) -> None:
         self.body = body

@@ -1,7 +1,8 @@
 """Which failures retry elsewhere, how long to back off, and the per-request budget.
 
 A failed attempt is retried on another worker when it is a `RetryableWorkerError`
-(connection refused or reset, timeout, HTTP 408, 429, 5xx: errors.is_retryable_status);
+(connection refused or reset, timeout, HTTP 408, 429, 5xx: errors.is_retryable_status; and
+401/403, which the engine says about the key the router sent, not about the caller);
 anything else reaches the caller. Backoff is only for the case where no other worker is
 left: exponential, capped, with ± jitter (SGLang's `core/retry.rs` BackoffCalculator shape;
 tunables in `BackoffConfig`).
@@ -19,9 +20,12 @@ from modelserver.config import BackoffConfig
 from modelserver.errors import (
     EngineRejected,
     RetryableWorkerError,
+    WorkerAuthRejected,
     WorkerError,
     is_retryable_status,
 )
+
+_AUTH_STATUSES = (401, 403)
 
 
 def backoff_delay(config: BackoffConfig, retry_index: int, rng: random.Random) -> float:
@@ -37,6 +41,15 @@ def error_for_status(worker: str, status: int, body: bytes) -> WorkerError:
     message = engine_message(body)
     if is_retryable_status(status):
         return RetryableWorkerError(worker, f"HTTP {status}: {message}", status)
+    if status in _AUTH_STATUSES:
+        # The router sends the engine its own configured key, never the caller's.
+        return WorkerAuthRejected(
+            worker,
+            f"HTTP {status}: {message} (the engine refused the API key the router has for"
+            " this worker: set the model's api_key in the fleet file, or give one when"
+            " adding the worker)",
+            status,
+        )
     parsed: object = None
     try:
         parsed = orjson.loads(body) if body else None

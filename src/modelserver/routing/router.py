@@ -98,6 +98,8 @@ class Router:
         self._kinds: dict[str, str] = {}
         self._by_url: dict[str, Worker] = {}
         self._headers: dict[str, dict[str, str]] = {}
+        self._api_keys: dict[str, str] = {}
+        """model -> the engine API key its workers were given, for workers added later."""
         self._probe_task: asyncio.Task[None] | None = None
         self._state_task: asyncio.Task[None] | None = None
         self._in_flight = InFlight()
@@ -634,8 +636,11 @@ class Router:
     ) -> Worker:
         """Start routing `model` requests to `url` as well.
 
-        Raises ValueError if a worker already has that URL, and WrongModelKind if `model`
-        is known with another kind.
+        `api_key` is the engine's own key, sent with every request to it; when not given,
+        the worker gets the key the model's other workers were given (so a replica added at
+        run time can talk to an engine that wants one). Raises ValueError for a URL that is
+        not `http(s)://HOST:PORT` or is already routed to, and WrongModelKind if `model` is
+        known with another kind.
         """
         if kind not in ("chat", "embedding"):
             raise ValueError(f"kind must be 'chat' or 'embedding' (got {kind!r})")
@@ -643,6 +648,8 @@ class Router:
         known_kind = self._kinds.get(model)
         if known_kind is not None and known_kind != kind:
             raise WrongModelKind(model, known_kind, kind)
+        if api_key is None:
+            api_key = self._api_keys.get(model)
         worker = Worker(url, model, kind, self.config.breaker, self._clock, name, api_key)
         if worker.url in self._by_url:
             raise ValueError(f"a worker at {worker.url} is already routed to")
@@ -651,6 +658,7 @@ class Router:
         self._by_url[worker.url] = worker
         headers = dict(_JSON_HEADERS)
         if api_key:
+            self._api_keys.setdefault(model, api_key)
             headers["authorization"] = f"Bearer {api_key}"
         self._headers[worker.url] = headers
         return worker
