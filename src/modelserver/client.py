@@ -92,7 +92,21 @@ class MapItem:
 def _user_messages(message: str | Messages) -> list[dict[str, Any]]:
     if isinstance(message, str):
         return [{"role": "user", "content": message}]
-    return [dict(m) for m in message]
+    if isinstance(message, Sequence):
+        messages = [dict(m) for m in message if isinstance(m, Mapping)]
+        if len(messages) == len(message):
+            return messages
+    raise TypeError(
+        "messages must be a string (one user message) or a list of message dicts such as"
+        f' {{"role": "user", "content": "..."}} (got {_shown_type(message)})'
+    )
+
+
+def _shown_type(value: object) -> str:
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        kinds = sorted({type(item).__name__ for item in value})
+        return f"a {type(value).__name__} of {', '.join(kinds) or 'nothing'}"
+    return f"{type(value).__name__} {value!r:.40}"
 
 
 class AsyncModelServer:
@@ -151,6 +165,8 @@ class AsyncModelServer:
 
     async def complete(self, model: str, prompt: str, **params: Any) -> Completion:
         """One text completion of `prompt`."""
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a string (got {_shown_type(prompt)})")
         body = {"model": model, "prompt": prompt, **params}
         return await self._complete(model, COMPLETIONS_PATH, body, chat=False)
 
@@ -184,6 +200,10 @@ class AsyncModelServer:
         """One vector per text, in order (a single string gives a list of one vector)."""
         router = self.router if self._started else await self._ready()
         inputs = [texts] if isinstance(texts, str) else list(texts)
+        if not all(isinstance(text, str) for text in inputs):
+            raise TypeError(
+                f"texts must be a string or a list of strings (got {_shown_type(texts)})"
+            )
         response = await router.forward(model, EMBEDDINGS_PATH, {"model": model, "input": inputs})
         data = response.json()
         try:
@@ -232,7 +252,8 @@ class AsyncModelServer:
         """Run `op` ("chat": inputs are message lists or strings; "complete": prompts;
         "embed": texts, one vector each) over `inputs` with at most `concurrency` requests
         at once. Results come back in input order; a failed item is a `MapItem` with
-        `ok=False` and its `error`, the batch goes on. `progress=True` draws a rich bar."""
+        `ok=False` and its `error` (any exception, a bad input included), the batch goes on.
+        `progress=True` draws a rich bar."""
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1 (got {concurrency})")
         await self._ready()
@@ -253,7 +274,7 @@ class AsyncModelServer:
             async with semaphore:
                 try:
                     results[index] = MapItem(index, True, await call(item))
-                except ModelServerError as exc:
+                except Exception as exc:  # one item's failure, whatever it is, is that item's
                     results[index] = MapItem(index, False, error=exc)
                 if bar is not None:
                     bar.advance(results[index])

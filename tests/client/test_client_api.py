@@ -139,3 +139,22 @@ async def test_map_embeds_and_completes_too() -> None:
             await ms.map("chat-m", ["x"], op="translate")  # type: ignore[arg-type]
     assert [v.value for v in vectors] == [[1.0, 1.0], [2.0, 1.0]]
     assert completions[0].value.text == "X"
+
+
+async def test_map_reports_a_bad_input_as_that_items_failure() -> None:
+    async with client() as ms:
+        items = await ms.map("chat-m", ["ok", 123, "ok2"])
+        embedded = await ms.map("emb-m", ["a", None], op="embed")
+    assert [i.ok for i in items] == [True, False, True]
+    assert items[2].value.text == "echo ok2"
+    assert isinstance(items[1].error, TypeError)
+    assert "messages must be a string" in str(items[1].error) and "int 123" in str(items[1].error)
+    assert [i.ok for i in embedded] == [True, False]
+    assert "texts must be a string or a list of strings" in str(embedded[1].error)
+
+
+def test_sync_map_reports_a_bad_input_as_that_items_failure() -> None:
+    with ModelServer(FLEET, transport=MockTransport(engine), probe=False) as ms:
+        items = ms.map("chat-m", ["ok", 123, "ok2"])
+    assert [i.ok for i in items] == [True, False, True]
+    assert isinstance(items[1].error, TypeError)
