@@ -700,6 +700,7 @@ class Router:
         # Streams handed out but not being read at this moment.
         for relay in list(self._streams):
             await relay.abandon(ClientClosed(STOPPED))
+        await self._availability.settle()
         if self._owns_transport and self._transport is not None:
             await self._transport.close()
         self._transport = None
