@@ -425,3 +425,23 @@ async def test_a_body_the_caller_already_decoded_is_not_decoded_again() -> None:
     assert "what the caller decoded" in seen[0]  # routed on what the caller handed over
     assert "what the engine gets" in seen[1]  # no `parsed`: the router decodes the bytes
     assert transport.requests[0].body == raw  # and the engine gets the bytes unchanged
+
+
+async def test_wait_drained_gives_up_at_its_timeout_while_a_request_is_held() -> None:
+    release, arrived = asyncio.Event(), asyncio.Event()
+
+    async def handler(request: MockRequest) -> MockResponse:
+        arrived.set()
+        await release.wait()
+        return chat_answer()
+
+    router, *_ = make_router(handler, urls=URLS[:1])
+    held = asyncio.create_task(router.forward("m", CHAT, chat_body()))
+    await arrived.wait()
+    router.drain(URLS[0])
+    assert await router.wait_drained(URLS[0], timeout_s=0.01) is False
+    waiter = asyncio.create_task(router.wait_drained(URLS[0], timeout_s=60))
+    release.set()
+    await held
+    assert await waiter is True
+    assert await router.wait_drained(URLS[0], timeout_s=0) is True  # already idle

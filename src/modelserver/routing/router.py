@@ -424,6 +424,8 @@ class Router:
         now = self._clock()
         e2e = now - start
         worker.in_flight -= 1
+        if worker.in_flight == 0 and worker.idle is not None:
+            worker.idle.set()
         breaker = worker.breaker
         if ok:
             breaker.record_success()
@@ -615,14 +617,21 @@ class Router:
         """Put a drained worker back into rotation."""
         self.worker(url).draining = False
 
-    async def wait_drained(self, url: str, timeout_s: float, poll_s: float = 0.05) -> bool:
+    async def wait_drained(self, url: str, timeout_s: float) -> bool:
         """Wait until a drained worker has nothing in flight; False if `timeout_s` passed."""
         worker = self.worker(url)
-        deadline = self._clock() + timeout_s
-        while worker.in_flight > 0:
-            if self._clock() >= deadline:
-                return False
-            await self._sleep(poll_s)
+        if worker.in_flight == 0:
+            return True
+        if worker.idle is None:
+            worker.idle = asyncio.Event()
+        worker.idle.clear()
+        try:
+            async with asyncio.timeout(timeout_s):
+                while worker.in_flight > 0:  # set at 0; a new request may start before we wake
+                    await worker.idle.wait()
+                    worker.idle.clear()
+        except TimeoutError:
+            return False
         return True
 
     def add_worker(

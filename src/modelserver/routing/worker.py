@@ -8,6 +8,7 @@ from real traffic only: an EWMA of seconds per output token and of time to first
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -51,6 +52,7 @@ class Worker:
         "errors",
         "ewma_latency",
         "ewma_ttft",
+        "idle",
         "in_flight",
         "kind",
         "last_probe_error",
@@ -84,6 +86,8 @@ class Worker:
         self.api_key = api_key
         self.breaker = CircuitBreaker(breaker, clock)
         self.in_flight = 0
+        self.idle: asyncio.Event | None = None
+        """Set when `in_flight` drops to 0; created by the first `Router.wait_drained`."""
         self.requests = 0
         self.errors = 0
         self.ewma_latency: float | None = None
