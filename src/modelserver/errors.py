@@ -101,10 +101,14 @@ class WrongModelKind(RequestError):
         self.model = model
         self.kind = kind
         self.wanted = wanted
-        article = "an" if kind[:1] in "aeiou" else "a"
         super().__init__(
-            f"model {model!r} is {article} {kind} model; it cannot serve a {wanted} request"
+            f"model {model!r} is {_a(kind)} {kind} model;"
+            f" it cannot serve {_a(wanted)} {wanted} request"
         )
+
+
+def _a(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
 
 
 class NoHealthyWorker(RequestError):

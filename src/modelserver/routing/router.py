@@ -734,6 +734,12 @@ def _check_url(url: str) -> None:
         raise ValueError(problem) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(problem)
+    if parts.path.strip("/") or parts.query or parts.fragment:
+        extra = url[len(f"{parts.scheme}://{parts.netloc}") :]
+        raise ValueError(
+            f"{problem}, without {extra!r}: the router adds each request's own path"
+            " (/v1/chat/completions, /health, ...) to the worker URL"
+        )
 
 
 def _last_resort(workers: Sequence[Worker], now: float, readmit: float) -> list[Worker]:
