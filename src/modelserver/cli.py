@@ -3,6 +3,7 @@ them here, so this file stays a table of contents."""
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import sys
@@ -13,8 +14,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-from modelserver.config import load_fleet
+from modelserver.config import WorkerSpec, load_fleet
 from modelserver.errors import ModelServerError
 
 app = typer.Typer(
@@ -45,14 +47,28 @@ COMMAND_MODULES: tuple[str, ...] = (
 def validate(fleet: FleetArg) -> None:
     """Check a fleet file and list the workers it describes."""
     loaded = load_fleet(fleet)
-    table = Table(title=f"fleet {loaded.fleet.name!r}: {len(loaded.workers())} workers")
-    for column in ("worker", "model", "kind", "backend", "url"):
-        table.add_column(column)
-    for worker in loaded.workers():
-        table.add_row(worker.name, worker.model, worker.kind, worker.backend, worker.url)
-    console.print(table)
+    workers = loaded.workers()
+    table = Table(title=Text(f"fleet {loaded.fleet.name!r}: {len(workers)} workers"))
+    # A URL cut short hides its port: names fold instead, and a terminal too narrow even for
+    # the URLs gets lines as wide as they need.
+    table.add_column("worker", overflow="fold", min_width=8)
+    table.add_column("model", overflow="fold", min_width=8)
+    for index, column in enumerate(("kind", "backend", "url"), start=2):
+        widest = max([len(column)] + [len(_row(w)[index]) for w in workers])
+        table.add_column(column, no_wrap=True, min_width=widest)
+    for worker in workers:
+        table.add_row(*(Text(cell) for cell in _row(worker)))
+    # Each column has one space either side and a rule on its left; one more rule ends it.
+    needed = sum(column.min_width or 0 for column in table.columns) + 3 * len(table.columns) + 1
+    out = console if console.width >= needed else Console(file=console.file, width=needed)
+    out.print(table)
 
 
+def _row(worker: WorkerSpec) -> tuple[str, str, str, str, str]:
+    return worker.name, worker.model, worker.kind, worker.backend, worker.url
+
+
+@functools.cache  # once per process: main() may run several times (tests call it in-process)
 def _register_all() -> None:
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(app)
@@ -68,7 +84,11 @@ def main() -> None:
         # Without standalone mode click returns the code of `typer.Exit` instead of exiting.
         code = app(standalone_mode=False)
     except ModelServerError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        # Not wrapped at the terminal's width: a path or key broken across lines cannot be
+        # searched for or copied; the terminal wraps long lines itself.
+        err_console.print(
+            f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+        )
         sys.exit(2)
     except (typer.Exit, SystemExit) as exc:
         code = exc.exit_code if isinstance(exc, typer.Exit) else exc.code
