@@ -36,6 +36,9 @@ class Gpu:
     total_bytes: int
     used_bytes: int
     processes: tuple[GpuProcess, ...] = field(default=())
+    unlisted: tuple[str, ...] = field(default=())
+    """Process lists NVML could not give ("graphics processes: Not Supported"): who uses
+    the memory may then be unknown, but the memory figures still hold."""
 
     @property
     def free_bytes(self) -> int:
@@ -57,7 +60,8 @@ class GpuInventory(Protocol):
 
 
 class StaticInventory:
-    """A fixed list of GPUs (the fleet file's `inventory`, or a test's)."""
+    """A fixed list of GPUs (the fleet file's `inventory`, or a test's). A GPU written without
+    a UUID has none (""), so engines are given its index, which CUDA knows."""
 
     def __init__(self, gpus: Sequence[Gpu]) -> None:
         self._gpus = list(gpus)
@@ -71,7 +75,7 @@ class StaticInventory:
             [
                 Gpu(
                     index=g.index,
-                    uuid=g.uuid or f"static-{host.name}-{g.index}",
+                    uuid=g.uuid,
                     name=g.name,
                     total_bytes=int(g.total_gib * GIB),
                     used_bytes=int(g.used_gib * GIB),
@@ -119,11 +123,19 @@ class NvmlInventory:
         handle = nvml.nvmlDeviceGetHandleByIndex(index)
         memory = nvml.nvmlDeviceGetMemoryInfo(handle)
         seen: dict[int, GpuProcess] = {}
-        for getter in (
-            nvml.nvmlDeviceGetComputeRunningProcesses,
-            nvml.nvmlDeviceGetGraphicsRunningProcesses,
+        unlisted: list[str] = []
+        for kind, getter in (
+            ("compute", nvml.nvmlDeviceGetComputeRunningProcesses),
+            ("graphics", nvml.nvmlDeviceGetGraphicsRunningProcesses),
         ):
-            for proc in getter(handle):
+            # Some GPUs and drivers do not list one kind (NVML_ERROR_NOT_SUPPORTED for
+            # graphics on many datacenter boards): that list is unknown, not the GPU.
+            try:
+                procs = getter(handle)
+            except nvml.NVMLError as exc:
+                unlisted.append(f"{kind} processes: {exc}")
+                continue
+            for proc in procs:
                 used = getattr(proc, "usedGpuMemory", None)
                 # NVML reports "not available" as None (or a huge sentinel in old drivers).
                 used = used if isinstance(used, int) and 0 <= used < 2**62 else None
@@ -136,6 +148,7 @@ class NvmlInventory:
             total_bytes=int(memory.total),
             used_bytes=int(memory.used),
             processes=tuple(seen.values()),
+            unlisted=tuple(unlisted),
         )
 
 
@@ -163,7 +176,8 @@ def describe_use(gpu: Gpu, own_pids: frozenset[int] = frozenset()) -> str:
     used = f"GPU {gpu.index} has {gpu.used_bytes / GIB:.0f} GiB used"
     foreign = [p for p in gpu.processes if p.pid not in own_pids]
     if not foreign:
-        return used
+        unknown = f" (NVML cannot list its {'; '.join(gpu.unlisted)})" if gpu.unlisted else ""
+        return used + unknown
     shown = ", ".join(
         f"pid {p.pid} ({p.name}"
         + (f", {p.used_bytes / GIB:.0f} GiB" if p.used_bytes is not None and len(foreign) > 1

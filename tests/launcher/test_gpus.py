@@ -86,8 +86,9 @@ def test_static_inventory_from_the_fleet_file() -> None:
         ]}],
     })
     gpus = StaticInventory.from_host(fleet.host("box")).gpus()
+    # No UUID written: none made up, so engines get the index (CUDA has no "static-box-1").
     assert [(g.index, g.uuid, g.total_bytes, g.used_bytes) for g in gpus] == [
-        (0, "GPU-x", 24 * GIB, 0), (1, "static-box-1", 24 * GIB, 12 * GIB)]
+        (0, "GPU-x", 24 * GIB, 0), (1, "", 24 * GIB, 12 * GIB)]
 
 
 def test_describe_use_names_the_biggest_foreign_users_not_ours() -> None:
@@ -122,3 +123,29 @@ def test_hosts_with_an_inventory_in_the_fleet_file_do_not_ask_nvml() -> None:
                                    {"name": "b"}]})
     assert isinstance(inventory_for(fleet.host("a")), StaticInventory)
     assert isinstance(inventory_for(fleet.host("b")), NvmlInventory)
+
+
+@pytest.mark.parametrize("unsupported", ["nvmlDeviceGetGraphicsRunningProcesses",
+                                         "nvmlDeviceGetComputeRunningProcesses"])
+def test_a_process_list_nvml_does_not_support_leaves_the_inventory_and_is_noted(
+    monkeypatch: pytest.MonkeyPatch, unsupported: str
+) -> None:
+    _fake_nvml(monkeypatch, [
+        {"uuid": "GPU-a", "name": "H100", "total": 80 * GIB, "used": 41 * GIB,
+         "compute": [(7781, 40 * GIB)], "graphics": [(7781, 40 * GIB)]},
+        {"uuid": "GPU-b", "name": "H100", "total": 80 * GIB, "used": GIB},
+    ])
+
+    def not_supported(handle: object) -> list[object]:
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+
+    monkeypatch.setattr(pynvml, unsupported, not_supported)
+    gpus = NvmlInventory().gpus()
+    assert [g.uuid for g in gpus] == ["GPU-a", "GPU-b"]  # the inventory survives
+    assert gpus[0].used_bytes == 41 * GIB  # memory figures do not need the lists
+    kind = "graphics" if "Graphics" in unsupported else "compute"
+    assert gpus[0].unlisted == (f"{kind} processes: Not Supported",)
+    assert [p.pid for p in gpus[0].processes] == [7781]  # from the list that worked
+    without = Gpu(0, "GPU-a", "H100", 80 * GIB, 41 * GIB, (), gpus[0].unlisted)
+    assert describe_use(without) == (
+        f"GPU 0 has 41 GiB used (NVML cannot list its {kind} processes: Not Supported)")
