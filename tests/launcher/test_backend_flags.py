@@ -70,9 +70,11 @@ def test_the_flag_lists_are_real_lists() -> None:
     assert "--is-embedding" not in _flags("vllm-0.11.0-flags.txt")
 
 
-@pytest.mark.parametrize("kind", ["chat", "embedding"])
+@pytest.mark.parametrize(
+    ("kind", "pooling"), [("chat", None), ("embedding", None), ("embedding", "cls")]
+)
 def test_llamacpp_flags_exist_in_llama_server_and_parse_in_our_runner(
-    kind: str, monkeypatch: pytest.MonkeyPatch
+    kind: str, pooling: str | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from modelserver.backends import xllamacpp_runner
 
@@ -88,7 +90,8 @@ def test_llamacpp_flags_exist_in_llama_server_and_parse_in_our_runner(
                     "path": "/w/q.gguf",
                     "port": 30000,
                     "api_key": "k",
-                    "options": {"ctx_size": 2048, "parallel": 2, "threads": 1},
+                    "options": {"ctx_size": 2048, "parallel": 2, "threads": 1}
+                    | ({"pooling": pooling} if pooling else {}),
                 }
             ],
         }
@@ -106,4 +109,6 @@ def test_llamacpp_flags_exist_in_llama_server_and_parse_in_our_runner(
     assert numbers == (30000, 2048, 2, 1)
     assert options.aliases == ("q",) and options.api_keys == ("k",)
     assert options.embedding is (kind == "embedding")
-    assert options.pooling == ("mean" if kind == "embedding" else None)
+    # No --pooling unless asked: llama.cpp then pools as the GGUF says (CLS for bge, last
+    # token for Qwen3-Embedding, mean for MiniLM).
+    assert options.pooling == pooling

@@ -141,29 +141,42 @@ def test_llamacpp_uses_llama_server_when_on_path(
         "2",
         "--threads",
         "2",
-        "--embedding",
-        "--pooling",
-        "mean",
+        "--embedding",  # no --pooling: the GGUF says how its model pools
     ]
 
 
-def test_engine_env_drops_the_parents_cuda_settings() -> None:
+def test_engine_env_sets_the_gpus_keeps_other_cuda_settings_and_drops_gateway_keys() -> None:
     fleet = _fleet({"name": "tiny", "backend": "sim"})
     env = engine_env(
         _placed(fleet),
         parent={
             "PATH": "/bin",
             "CUDA_VISIBLE_DEVICES": "0,1",
+            "CUDA_DEVICE_ORDER": "FASTEST_FIRST",
+            "CUDA_HOME": "/usr/local/cuda",  # where flashinfer's and triton's JIT find nvcc
+            "CUDA_PATH": "/usr/local/cuda",
             "CUDA_MPS_PIPE_DIRECTORY": "/x",
+            "MODELSERVER_API_KEYS": "sk-gateway",
+            "MODELSERVER_ADMIN_KEYS": "sk-admin",
             "HOME": "/h",
         },
     )
     assert env == {
         "PATH": "/bin",
         "HOME": "/h",
+        "CUDA_HOME": "/usr/local/cuda",
+        "CUDA_PATH": "/usr/local/cuda",
+        "CUDA_MPS_PIPE_DIRECTORY": "/x",
         "CUDA_VISIBLE_DEVICES": "",
         "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
     }
+
+
+def test_the_gateway_key_variables_engines_never_get_are_the_gateways_own() -> None:
+    from modelserver.backends.base import GATEWAY_KEY_ENVS
+    from modelserver.gateway.auth import ADMIN_KEYS_ENV, API_KEYS_ENV
+
+    assert set(GATEWAY_KEY_ENVS) == {API_KEYS_ENV, ADMIN_KEYS_ENV}
 
 
 def test_gpus_without_uuid_are_named_by_index() -> None:
@@ -202,3 +215,79 @@ def test_sglang_takes_its_key_on_the_command_line_only() -> None:
     argv = list(spec.argv)
     assert argv[argv.index("--api-key") + 1] == "s"
     assert "s" not in spec.shown().split()
+
+
+def test_shown_masks_every_key_flag_in_both_forms() -> None:
+    spec = LaunchSpec(("engine", "--api-key", "k1", "--api-key=k2", "--admin-api-key", "k3",
+                       "--admin-api-key=k4", "--api-keyring", "public"), {})
+    assert spec.shown() == ("engine --api-key *** --api-key=*** --admin-api-key ***"
+                            " --admin-api-key=*** --api-keyring public")
+
+
+def test_fleet_secrets_are_every_configured_key() -> None:
+    from modelserver.backends.base import fleet_secrets
+
+    fleet = parse_fleet({
+        "hosts": [{"name": "local"}],
+        "models": [{"name": "a", "backend": "sim", "port": 1000, "api_key": "k-model",
+                    "args": ["--admin-api-key", "k-admin-arg", "--api-key=k-inline"]}],
+        "gateway": {"api_keys": ["k-gw"], "admin_keys": ["k-gw-admin"]},
+    })
+    environ = {"MODELSERVER_API_KEYS": "k-env-1, k-env-2", "MODELSERVER_ADMIN_KEYS": ""}
+    assert set(fleet_secrets(fleet, environ)) == {
+        "k-model", "k-admin-arg", "k-inline", "k-gw", "k-gw-admin", "k-env-1", "k-env-2"}
+
+
+@pytest.mark.parametrize(
+    ("options", "kind", "problem"),
+    [
+        ({"pooling": "max"}, "embedding", "'max' is no llama.cpp pooling type; allowed: none,"
+         " mean, cls, last, rank"),
+        ({"pooling": "cls"}, "chat", "only embedding models pool (kind is 'chat')"),
+    ],
+)
+def test_llamacpp_pooling_option_names_the_allowed_types(
+    options: dict[str, Any], kind: str, problem: str
+) -> None:
+    document = {"hosts": [{"name": "local"}], "models": [
+        {"name": "e", "backend": "llamacpp", "kind": kind, "path": "/w/e.gguf", "port": 1000,
+         "options": options}]}
+    with pytest.raises(FleetFileError) as info:
+        parse_fleet(document)
+    assert f"models[0].options.pooling: {problem}" in info.value.problems[0]
+
+
+def test_an_embedding_model_pools_as_its_gguf_says_unless_the_option_overrides(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PATH", "")
+    model = {"name": "e", "backend": "llamacpp", "kind": "embedding", "path": "/w/e.gguf"}
+    assert "--pooling" not in _command(model).argv
+    argv = list(_command({**model, "options": {"pooling": "cls"}}).argv)
+    assert argv[argv.index("--pooling") + 1] == "cls"
+
+
+def test_engines_that_are_not_installed_say_so_and_how_to_fix_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no vllm, no llama-server
+    vllm = _fleet({"name": "v", "backend": "vllm", "path": "/w"}).models[0]
+    assert backend_for("vllm").engine_problem(0, vllm) == (
+        "vLLM is not installed: no `vllm` program on PATH; install it, or set"
+        " models[0].options.executable to its path")
+    missing = _fleet({"name": "v", "backend": "vllm", "path": "/w",
+                      "options": {"executable": str(tmp_path / "vllm")}}).models[0]
+    assert "is not an executable program" in (backend_for("vllm").engine_problem(3, missing) or "")
+    program = tmp_path / "vllm"
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    assert backend_for("vllm").engine_problem(0, vllm) is None  # on PATH now
+    python = tmp_path / "python"  # a "Python" without SGLang: exits 1 for any -c
+    python.write_text("#!/bin/sh\nexit 1\n")
+    python.chmod(0o755)
+    sglang = _fleet({"name": "s", "backend": "sglang", "path": "/w",
+                     "options": {"python": str(python)}}).models[0]
+    assert backend_for("sglang").engine_problem(2, sglang) == (
+        f"SGLang is not installed for {python} (no module named 'sglang'); install it there,"
+        " or set models[2].options.python to a Python that has it")
+    assert backend_for("sim").engine_problem(0, sglang) is None

@@ -38,10 +38,11 @@ def chat_runner(
 def embedding_runner(
     prepared: PreparedModels, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Runner]:
-    """MiniLM served for embeddings, started with the flags the llamacpp backend passes."""
+    """MiniLM served for embeddings, started with the flags the llamacpp backend passes:
+    `--embedding` and no `--pooling`, so llama.cpp pools as the GGUF says (mean)."""
     log = tmp_path_factory.mktemp("minilm") / "runner.log"
     args = ["--model", str(prepared.embedding_path), "--alias", "minilm", "--ctx-size", "1024"]
-    runner = start_runner([*args, "--parallel", "2", "--embedding", "--pooling", "mean"], log)
+    runner = start_runner([*args, "--parallel", "2", "--embedding"], log)
     try:
         yield runner
     finally:

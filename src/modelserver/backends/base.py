@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
@@ -26,15 +26,56 @@ class LaunchSpec:
 
     def shown(self) -> str:
         """The command line for logs and messages, with secrets replaced by ***."""
-        out: list[str] = []
-        hide_next = False
-        for arg in self.argv:
-            out.append("***" if hide_next else arg)
-            hide_next = arg in SECRET_FLAGS
-        return " ".join(out)
+        return " ".join(masked_argv(self.argv))
 
 
-SECRET_FLAGS = frozenset({"--api-key"})
+SECRET_FLAGS = frozenset({"--api-key", "--admin-api-key"})
+"""Flags whose value is a key (SGLang's and vLLM's --api-key, SGLang's --admin-api-key,
+llama-server's --api-key), written `--api-key KEY` or `--api-key=KEY`."""
+
+GATEWAY_KEY_ENVS = ("MODELSERVER_API_KEYS", "MODELSERVER_ADMIN_KEYS")
+"""The gateway's own keys (modelserver.gateway.auth reads them); never an engine's business."""
+
+
+def secret_values(argv: Sequence[str]) -> list[str]:
+    """The values `argv` gives to SECRET_FLAGS, in either form."""
+    found: list[str] = []
+    for index, arg in enumerate(argv):
+        flag, equals, value = arg.partition("=")
+        if flag in SECRET_FLAGS and equals:
+            found.append(value)
+        elif arg in SECRET_FLAGS and index + 1 < len(argv):
+            found.append(argv[index + 1])
+    return found
+
+
+def masked_argv(argv: Sequence[str]) -> list[str]:
+    """`argv` with the value of every SECRET_FLAGS flag replaced by ***."""
+    out: list[str] = []
+    hide_next = False
+    for arg in argv:
+        flag, equals, _ = arg.partition("=")
+        if hide_next:
+            out.append("***")
+        elif flag in SECRET_FLAGS and equals:
+            out.append(f"{flag}=***")
+        else:
+            out.append(arg)
+        hide_next = arg in SECRET_FLAGS
+    return out
+
+
+def fleet_secrets(fleet: Fleet, environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """Every key the fleet configures: engines' `api_key`s, keys in engines' `args`, the
+    gateway's keys (from the file and its environment variables). Redacted from whatever
+    the launcher stores or prints."""
+    env = os.environ if environ is None else environ
+    keys = [m.api_key or "" for m in fleet.models]
+    keys += [value for m in fleet.models for value in secret_values(m.args)]
+    keys += [*fleet.gateway.api_keys, *fleet.gateway.admin_keys]
+    keys += [part.strip() for name in GATEWAY_KEY_ENVS for part in env.get(name, "").split(",")]
+    return tuple(sorted({k for k in keys if k}))
+
 
 # Types of options several backends take.
 MemFraction = Annotated[float, Field(gt=0, le=1)]
@@ -74,6 +115,11 @@ class Backend(ABC):
             return []
         return ["--api-key", model.api_key]
 
+    def engine_problem(self, index: int, model: ModelConfig) -> str | None:
+        """Why this machine cannot run the engine at all (not installed), or None. A start
+        would fail on every retry; preflight fails its workers at once instead."""
+        return None
+
     def option_problems(self, index: int, model: ModelConfig) -> list[str]:
         allowed = ", ".join(sorted(self.options)) or "none"
         problems: list[str] = []
@@ -97,17 +143,17 @@ class Backend(ABC):
 
 
 def engine_env(placement: Placement, parent: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The parent's environment without any CUDA_* variable, then the replica's GPUs.
+    """The parent's environment with the replica's GPUs, without the gateway's keys.
 
     CUDA_VISIBLE_DEVICES names GPUs by UUID where NVML gave one (stable across reboots and
     driver re-enumeration), else by index with CUDA_DEVICE_ORDER=PCI_BUS_ID so that CUDA's
-    index means NVML's. A replica without GPUs gets an empty list: it sees none.
+    index means NVML's. A replica without GPUs gets an empty list: it sees none. Every other
+    CUDA_* variable is kept: CUDA_HOME / CUDA_PATH are where flashinfer's and triton's JIT
+    find nvcc, CUDA_MPS_* where an MPS daemon is.
     """
-    env = {
-        k: v
-        for k, v in (os.environ if parent is None else parent).items()
-        if not k.startswith("CUDA_")
-    }
+    env = dict(os.environ if parent is None else parent)
+    for name in GATEWAY_KEY_ENVS:
+        env.pop(name, None)
     env["CUDA_VISIBLE_DEVICES"] = ",".join(placement.gpu_ids)
     env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     return env

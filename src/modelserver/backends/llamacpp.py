@@ -6,10 +6,15 @@ Flag names are llama-server's own, from ggml-org/llama.cpp tools/server/README.m
 `-c, --ctx-size N`, `-np, --parallel N`, `-t, --threads N`, `--embedding, --embeddings`,
 `--pooling {none,mean,cls,last,rank}`, `--api-key KEY`. The same README documents
 `GET /health`: 503 while the model loads, 200 once it serves.
+
+Embedding models get `--embedding` only: without `--pooling` llama.cpp pools as the GGUF's
+`{arch}.pooling_type` says (CLS for bge, last token for Qwen3-Embedding, mean for our
+MiniLM), so forcing one would break the others. `options.pooling` overrides it.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import sys
 from collections.abc import Mapping
@@ -18,10 +23,16 @@ from typing import Annotated, Any, ClassVar
 from pydantic import Field
 
 from modelserver.backends.base import Backend, flag_pairs
+from modelserver.backends.xllamacpp_runner import CPU_EXTRA_HINT, POOLING_TYPES
 from modelserver.config import Fleet, ModelConfig
 from modelserver.placement import Placement
 
-_OPTION_FLAGS = {"ctx_size": "--ctx-size", "parallel": "--parallel", "threads": "--threads"}
+_OPTION_FLAGS = {
+    "ctx_size": "--ctx-size",
+    "parallel": "--parallel",
+    "threads": "--threads",
+    "pooling": "--pooling",
+}
 
 RUNNER_MODULE = "modelserver.backends.xllamacpp_runner"
 
@@ -38,6 +49,7 @@ class LlamaCppBackend(Backend):
         "ctx_size": Annotated[int, Field(ge=0)],  # 0: the model's own context length
         "parallel": Annotated[int, Field(ge=1)],
         "threads": Annotated[int, Field(ge=1)],
+        "pooling": str,  # which names: option_problems below
     }
     ready_paths = ("/health",)
     health_path = "/health"
@@ -55,6 +67,27 @@ class LlamaCppBackend(Backend):
             + [(flag, model.options.get(key)) for key, flag in _OPTION_FLAGS.items()]
         )
         if model.kind == "embedding":
-            argv += ["--embedding", "--pooling", "mean"]
+            argv.append("--embedding")
         argv += self.api_key_flags(model)
         return argv + list(model.args)
+
+    def option_problems(self, index: int, model: ModelConfig) -> list[str]:
+        problems = super().option_problems(index, model)
+        pooling = model.options.get("pooling")
+        if pooling is not None and pooling not in POOLING_TYPES:
+            problems.append(
+                f"models[{index}].options.pooling: {pooling!r} is no llama.cpp pooling type;"
+                f" allowed: {', '.join(POOLING_TYPES)} (leave it out to use the GGUF's own)"
+            )
+        if pooling is not None and model.kind != "embedding":
+            problems.append(
+                f"models[{index}].options.pooling: only embedding models pool"
+                f" (kind is {model.kind!r})"
+            )
+        return problems
+
+    def engine_problem(self, index: int, model: ModelConfig) -> str | None:
+        if shutil.which("llama-server") or importlib.util.find_spec("xllamacpp") is not None:
+            return None
+        return ("llama.cpp is not installed: no `llama-server` on PATH and no xllamacpp"
+                f" package; {CPU_EXTRA_HINT}")

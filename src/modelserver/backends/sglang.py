@@ -13,6 +13,9 @@ GET /v1/models, served in both versions once the tokenizer manager is up. Health
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import subprocess
 import sys
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -51,3 +54,22 @@ class SGLangBackend(Backend):
             argv.append("--is-embedding")
         argv += self.api_key_flags(model)
         return argv + list(model.args)
+
+    def engine_problem(self, index: int, model: ModelConfig) -> str | None:
+        python = str(model.options.get("python") or sys.executable)
+        where = f"models[{index}].options.python"
+        if python == sys.executable:
+            if importlib.util.find_spec("sglang") is not None:
+                return None
+        elif not (os.path.isfile(python) and os.access(python, os.X_OK)):
+            return f"{where} = {python!r} is not an executable file"
+        else:
+            found = subprocess.run(
+                [python, "-c", "import importlib.util, sys;"
+                 " sys.exit(importlib.util.find_spec('sglang') is None)"],
+                stdin=subprocess.DEVNULL, capture_output=True, timeout=60, check=False,
+            )
+            if found.returncode == 0:
+                return None
+        return (f"SGLang is not installed for {python} (no module named 'sglang'); install it"
+                f" there, or set {where} to a Python that has it")

@@ -14,6 +14,7 @@ engine has loaded the model.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -52,3 +53,15 @@ class VllmBackend(Backend):
             argv += ["--runner", "pooling"]
         argv += self.api_key_flags(model)
         return argv + list(model.args)
+
+    def engine_problem(self, index: int, model: ModelConfig) -> str | None:
+        given = model.options.get("executable")
+        if given is None:
+            if shutil.which("vllm"):
+                return None
+            return (f"vLLM is not installed: no `vllm` program on PATH; install it, or set"
+                    f" models[{index}].options.executable to its path")
+        program = shutil.which(str(given)) or str(given)
+        if os.path.isfile(program) and os.access(program, os.X_OK):
+            return None
+        return f"models[{index}].options.executable = {given!r} is not an executable program"
