@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from modelserver import FleetFileError, load_fleet
+from modelserver import AsyncModelServer, FleetFileError, load_fleet
 
 HOST = '[[hosts]]\nname = "h"\n'
 SIM = '[[models]]\nname = "m"\nbackend = "sim"\nport = 31000\n'
@@ -277,7 +277,7 @@ CASES: list[tuple[str, str, str, list[str]]] = [
 @pytest.mark.parametrize(
     ("text", "key", "words"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
 )
-def test_mistake_gives_one_message_naming_file_and_key(
+def test_mistake_gives_one_message_naming_file_and_key_to_loader_and_client(
     tmp_path: Path, text: str, key: str, words: list[str]
 ) -> None:
     path = tmp_path / "fleet.toml"
@@ -291,6 +291,9 @@ def test_mistake_gives_one_message_naming_file_and_key(
     for word in words:
         assert word in message, f"{word!r} not in {message!r}"
     assert "Traceback" not in message
+    with pytest.raises(FleetFileError) as by_client:  # the client reads the file the same way
+        AsyncModelServer(path)
+    assert str(by_client.value) == message
 
 
 def test_there_are_at_least_thirty_distinct_mistakes() -> None:

@@ -3,9 +3,9 @@ the key (or the worker and the reason), a non-zero exit, and nothing started: no
 state file, no supervisor log.
 
 Every mistake of the config suite's table (`CASES`) goes through `up` in this process (the
-console command's own `main()`, so cheap enough for all of them), and through `validate`,
-which must refuse the same file with the same message; a few also go through a real
-`modelserver up` process. The rest only the launcher can see: GPUs a static inventory does
+console command's own `main()`, so cheap enough for all of them), and through `validate`
+and `gateway`, which must refuse the same file with the same message; a few also go through
+a real `modelserver up` process. The rest only the launcher can see: GPUs a static inventory does
 not have, more GPUs than it has, a llama.cpp GGUF that is not there, a port a foreign
 process holds.
 """
@@ -117,15 +117,16 @@ def assert_refused_and_nothing_started(fleet: Path, done: Ran, *words: str) -> N
 @pytest.mark.parametrize(
     ("text", "key", "words"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
 )
-def test_a_fleet_file_mistake_stops_up_before_anything_starts_and_validate_agrees(
+def test_a_fleet_file_mistake_stops_up_before_anything_starts_and_validate_and_gateway_agree(
     tmp_path: Path, modelserver: Run, text: str, key: str, words: list[str]
 ) -> None:
     fleet = tmp_path / "fleet.toml"
     fleet.write_text(text)
     up = modelserver("up", str(fleet), "--detach")
     assert_refused_and_nothing_started(fleet, up, key, *words)
-    validate = modelserver("validate", str(fleet))
-    assert (validate.returncode, validate.stderr) == (up.returncode, up.stderr)
+    for command in ("validate", "gateway"):
+        refused = modelserver(command, str(fleet))
+        assert (refused.returncode, refused.stderr) == (up.returncode, up.stderr), command
 
 
 @pytest.mark.parametrize(
