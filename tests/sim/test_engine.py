@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from modelserver.sim.engine import Engine, Request, VirtualClock, drive_virtual
+import pytest
+
+from modelserver.sim.engine import (
+    DECODE_LOG_INTERVAL,
+    Engine,
+    Request,
+    VirtualClock,
+    drive_virtual,
+)
 from modelserver.sim.perf import CHUNKED_PREFILL_SIZE, PerfModel
 
 
@@ -192,6 +200,26 @@ def test_an_aborted_request_releases_its_place() -> None:
     assert engine.running == [] and engine.cache.locked_size == 0
     drive_virtual(engine, VirtualClock(0.1))
     assert second.done and not first.finished_at
+
+
+def test_gen_throughput_is_the_last_decode_windows_tokens_over_its_time() -> None:
+    engine = make_engine()
+    requests = [Request(prompt(i, 100), 100, arrival=0.0) for i in range(4)]
+    for request in requests:
+        engine.submit(request)
+    clock = VirtualClock()
+    decode_ends: list[float] = []
+    while (step := engine.begin_step(clock.now)) is not None:
+        clock.now += step.duration
+        engine.complete_step(step, clock.now)
+        if step.decode:
+            decode_ends.append(clock.now)
+        if len(decode_ends) == DECODE_LOG_INTERVAL - 1:
+            assert engine.last_gen_throughput == 0  # no window closed yet
+        if len(decode_ends) == 2 * DECODE_LOG_INTERVAL:
+            break
+    window = decode_ends[-1] - decode_ends[DECODE_LOG_INTERVAL - 1]
+    assert engine.last_gen_throughput == pytest.approx(4 * DECODE_LOG_INTERVAL / window)
 
 
 def test_speed_scales_every_step() -> None:

@@ -225,9 +225,13 @@ async def test_native_generate_meta_info(start_sim: StartSim, http: aiohttp.Clie
     assert isinstance(batch, list) and len(batch) == 2
     events = await sse_events(http, sim.url + "/generate", {**payload, "stream": True})
     assert events[-1] == b"[DONE]"
-    texts = [orjson.loads(e)["text"] for e in events[:-1]]
+    chunks = [orjson.loads(e) for e in events[:-1]]
+    texts = [c["text"] for c in chunks]
     assert len(texts) == 5 and texts[-1] == body["text"]
     assert all(texts[i + 1].startswith(texts[i]) for i in range(4))  # cumulative, as SGLang
+    # SGLang reports e2e_latency only once the request has finished.
+    assert all("e2e_latency" not in c["meta_info"] for c in chunks[:-1])
+    assert chunks[-1]["meta_info"]["e2e_latency"] > 0
 
 
 @pytest.mark.parametrize(
@@ -363,6 +367,21 @@ async def test_metrics_use_sglang_names_and_move(
     assert 'model_name="llama"' in after
     async with http.get(other.url + "/metrics") as response:
         assert metric(await response.text(), "sglang:num_requests_total") == 0
+
+
+async def test_gen_throughput_is_reported_by_metrics_and_server_info(
+    start_sim: StartSim, http: aiohttp.ClientSession
+) -> None:
+    sim = await start_sim()
+    async with http.get(sim.url + "/metrics") as response:
+        assert metric(await response.text(), "sglang:gen_throughput") == 0
+    await post(http, sim.url + "/v1/chat/completions", {**CHAT, "max_tokens": 100})
+    async with http.get(sim.url + "/metrics") as response:
+        throughput = metric(await response.text(), "sglang:gen_throughput")
+    async with http.get(sim.url + "/server_info") as response:
+        internal = (await response.json())["internal_states"][0]
+    assert throughput > 0  # 99 decode steps: two of SGLang's 40-step windows
+    assert internal["last_gen_throughput"] == pytest.approx(throughput)
 
 
 async def test_flush_cache_empties_the_prefix_cache(

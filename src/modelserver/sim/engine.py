@@ -32,6 +32,10 @@ from modelserver.sim.perf import CHUNKED_PREFILL_SIZE, PerfModel
 from modelserver.sim.radix import Node, RadixCache
 from modelserver.sim.tokenizer import output_ids
 
+# SGLang's `--decode-log-interval` default: every this many decode steps it logs, and sets
+# `sglang:gen_throughput` to the tokens decoded since the last time over the time since.
+DECODE_LOG_INTERVAL = 40
+
 
 class RequestTooLarge(ValueError):
     """The request can never fit in the KV pool, however empty."""
@@ -95,7 +99,11 @@ class Engine:
         self.reserved = 0  # KV tokens promised to running requests, not in the cache yet
         self.totals = EngineTotals()
         self.last_hit_rate = 0.0  # of the last prefill batch, as sglang:cache_hit_rate
+        self.last_gen_throughput = 0.0  # tokens/s, as sglang:gen_throughput
         self.steps = 0
+        self._decode_steps = 0
+        self._decoded_since_log = 0
+        self._last_log_at: float | None = None
 
     # --- requests in and out -------------------------------------------------------------
 
@@ -148,6 +156,8 @@ class Engine:
 
     def begin_step(self, now: float) -> Step | None:
         """Plan the next step at time `now`; None when there is nothing to do."""
+        if self._last_log_at is None:
+            self._last_log_at = now  # SGLang starts its decode-stats clock with the scheduler
         budget = CHUNKED_PREFILL_SIZE
         prefill: list[tuple[Request, int]] = []
         for request in self.running:  # chunked prefills carry on first
@@ -198,6 +208,8 @@ class Engine:
                 finished = True
             elif request.stream and request.notify:
                 request.notify(request)
+        if step.decode:
+            self._count_decode_step(step, now)
         for request in step.decode:
             if request.done:
                 continue
@@ -211,6 +223,17 @@ class Engine:
             self.running = [r for r in self.running if not r.done]
 
     # --- internals -----------------------------------------------------------------------
+
+    def _count_decode_step(self, step: Step, now: float) -> None:
+        self._decode_steps += 1
+        self._decoded_since_log += sum(1 for r in step.decode if not r.done)
+        if self._decode_steps % DECODE_LOG_INTERVAL or self._last_log_at is None:
+            return
+        gap = now - self._last_log_at
+        if gap > 0:
+            self.last_gen_throughput = self._decoded_since_log / gap
+        self._last_log_at = now
+        self._decoded_since_log = 0
 
     def _admit(self, request: Request, now: float) -> bool:
         cache = self.cache

@@ -108,7 +108,7 @@ class InfoRoutes:
                 "max_total_num_tokens": engine.cache.budget,
                 "internal_states": [
                     {
-                        "last_gen_throughput": 0.0,
+                        "last_gen_throughput": engine.last_gen_throughput,
                         "num_running_reqs": len(engine.running),
                         "num_queue_reqs": len(engine.queue),
                     }

@@ -64,6 +64,11 @@ class _EngineCollector(Collector):
             "sglang:cache_hit_rate", "The prefix cache hit rate.", engine.last_hit_rate
         )
         yield self._gauge(
+            "sglang:gen_throughput",
+            "The generation throughput (token/s).",
+            engine.last_gen_throughput,
+        )
+        yield self._gauge(
             "sglang:max_total_num_tokens",
             "Maximum total number of tokens in the KV cache pool.",
             cache.budget,

@@ -124,18 +124,20 @@ def generate(rid: str, request: Request, generated: int | None = None) -> dict[s
     """A native /generate result; `generated` < done for a streamed partial result."""
     count = request.generated if generated is None else generated
     done = request.done and count == request.generated
-    finished_at = request.finished_at if request.finished_at is not None else request.arrival
+    meta_info: dict[str, Any] = {
+        "id": rid,
+        "finish_reason": {"type": "length", "length": count} if done else None,
+        "prompt_tokens": request.prompt_tokens,
+        "completion_tokens": count,
+        "cached_tokens": request.cached_tokens,
+    }
+    if done and request.finished_at is not None:
+        # SGLang's tokenizer manager adds it only once the request has finished.
+        meta_info["e2e_latency"] = request.finished_at - request.arrival
     return {
         "text": output_text(request.words[:count]),
         "output_ids": output_ids(request.words[:count]),
-        "meta_info": {
-            "id": rid,
-            "finish_reason": {"type": "length", "length": count} if done else None,
-            "prompt_tokens": request.prompt_tokens,
-            "completion_tokens": count,
-            "cached_tokens": request.cached_tokens,
-            "e2e_latency": finished_at - request.arrival,
-        },
+        "meta_info": meta_info,
     }
 
 
