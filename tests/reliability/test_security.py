@@ -289,8 +289,10 @@ def test_each_backend_binds_to_loopback_unless_the_host_says_otherwise(
 def test_state_and_log_files_and_folders_are_not_world_writable_even_under_umask_0(
     launched: Launched,
 ) -> None:
-    written = [launched.state_dir, *launched.state_dir.rglob("*"), launched.gateway_log]
-    assert len(written) >= 6
+    # The gateway writes no file of its own (it logs to stderr, wherever its caller sends
+    # it), and this test created gateway.log itself, so that file proves nothing here.
+    written = [launched.state_dir, *launched.state_dir.rglob("*")]
+    assert len(written) >= 5
     for path in written:
         mode = stat.S_IMODE(path.stat().st_mode)
         assert not mode & stat.S_IWOTH, f"{path} is world-writable ({mode:o})"
