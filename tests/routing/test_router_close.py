@@ -16,6 +16,9 @@ from modelserver.errors import ClientClosed
 from modelserver.routing import MockRequest, MockResponse, MockTransport, Router, WorkerEntry
 from modelserver.routing.availability import AVAILABILITY_FILE
 from modelserver.routing.breaker import BreakerState
+from modelserver.routing.stream import StreamRelay
+from modelserver.sim import SimConfig, SimThread
+from tests.waiting import wait_until
 
 from .helpers import CHAT, URLS, Recorder, chat_answer, chat_body, sse
 
@@ -130,3 +133,26 @@ async def test_streams_open_at_close_end_without_blame() -> None:
             pass
     assert transport.open_answers == 0
     assert_nobody_blamed(router, recorder)
+
+
+async def test_a_real_stream_waiting_for_its_next_chunk_at_close_gets_client_closed() -> None:
+    with SimThread(SimConfig(model="m", speed=0.05)) as sim:  # chunks far apart
+        url = sim.url
+        router = Router([WorkerEntry("m", url)])
+        response = await router.forward(
+            "m", CHAT, chat_body(stream=True, max_tokens=200), stream=True
+        )
+        chunks = response.chunks
+        assert isinstance(chunks, StreamRelay)
+        while True:  # until the close comes while a read waits, not between chunks
+            reader = asyncio.create_task(anext(chunks))
+            await wait_until(lambda read=reader: chunks.reading or read.done(), "a read under way")
+            if not reader.done():
+                break
+            assert await reader
+        await router.close()
+        with pytest.raises(ClientClosed):
+            await reader
+    worker = router.worker(url)
+    assert worker.in_flight == 0 and worker.errors == 0
+    assert worker.breaker.state is BreakerState.CLOSED

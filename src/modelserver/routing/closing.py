@@ -1,11 +1,12 @@
 """The router's work in progress, so that `Router.close()` stops it cleanly.
 
-Every wait the router does for a caller (a request being routed, a stream's next chunk)
-runs inside `InFlight.guard()`. `stop()` refuses new work, cancels the tasks waiting inside
-a guard and waits until each has left it. The caller of each gets `ClientClosed`, or its
-own `CancelledError` if it was cancelling too. Because the attempts end by cancellation,
-no worker gets a verdict from them: closing the client never opens a breaker or marks a
-model down (it used to: the pool closed under live requests, which then failed over).
+Every request being routed (`Router.forward`, until it returns) runs inside
+`InFlight.guard()`. `stop()` refuses new work, cancels the tasks inside a guard and waits
+until each has left it. The caller of each gets `ClientClosed`, or its own
+`CancelledError` if it was cancelling too. Because the attempts end by cancellation, no
+worker gets a verdict from them: closing the client never opens a breaker or marks a model
+down (it used to: the pool closed under live requests, which then failed over). Streams
+already handed out are ended by `StreamRelay.abandon()` instead (no task to cancel there).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class InFlight:
         self._left: asyncio.Event | None = None
 
     def guard(self) -> _Guard:
-        """Context manager around one wait; raises `ClientClosed` on entry once closing."""
+        """Context manager around one request; raises `ClientClosed` on entry once closing."""
         return _Guard(self)
 
     async def stop(self) -> None:

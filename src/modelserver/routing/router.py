@@ -382,7 +382,6 @@ class Router:
                 self._stream_ended, worker, request, attempt, start, ttft, answer.status
             ),
             sse=looks_like_sse(first),
-            guard=self._in_flight.guard,
         )
         self._streams.add(relay)
         return RoutedResponse(

@@ -1,17 +1,18 @@
 """A streamed answer on its way to the caller: chunks handed on as they arrive, and the
 attempt accounted for exactly once however the stream ends.
 
-The relay is an object rather than an async generator on purpose: `aclose()` on an async
-generator that was never started skips its `finally`, so a stream closed before its first
-chunk was read (a caller that left during a long time to first token) used to keep the
-worker's in-flight slot and the engine connection forever.
+The relay is an object around the async generator that carries the chunks, on purpose:
+`aclose()` on an async generator that was never started skips its `finally`, so a stream
+closed before its first chunk was read (a caller that left during a long time to first
+token) used to keep the worker's in-flight slot and the engine connection forever.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import AbstractContextManager
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from types import AsyncGeneratorType
+from typing import cast
 
 from modelserver.errors import ClientClosed, RetryableWorkerError, WorkerError, WorkerUnreachable
 
@@ -21,6 +22,7 @@ output tokens counted)."""
 
 _SSE_FIELDS = (b"data:", b"event:", b"id:", b"retry:", b":")
 _DONE = b"[DONE]"
+_CALLER_CLOSED = "stream closed by the caller"
 
 
 def looks_like_sse(first: bytes) -> bool:
@@ -49,9 +51,12 @@ class StreamRelay:
     SSE stream ended without `data: [DONE]`, which is a cut-off the worker is blamed for), at
     a broken connection (blamed), or at `aclose()` (no verdict, or a success if `[DONE]` was
     already seen), whether any chunk was read or not. Ending closes the engine's chunks and
-    gives the connection back. `guard` wraps each wait for a chunk (the router uses it to
-    stop readers when it closes); `abandon()` ends a stream nobody is reading, so that its
-    next read raises `ClientClosed`.
+    gives the connection back, which also ends a read another task is waiting on.
+    `abandon()` is the router closing: the stream ends with no verdict and its reader (the
+    one waiting now, or the next one) gets `ClientClosed`.
+
+    The chunks flow through an inner async generator, so `async for` costs what it did when
+    the relay was a bare generator; this object adds the endings a generator cannot do.
     """
 
     __slots__ = (
@@ -60,11 +65,11 @@ class StreamRelay:
         "_done",
         "_ended",
         "_events",
-        "_first",
-        "_guard",
+        "_gen",
         "_on_end",
         "_release",
         "_sse",
+        "_started",
         "_tail",
         "worker",
     )
@@ -78,73 +83,78 @@ class StreamRelay:
         release: Callable[[], None],
         on_end: StreamEnd,
         sse: bool,
-        guard: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
     ) -> None:
         self.worker = worker
-        self._first: bytes | None = first
         self._chunks = chunks
         self._release = release
         self._on_end = on_end
         self._sse = sse
-        self._guard = guard
         self._events = first.count(b"data:")
         # A caller may stop reading once it has seen `data: [DONE]` (the end of an OpenAI
         # stream); that is a complete, successful answer, not an abandoned one.
         self._done = _DONE in first
         self._tail = first[-8:]
+        self._started = False
         self._ended = False
         self._closed_error: ClientClosed | None = None
+        # The concrete type, for `ag_running` (is a task inside it right now?).
+        self._gen = cast(AsyncGeneratorType[bytes, None], self._relay(first))
 
     @property
-    def ended(self) -> bool:
-        return self._ended
+    def reading(self) -> bool:
+        """True while a task waits for the next chunk."""
+        return self._gen.ag_running
 
-    def __aiter__(self) -> StreamRelay:
-        return self
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._gen
 
-    async def __anext__(self) -> bytes:
-        if self._ended:
-            if self._closed_error is not None:
-                raise self._closed_error
-            raise StopAsyncIteration
-        if self._first is not None:
-            first, self._first = self._first, None
-            return first
-        try:
-            with self._guard():
-                chunk = await self._chunks.__anext__()
-        except StopAsyncIteration:
-            if self._sse and not self._done:
-                cut = WorkerUnreachable(self.worker, "the stream ended before data: [DONE]")
-                await self._end(False, _short(cut))
-                raise cut from None
-            await self._end(True, None)
-            raise
-        except RetryableWorkerError as exc:
-            await self._end(False, _short(exc))
-            raise
-        except ClientClosed as exc:
-            await self._end(None, str(exc))
-            raise
-        except BaseException:  # cancelled by the caller: no verdict on the worker
-            await self._end(None, "stream closed by the caller")
-            raise
-        self._events += chunk.count(b"data:")
-        # The marker may straddle two chunks: look across the seam too.
-        self._done = self._done or _DONE in chunk or _DONE in self._tail + chunk[:8]
-        self._tail = chunk[-8:]
-        return chunk
+    def __anext__(self) -> Awaitable[bytes]:
+        return self._gen.__anext__()
 
     async def aclose(self) -> None:
         """Stop here: frees the worker's slot and the engine connection, read or not."""
-        await self._end(None, "stream closed by the caller")
+        if not self._started or self.reading:
+            # Never ran: `aclose()` on such a generator skips its `finally`. Running (another
+            # task waits for a chunk): giving the connection back ends that wait.
+            await self._end(None, _CALLER_CLOSED)
+        if not self.reading:
+            await self._gen.aclose()
 
     async def abandon(self, error: ClientClosed) -> None:
-        """End a stream that is not being read (the router is closing): no verdict on the
-        worker, and the next read raises `error`."""
+        """The router is closing: end the stream with no verdict on the worker; whoever
+        reads it, now or next, gets `error`."""
         if not self._ended:
             self._closed_error = error
             await self._end(None, str(error))
+
+    async def _relay(self, first: bytes) -> AsyncGenerator[bytes, None]:
+        self._started = True
+        verdict: bool | None = None
+        error: str | None = _CALLER_CLOSED
+        try:
+            if self._closed_error is None:
+                yield first
+            if self._closed_error is not None:  # the router closed while nobody read
+                raise self._closed_error
+            async for chunk in self._chunks:
+                self._events += chunk.count(b"data:")
+                # The marker may straddle two chunks: look across the seam too.
+                if not self._done:
+                    self._done = _DONE in chunk or _DONE in self._tail + chunk[:8]
+                    self._tail = chunk[-8:]
+                yield chunk
+                if self._closed_error is not None:
+                    raise self._closed_error
+            if self._sse and not self._done:
+                raise WorkerUnreachable(self.worker, "the stream ended before data: [DONE]")
+            verdict, error = True, None
+        except RetryableWorkerError as exc:
+            if self._closed_error is not None:  # the read broke because the router closed
+                raise self._closed_error from None
+            verdict, error = False, _short(exc)
+            raise
+        finally:
+            await self._end(verdict, error)
 
     async def _end(self, verdict: bool | None, error: str | None) -> None:
         if self._ended:
@@ -152,10 +162,10 @@ class StreamRelay:
         self._ended = True
         if verdict is None and self._done:
             verdict, error = True, None
-        # Accounting first: it must happen even if closing the connection fails.
-        # The last event of an OpenAI stream is `data: [DONE]`, not a token.
-        self._on_end(self, verdict, error, max(self._events - 1, 1))
         try:
+            # Accounting first: it must happen even if closing the connection fails.
+            # The last event of an OpenAI stream is `data: [DONE]`, not a token.
+            self._on_end(self, verdict, error, max(self._events - 1, 1))
             closer = getattr(self._chunks, "aclose", None)
             if closer is not None:
                 # RuntimeError: another task is waiting on the chunks right now; giving the

@@ -8,6 +8,7 @@ HTTP statuses are not errors here; the router classifies them.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -187,12 +188,14 @@ class MockResponse:
 
 
 class _MockResponseHandle:
-    def __init__(self, response: MockResponse, transport: MockTransport) -> None:
+    def __init__(self, response: MockResponse, transport: MockTransport, worker: str) -> None:
         self.status = response.status
         self.headers: Mapping[str, str] = response.headers
         self._response = response
         self._transport = transport
+        self._worker = worker
         self._released = False
+        self._pending: asyncio.Future[bytes | None] | None = None
 
     async def read(self) -> bytes:
         try:
@@ -211,7 +214,8 @@ class _MockResponseHandle:
         chunks = self._response.chunks
         try:
             if isinstance(chunks, AsyncIterable):
-                async for data in chunks:
+                iterator = aiter(chunks)
+                while (data := await self._next_or_released(iterator)) is not None:
                     yield data
                 return
             for chunk in [await self.read()] if chunks is None else chunks:
@@ -221,10 +225,26 @@ class _MockResponseHandle:
         finally:
             self.release()
 
+    async def _next_or_released(self, iterator: AsyncIterator[bytes]) -> bytes | None:
+        """The next chunk, None at the end; as with aiohttp, a release while a read waits
+        breaks that read."""
+        self._pending = asyncio.ensure_future(anext(iterator, None))
+        try:
+            return await self._pending
+        except asyncio.CancelledError:
+            if self._released and self._pending.cancelled():
+                raise WorkerUnreachable(self._worker, "stream broke: Connection closed") from None
+            self._pending.cancel()
+            raise
+        finally:
+            self._pending = None
+
     def release(self) -> None:
         if not self._released:
             self._released = True
             self._transport.open_answers -= 1
+            if self._pending is not None:
+                self._pending.cancel()
 
 
 MockHandler = Callable[[MockRequest], "MockResponse | Awaitable[MockResponse]"]
@@ -278,7 +298,7 @@ class MockTransport:
             raise WorkerTimeout(request.worker, f"no answer within {timeout_s:g} s") from None
         assert isinstance(result, MockResponse)
         self.open_answers += 1
-        return _MockResponseHandle(result, self)
+        return _MockResponseHandle(result, self, request.worker)
 
     async def close(self) -> None:
         self.closed = True
