@@ -49,8 +49,10 @@ class GatewayMetrics(RouterObserver):
         )
         self.errors = Counter(
             "modelserver_request_errors",
-            "Attempts that failed (refused, reset, timeout, 5xx, 4xx).",
-            ["model", "worker"],
+            "Attempts that did not succeed, by outcome: worker_failure (refused, reset,"
+            " timeout, 5xx, 408/429, the engine refusing its key), engine_rejected (the"
+            " engine refused the request itself: other 4xx), caller_cancelled.",
+            ["model", "worker", "outcome"],
             registry=self.registry,
         )
         self.retries = Counter(
@@ -93,7 +95,7 @@ class GatewayMetrics(RouterObserver):
         code = str(result.status) if result.status is not None else "none"
         self.requests.labels(result.model, result.worker, code).inc()
         if not result.ok:
-            self.errors.labels(result.model, result.worker).inc()
+            self.errors.labels(result.model, result.worker, attempt_outcome(result)).inc()
             return
         self.e2e.labels(result.model, result.worker).observe(result.e2e_s)
         if result.ttft_s is not None:
@@ -114,6 +116,30 @@ class GatewayMetrics(RouterObserver):
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+WORKER_FAILURE = "worker_failure"
+ENGINE_REJECTED = "engine_rejected"
+CALLER_CANCELLED = "caller_cancelled"
+
+# How the router words an attempt its caller stopped (a whole answer; a stream).
+_CANCELLED_ERRORS = frozenset({"cancelled", "stream closed by the caller"})
+
+
+def attempt_outcome(result: AttemptResult) -> str:
+    """Why an attempt that did not succeed ended: only worker_failure is held against the
+    worker (its circuit breaker counts the same ones)."""
+    if result.error in _CANCELLED_ERRORS:
+        return CALLER_CANCELLED
+    status = result.status
+    if status is not None and 400 <= status < 500 and status not in _WORKER_4XX:
+        return ENGINE_REJECTED
+    return WORKER_FAILURE
+
+
+# 4xx that say the worker is at fault, not the request: it refused the router's own key
+# (401, 403), timed out (408) or is overloaded (429).
+_WORKER_4XX = frozenset({401, 403, 408, 429})
 
 
 class _WorkerCollector(Collector):
