@@ -128,9 +128,10 @@ async def test_shared_system_prompt_chats_spread_over_real_engines_and_hit_the_c
                     ]
                     result = await client.chat("m", conversation, max_tokens=16)
                     served[result.worker] += 1
-                    cached += result.usage.cached_tokens > 0
+                    if turn > 0:  # the first wave arrives while the prefix is still computed
+                        cached += result.usage.cached_tokens > 0
 
             await asyncio.gather(*(lane(i) for i in range(lanes)))
     assert len(served) == 3 and min(served.values()) >= 0.15 * lanes * 6, served
-    # The system prompt is computed once per engine; nearly every request finds it cached.
-    assert cached >= lanes * 6 - 2 * 3, cached
+    # The system prompt is computed once per engine; every later request finds it cached.
+    assert cached == lanes * 5, cached
