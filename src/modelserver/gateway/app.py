@@ -27,6 +27,11 @@ from modelserver.errors import (
     WorkerError,
     WrongModelKind,
 )
+from modelserver.gateway.attempts import (
+    FailedAttemptStatuses,
+    overload_status,
+    recording_failed_attempts,
+)
 from modelserver.gateway.auth import KeyRing
 from modelserver.gateway.errors import error_body, error_response
 from modelserver.gateway.metrics import GatewayMetrics
@@ -54,6 +59,7 @@ def build_app(router: Router, config: GatewayConfig, keys: KeyRing) -> web.Appli
     """The aiohttp application; the caller owns the router's lifecycle (start/close)."""
     metrics = GatewayMetrics(router)
     router.add_observer(metrics)
+    router.add_observer(FailedAttemptStatuses())
     app = web.Application(
         client_max_size=config.max_body_bytes,
         middlewares=[
@@ -184,7 +190,8 @@ def _proxy_handler(path: str, body_timeout_s: float) -> Handler:
             return response
         try:
             body, model, stream = _routing_fields(raw)
-            routed = await router.forward(model, path, raw, stream=stream, parsed=body)
+            with recording_failed_attempts() as failed:
+                routed = await router.forward(model, path, raw, stream=stream, parsed=body)
         except _BadRequest as exc:
             return error_response(exc.status, str(exc), param=exc.param)
         except UnknownModel as exc:
@@ -198,6 +205,13 @@ def _proxy_handler(path: str, body_timeout_s: float) -> Handler:
                 503, str(exc), code="no_healthy_worker", headers={"Retry-After": "1"}
             )
         except DeadlineExceeded as exc:
+            overloaded = overload_status(failed)
+            if overloaded is not None:
+                # The engine's own Retry-After does not reach the gateway (the router reports
+                # statuses only); the gateway's hint is the one it gives with no_healthy_worker.
+                return error_response(
+                    overloaded, str(exc), code="engines_overloaded", headers={"Retry-After": "1"}
+                )
             if exc.timed_out:
                 return error_response(504, str(exc), code="deadline_exceeded")
             return error_response(502, str(exc), code="all_attempts_failed")

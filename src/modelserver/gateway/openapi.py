@@ -65,8 +65,11 @@ def _answers(ok: str) -> dict[str, Any]:
         "404": {"description": "unknown model", **error},
         "413": {"description": "body larger than the limit", **error},
         "422": {"description": "the engine refused the request", **error},
-        "502": {"description": "the engine answered with something that is not valid", **error},
-        "503": {"description": "no healthy worker for the model", **error},
+        "429": {"description": "every attempt was refused by an engine with 429", **error},
+        "502": {"description": "every attempt failed, or the engine's answer was not valid",
+                **error},
+        "503": {"description": "no healthy worker for the model, or every attempt was"
+                " refused with 503 (or 429)", **error},
         "504": {"description": "no worker answered before the deadline", **error},
     }
 
