@@ -157,6 +157,12 @@ class LauncherConfig(Section):
     stable_after_s: float = Field(default=120.0, gt=0)
     """A worker that served this long has recovered: its next crash starts a new streak for
     max_restarts and the backoff."""
+    probe_timeout_s: float = Field(default=20.0, gt=0)
+    """How long one readiness or health GET may take. SGLang's /health waits up to its
+    SGLANG_HEALTH_CHECK_TIMEOUT (20 s) for the scheduler before answering
+    (python/sglang/srt/entrypoints/http_server.py, sgl-project/sglang at 0025436e)."""
+    placement_poll_s: float = Field(default=5.0, gt=0)
+    """How often workers waiting for GPUs or a port are placed again."""
 
 
 class BreakerConfig(Section):

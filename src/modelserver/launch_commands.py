@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,6 +22,7 @@ from rich.live import Live
 from rich.table import Table
 
 from modelserver.backends import backend_for, check_options
+from modelserver.backends.base import fleet_secrets
 from modelserver.clock import SystemClock
 from modelserver.config import Fleet, WorkerSpec, load_fleet
 from modelserver.errors import LaunchError
@@ -33,10 +34,12 @@ from modelserver.state import (
     HostState,
     SupervisorLock,
     WorkerRecord,
+    check_state_dir,
     log_path,
     log_tail,
     process_is,
     read_state,
+    redact,
     state_path,
     supervisor_log_path,
     write_state,
@@ -53,8 +56,8 @@ HostOpt = Annotated[
 ]
 
 STATUS_STYLE = {
-    "ready": "green", "starting": "yellow", "backoff": "yellow", "failed": "red",
-    "stopping": "yellow", "stopped": "dim", "gone": "red", "unreachable": "red",
+    "waiting": "yellow", "ready": "green", "starting": "yellow", "backoff": "yellow",
+    "failed": "red", "stopping": "yellow", "stopped": "dim", "gone": "red", "unreachable": "red",
 }
 
 
@@ -82,7 +85,10 @@ def up(
     name = detect_host(loaded, host)
     if not loaded.workers(name):
         raise LaunchError(f"the fleet file has no workers on host {name!r}")
-    preflight(loaded, name)  # weights, GPUs, foreign ports: refuse before starting anything
+    check_state_dir(loaded)
+    # Weights, GPUs, foreign ports: refuse before starting anything. What this machine lacks
+    # (NVML, an engine) fails only the workers that need it.
+    refused = preflight(loaded, name)
     if detach:
         code = _detach(fleet, loaded, name)
     else:
@@ -91,26 +97,34 @@ def up(
             level=logging.INFO if supervise else logging.WARNING,
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
-        code = asyncio.run(_serve(loaded, name, progress=not supervise))
+        code = asyncio.run(_serve(loaded, name, refused, progress=not supervise))
     if code:
         # SystemExit, not typer.Exit: click in standalone_mode=False returns an Exit's code
         # instead of exiting with it.
         sys.exit(code)
 
 
-async def _serve(fleet: Fleet, host: str, progress: bool) -> int:
-    """Run the supervisor in this process until SIGINT/SIGTERM; then stop every worker."""
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""Each stops every worker and then the supervisor. SIGHUP too: a closed terminal must not
+leave the workers of a foreground `up` running unsupervised."""
+
+
+async def _serve(
+    fleet: Fleet, host: str, refused: Mapping[str, str], progress: bool
+) -> int:
+    """Run the supervisor in this process until a stop signal; then stop every worker."""
     lock = SupervisorLock(fleet, host)
     lock.acquire()
-    probe = HttpProbe()
+    probe = HttpProbe(fleet.launcher.probe_timeout_s)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, stop.set)
     supervisor: Supervisor | None = None
     try:
         starting = asyncio.ensure_future(
-            launch(fleet, host, spawner=SubprocessSpawner(), probe=probe, clock=SystemClock())
+            launch(fleet, host, spawner=SubprocessSpawner(), probe=probe, clock=SystemClock(),
+                   refused=refused)
         )
         if not await _first(starting, stop):
             starting.cancel()
@@ -167,6 +181,8 @@ def _transition_logger() -> Callable[[WorkerRecord], None]:
 def _describe(record: WorkerRecord) -> str:
     error = (record.last_error or "").splitlines()
     why = f" ({error[0]})" if error and record.status in ("backoff", "failed") else ""
+    if record.status == "waiting" and record.waiting_for:
+        why = f" ({record.waiting_for})"
     pid = f" pid {record.pid}" if record.pid else ""
     return f"{record.name} {record.status}{pid} restarts {record.restarts}{why}"
 
@@ -182,6 +198,7 @@ def _detach(fleet_file: Path, fleet: Fleet, host: str) -> int:
     log = supervisor_log_path(fleet, host)
     log.parent.mkdir(parents=True, exist_ok=True)
     out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, LOG_MODE)
+    started = time.time()
     try:
         child = subprocess.Popen(
             [sys.executable, "-m", "modelserver", "up", str(fleet_file.resolve()),
@@ -193,31 +210,67 @@ def _detach(fleet_file: Path, fleet: Fleet, host: str) -> int:
         os.close(out)
     expected = {w.name for w in fleet.workers(host)}
     path = state_path(fleet, host)
+    state: HostState | None = None
     try:
-        with console.status(f"starting {len(expected)} workers on {host}…"):
-            while True:
-                code = child.poll()
-                if code is not None:
-                    raise LaunchError(
-                        f"the supervisor exited with code {code} before its workers were"
-                        f" ready; {log}:\n{log_tail(log)}"
-                    )
+        with console.status(f"starting {len(expected)} workers on {host}…") as shown:
+            while (code := child.poll()) is None:
                 state = read_state(path)
                 if state and _launch_done(state, child.pid, expected):
                     break
+                if state:
+                    shown.update(_progress(state, host))
                 time.sleep(0.2)
     except KeyboardInterrupt:
         err_console.print(f"the supervisor (pid {child.pid}) goes on in the background;"
                           " `modelserver status` shows it, `modelserver down` stops it")
         return 130
+    if code is not None:
+        state = read_state(path)  # what it wrote last, as it gave up
+        written_now = state is not None and state.updated_at >= started
+        if not (state and written_now and _all_failed(state, expected)):
+            return _supervisor_exited(fleet, host, code, log)
     rows = _state_rows(fleet, host, state)
     console.print(_table(rows))
     failed = [r for r in rows if r["status"] == "failed"]
     for row in failed:
         err_console.print(f"[red]{row['name']} failed:[/] {row['last_error']}", highlight=False)
-    if not failed:
+    if code is not None:  # every worker failed: nothing left to supervise
+        err_console.print(f"no worker of {host} could start; the supervisor exited")
+    elif not failed:
         console.print(f"supervisor pid {child.pid} runs in the background; log: {log}")
     return 1 if failed else 0
+
+
+def _progress(state: HostState, host: str) -> str:
+    counts: dict[str, int] = {}
+    for worker in state.workers:
+        counts[worker.status] = counts.get(worker.status, 0) + 1
+    return f"workers on {host}: " + ", ".join(f"{n} {status}" for status, n in counts.items())
+
+
+def _supervisor_exited(fleet: Fleet, host: str, code: int, log: Path) -> int:
+    """The detached supervisor ended before every worker was ready: say what each worker
+    came to (the state file it left) and why, and return 1."""
+    state = read_state(state_path(fleet, host))
+    rows = _state_rows(fleet, host, state)
+    if state is not None and state.workers:
+        console.print(_table(rows))
+    for row in rows:
+        if row["status"] not in ("ready", "stopped") and row["last_error"]:
+            err_console.print(f"[red]{row['name']} {row['status']}:[/] {row['last_error']}",
+                              highlight=False)
+    tail = log_tail(log, secrets=fleet_secrets(fleet))
+    err_console.print(
+        f"the supervisor exited with code {code} before every worker was ready; {log}"
+        + (f":\n{tail}" if tail else ""),
+        highlight=False,
+    )
+    return 1
+
+
+def _all_failed(state: HostState, expected: set[str]) -> bool:
+    statuses = {w.name: w.status for w in state.workers}
+    return expected <= statuses.keys() and all(statuses[n] == "failed" for n in expected)
 
 
 def _launch_done(state: HostState, supervisor_pid: int, expected: set[str]) -> bool:
@@ -237,46 +290,85 @@ def down(fleet: FleetArg, host: HostOpt = None) -> None:
     loaded = load_fleet(fleet)
     name = detect_host(loaded, host)
     path = state_path(loaded, name)
-    state = read_state(path)
-    if state is None:
+    grace = loaded.launcher.stop_grace_s
+    try:
+        state = read_state(path)
+    except LaunchError as exc:
+        # Unreadable: the engines started for it still carry its name in their environment.
+        err_console.print(f"[yellow]warning:[/] {exc}", highlight=False)
+        state = None
+        unreadable = True
+    else:
+        unreadable = False
+    supervisors = _supervisor_pids(loaded, name, state)
+    was_running = [w.name for w in (state.workers if state else [])
+                   if process_is(w.pid, w.create_time)]
+    for pid in supervisors:
+        # The supervisor stops its workers first (grace each, in parallel), waiting ones too.
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(pid)
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=grace + 30)
+            except psutil.TimeoutExpired:
+                proc.kill()
+    if supervisors and not unreadable:
+        with contextlib.suppress(LaunchError):
+            state = read_state(path) or state
+    # Whatever still runs (a supervisor killed with SIGKILL left its workers): stop by group.
+    leftovers = [w for w in (state.workers if state else [])
+                 if process_is(w.pid, w.create_time)]
+    _stop_groups([w.pid for w in leftovers if w.pid is not None], grace)
+    # Engines no state file names (a launcher killed between spawning and recording them).
+    unrecorded = stop_unrecorded_engines(path, keep=())
+    if state is None and not unreadable and not supervisors and not unrecorded:
         console.print(f"nothing runs on {name} (no state file at {path})")
         return
-    grace = loaded.launcher.stop_grace_s
-    sup = state.supervisor
-    if sup is not None and process_is(sup.pid, sup.create_time):
-        proc = psutil.Process(sup.pid)
-        proc.send_signal(signal.SIGTERM)
-        try:
-            # The supervisor stops its workers first (grace each, in parallel).
-            proc.wait(timeout=grace + 30)
-        except psutil.TimeoutExpired:
-            proc.kill()
-        state = read_state(path) or state
-    # Whatever still runs (a supervisor killed with SIGKILL left its workers): stop by group.
-    leftovers = [w for w in state.workers if process_is(w.pid, w.create_time)]
-    for worker in leftovers:
-        assert worker.pid is not None
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(worker.pid, signal.SIGTERM)
-    procs = []
-    for worker in leftovers:
-        with contextlib.suppress(psutil.Error):
-            procs.append(psutil.Process(worker.pid))
-    _, alive = psutil.wait_procs(procs, timeout=grace)
-    for worker in leftovers:
-        assert worker.pid is not None
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(worker.pid, signal.SIGKILL)
-    psutil.wait_procs(alive, timeout=5)
-    # Engines no state file names (a launcher killed between spawning and recording them).
-    stop_unrecorded_engines(path, keep=())
+    if state is None:
+        state = HostState(host=name, fleet=loaded.fleet.name)
     for worker in state.workers:
         worker.status = "stopped"
         worker.pid = None
         worker.create_time = None
+        worker.waiting_for = None
     state.supervisor = None
     write_state(path, state)
-    console.print(f"stopped {name}: {len(state.workers)} workers")
+    stopped = len(set(was_running) | {w.name for w in leftovers}) + len(unrecorded)
+    if not supervisors and not stopped:
+        console.print(f"nothing runs on {name} (its workers were stopped already)")
+        return
+    what = [f"supervisor pid {', '.join(map(str, supervisors))}"] if supervisors else []
+    what.append(f"{stopped} running worker{'s' if stopped != 1 else ''}")
+    console.print(f"stopped {name}: " + ", ".join(what))
+
+
+def _supervisor_pids(fleet: Fleet, host: str, state: HostState | None) -> list[int]:
+    """The live supervisor of `host`: the one the state file names, and the lock holder (a
+    supervisor that has not written the state file yet)."""
+    pids = []
+    sup = state.supervisor if state else None
+    if sup is not None and process_is(sup.pid, sup.create_time):
+        pids.append(sup.pid)
+    holder = SupervisorLock(fleet, host).holder()
+    if holder is not None and holder not in pids and holder != os.getpid():
+        pids.append(holder)
+    return pids
+
+
+def _stop_groups(pgids: list[int], grace: float) -> None:
+    """SIGTERM to each process group, `grace`, then SIGKILL to what is left."""
+    for pgid in pgids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGTERM)
+    procs = []
+    for pgid in pgids:
+        with contextlib.suppress(psutil.Error):
+            procs.append(psutil.Process(pgid))
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    for pgid in pgids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+    psutil.wait_procs(alive, timeout=5)
 
 
 # -- status --------------------------------------------------------------------------------
@@ -307,10 +399,9 @@ def status(
         return
     table = _table(rows)
     if local is not None:
-        sup = state.supervisor if state else None
-        alive = sup is not None and process_is(sup.pid, sup.create_time)
+        pids = _supervisor_pids(loaded, local, state)
         table.caption = (
-            f"supervisor of {local}: pid {sup.pid}" if sup is not None and alive
+            f"supervisor of {local}: pid {', '.join(map(str, pids))}" if pids
             else f"no supervisor runs on {local}"
         )
     console.print(table)
@@ -325,6 +416,7 @@ def _state_rows(fleet: Fleet, host: str, state: HostState | None) -> list[dict[s
             row.update(
                 status=record.status, pid=record.pid, restarts=record.restarts,
                 gpus=record.gpus, last_error=record.last_error, started_at=record.started_at,
+                waiting_for=record.waiting_for,
             )
             if record.pid is not None and not process_is(record.pid, record.create_time):
                 row.update(status="gone", last_error="its process is no longer running")
@@ -333,7 +425,8 @@ def _state_rows(fleet: Fleet, host: str, state: HostState | None) -> list[dict[s
 
 
 async def _probe_rows(fleet: Fleet, workers: list[WorkerSpec]) -> list[dict[str, Any]]:
-    probe = HttpProbe(timeout_s=2.0)
+    # A glance from outside, as the router's probes see them (not the supervisor's patience).
+    probe = HttpProbe(fleet.router.health.timeout_s)
     try:
         answers = await asyncio.gather(
             *(probe(w.url, (backend_for(w.backend).health_path,), w.api_key) for w in workers)
@@ -351,7 +444,7 @@ def _row(spec: WorkerSpec, **fields: Any) -> dict[str, Any]:
     row: dict[str, Any] = {
         "name": spec.name, "model": spec.model, "kind": spec.kind, "backend": spec.backend,
         "host": spec.host, "url": spec.url, "status": "", "pid": None, "restarts": 0,
-        "gpus": [], "last_error": None, "started_at": None,
+        "gpus": [], "last_error": None, "started_at": None, "waiting_for": None,
     }
     row.update(fields)
     return row
@@ -361,7 +454,8 @@ def _local_rows(supervisor: Supervisor) -> list[dict[str, Any]]:
     return [
         {"name": w.record.name, "model": w.record.model, "host": w.record.host,
          "url": w.record.url, "status": w.record.status, "pid": w.record.pid,
-         "restarts": w.record.restarts, "gpus": w.record.gpus, "last_error": w.record.last_error}
+         "restarts": w.record.restarts, "gpus": w.record.gpus, "last_error": w.record.last_error,
+         "waiting_for": w.record.waiting_for}
         for w in supervisor.workers.values()
     ]
 
@@ -372,7 +466,8 @@ def _table(rows: list[dict[str, Any]]) -> Table:
         table.add_column(column, overflow="fold")
     for row in rows:
         style = STATUS_STYLE.get(row["status"], "")
-        error = (row.get("last_error") or "").splitlines()
+        why = row.get("waiting_for") if row["status"] == "waiting" else row.get("last_error")
+        error = (why or "").splitlines()
         table.add_row(
             row["name"], row["url"], f"[{style}]{row['status']}[/]" if style else row["status"],
             str(row["pid"] or ""), str(row["restarts"]), ",".join(row["gpus"]) or "-",
@@ -397,17 +492,23 @@ def logs(
     path = log_path(loaded, spec.name)
     if not path.exists():
         raise LaunchError(f"{spec.name} has no log yet ({path})")
+    secrets = fleet_secrets(loaded)  # engines print their own keys; we do not pass them on
     with open(path, "rb") as handle:
         data = handle.read()
         text = data.decode("utf-8", "replace").splitlines()[-lines:] if lines > 0 else []
         for line in text:
-            sys.stdout.write(line + "\n")
+            sys.stdout.write(redact(line, secrets) + "\n")
         sys.stdout.flush()
         with contextlib.suppress(KeyboardInterrupt):
+            pending = b""
             while follow:
                 chunk = handle.read()
                 if chunk:
-                    sys.stdout.write(chunk.decode("utf-8", "replace"))
+                    # Whole lines only, so a key is never cut in two around the redaction.
+                    *done, pending = (pending + chunk).split(b"\n")
+                    for line_bytes in done:
+                        sys.stdout.write(redact(line_bytes.decode("utf-8", "replace"),
+                                                secrets) + "\n")
                     sys.stdout.flush()
                 else:
                     time.sleep(0.5)

@@ -2,14 +2,15 @@
 
 Standard library only, so the rules can be read (and tested) without anything else.
 
-    STOPPED ──start──> STARTING ──probe ok──> READY
-       ^   \\              │  \\                 │
-       │    adopt─────────┼───\\───────────────>│
-       │                  v    v                v
-       │               BACKOFF <──────── crash / unhealthy
-       │                  │
-       │   STOPPING <─────┴──(from STARTING, READY, BACKOFF)
-       └── STOPPED <── STOPPING          FAILED ──> STOPPED
+    STOPPED ──> WAITING ──placed──> STARTING ──probe ok──> READY
+       │           ├──> FAILED        ^    │                  │
+       │           └──> STOPPED       │    v                  v
+       ├──start, or adopt (loading)───┘  BACKOFF <──── crash / unhealthy
+       ├──adopt (healthy)──────────────────────────────────> READY
+       └──> FAILED (cannot run here)
+
+    STARTING, READY, BACKOFF ──stop──> STOPPING ──> STOPPED
+    STARTING, READY ──no restarts left──> FAILED ──stop──> STOPPED
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from enum import StrEnum
 
 
 class WorkerStatus(StrEnum):
+    WAITING = "waiting"
     STARTING = "starting"
     READY = "ready"
     BACKOFF = "backoff"
@@ -34,8 +36,17 @@ S = WorkerStatus
 
 # Every legal edge, with why it exists.
 _EDGES: dict[tuple[WorkerStatus, WorkerStatus], str] = {
-    # The supervisor starts a worker that is not running (first start, or after `down`).
-    (S.STOPPED, S.STARTING): "start requested",
+    # The supervisor starts a worker that is not running (first start, or after `down`), or
+    # adopts a live worker of a previous launcher that is still loading.
+    (S.STOPPED, S.STARTING): "start requested, or adopted while still loading",
+    # Its GPUs or port are not free yet (or the launcher is still looking): placement waits.
+    (S.STOPPED, S.WAITING): "waiting to be placed",
+    # Placement found it GPUs and a free port.
+    (S.WAITING, S.STARTING): "placed; starting",
+    # It can never be placed here, or launcher.wait_for_gpus_s ran out.
+    (S.WAITING, S.FAILED): "could not be placed",
+    # Stop requested before it was placed: nothing runs.
+    (S.WAITING, S.STOPPED): "stop requested while waiting",
     # A launcher restarted after a crash found the process alive, ours and healthy.
     (S.STOPPED, S.READY): "adopted a live worker of a previous launcher",
     # The placement said it can never run (or its backend could not be built).

@@ -14,16 +14,15 @@ ports, so every rule is tested with a static inventory. Rules:
 - a port held by a process that is not ours blocks the replica.
 
 A blocked replica is either `final` (it can never run here: a GPU that does not exist, more
-GPUs than the host has) or may run later (busy GPU, taken port); `settle()` re-plans the
-latter until `launcher.wait_for_gpus_s` runs out.
+GPUs than the host has) or may run later (busy GPU, taken port); the launcher
+(`launch.place_waiting`) re-plans the latter until `launcher.wait_for_gpus_s` runs out.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from modelserver.clock import Clock
 from modelserver.config import GPU_BACKENDS, Fleet, HostConfig, ModelConfig, WorkerSpec
 from modelserver.gpus import GIB, Gpu, describe_use
 
@@ -105,7 +104,8 @@ def plan(
             continue
         if need and model.gpus is not None:
             group = model.gpus[worker.replica * need : (worker.replica + 1) * need]
-            choice = _explicit(worker, group, allowed, host_cfg, taken, busy_bytes, own_pids)
+            choice = _explicit(worker, group, allowed, inventory.gpus, host_cfg, taken,
+                               busy_bytes, own_pids)
         elif need:
             choice = _automatic(worker, need, allowed, host_cfg, taken, busy_bytes, own_pids)
         else:
@@ -145,14 +145,24 @@ def _allowed_gpus(host: HostConfig, gpus: Sequence[Gpu]) -> tuple[list[Gpu], str
 def _no_such_gpu(ref: int | str, host: str, gpus: Sequence[Gpu]) -> str:
     if not gpus:
         return f"GPU {ref} does not exist on {host} (it has no GPUs)"
+    return f"GPU {ref} does not exist on {host} (it has {_indices(gpus)})"
+
+
+def _indices(gpus: Sequence[Gpu]) -> str:
+    """"GPUs 0-7", or "GPUs 0, 2, 5" when they are not consecutive."""
     indices = sorted(g.index for g in gpus)
-    return f"GPU {ref} does not exist on {host} ({indices[0]}-{indices[-1]})"
+    if len(indices) == 1:
+        return f"GPU {indices[0]}"
+    if indices == list(range(indices[0], indices[-1] + 1)):
+        return f"GPUs {indices[0]}-{indices[-1]}"
+    return "GPUs " + ", ".join(map(str, indices))
 
 
 def _explicit(
     worker: WorkerSpec,
     group: Sequence[int | str],
     allowed: Sequence[Gpu],
+    every: Sequence[Gpu],
     host: HostConfig,
     taken: Mapping[int, str],
     busy_bytes: float,
@@ -163,7 +173,9 @@ def _explicit(
     for ref in group:
         gpu = next((g for g in allowed if g.matches(ref)), None)
         if gpu is None:
-            return Blocked(worker, _no_such_gpu(ref, host.name, allowed), final=True)
+            # The fleet file keeps model.gpus among host.gpus, so it is not on the machine
+            # at all: name what the machine has, not what the host allows.
+            return Blocked(worker, _no_such_gpu(ref, host.name, every), final=True)
         if gpu.index in taken:
             return Blocked(worker, f"GPU {gpu.index} is already given to {taken[gpu.index]}",
                            final=True)
@@ -225,18 +237,3 @@ def _mem_fraction(model: ModelConfig, gpus: Sequence[Gpu], fleet: Fleet) -> floa
             f" (memory fraction would be {fraction:.2f})"
         )
     return round(fraction, 3)
-
-
-async def settle(
-    make_plan: Callable[[], Plan], wait_s: float, clock: Clock, poll_s: float = 5.0
-) -> Plan:
-    """Re-plan until nothing waits on busy GPUs or ports, or `wait_s` runs out.
-
-    Bounded by design: the seed waited forever for a GPU to free up.
-    """
-    deadline = clock.now() + wait_s
-    current = make_plan()
-    while current.waiting and clock.now() < deadline:
-        await clock.sleep(min(poll_s, max(0.0, deadline - clock.now())))
-        current = make_plan()
-    return current

@@ -8,6 +8,11 @@ raises one error naming the file and each key or worker, so nothing is half-star
 
 Only what waiting cannot fix is refused: a busy GPU is the placement's business
 (`launcher.wait_for_gpus_s`), and a foreign port is refused only when there is no wait.
+
+What this machine lacks (no NVML for the GPU workers, an engine that is not installed) is
+not the fleet file's fault and does not stop the other workers: those workers are returned,
+each with its reason, to fail at once, and the rest start. Only when no worker at all could
+run is the whole host refused.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from modelserver.backends import backend_for
 from modelserver.config import Fleet, ModelConfig
 from modelserver.errors import FleetFileError, LaunchError
 from modelserver.gpus import GpuInventory, inventory_for
@@ -24,8 +30,11 @@ from modelserver.processes import marked_engine_groups
 from modelserver.state import HostState, process_is, read_state, state_path
 
 
-def preflight(fleet: Fleet, host: str, inventory: GpuInventory | None = None) -> None:
-    """Raise FleetFileError (missing weights) or LaunchError (GPUs, ports) for `host`."""
+def preflight(
+    fleet: Fleet, host: str, inventory: GpuInventory | None = None
+) -> dict[str, str]:
+    """Raise FleetFileError (missing weights) or LaunchError (GPUs, ports) for `host`; return
+    the workers this machine cannot run (worker -> why) when others can still start."""
     local = {w.model for w in fleet.workers(host)}
     problems = [
         problem
@@ -35,10 +44,49 @@ def preflight(fleet: Fleet, host: str, inventory: GpuInventory | None = None) ->
     ]
     if problems:
         raise FleetFileError(fleet.source, problems)
-    reasons = _gpu_problems(fleet, host, inventory) + _port_problems(fleet, host)
+    view: GpuView = gpu_view(inventory or inventory_for(fleet.host(host))) if _needs_gpus(
+        fleet, host) else GpuView()
+    reasons = _gpu_problems(fleet, host, view) + _port_problems(fleet, host)
     if reasons:
-        lines = "\n".join(f"  - {reason}" for reason in reasons)
-        raise LaunchError(f"{fleet.source}: nothing started on host {host!r}:\n{lines}")
+        raise _refusal(fleet, host, reasons)
+    refused = _engine_problems(fleet, host) | _no_inventory(fleet, host, view)
+    if refused and len(refused) == len(fleet.workers(host)):
+        raise _refusal(fleet, host, [
+            f"models[{_index(fleet, w.model)}] ({w.name}): {refused[w.name]}"
+            for w in fleet.workers(host)
+        ])
+    return refused
+
+
+def _refusal(fleet: Fleet, host: str, reasons: list[str]) -> LaunchError:
+    lines = "\n".join(f"  - {reason}" for reason in reasons)
+    return LaunchError(f"{fleet.source}: nothing started on host {host!r}:\n{lines}")
+
+
+def _needs_gpus(fleet: Fleet, host: str) -> bool:
+    return any(fleet.model(w.model).gpus_each for w in fleet.workers(host))
+
+
+def _no_inventory(fleet: Fleet, host: str, view: GpuView) -> dict[str, str]:
+    """Each GPU worker, when the GPUs of this machine cannot be listed (no NVML)."""
+    if view.unavailable is None:
+        return {}
+    return {
+        w.name: f"needs {fleet.model(w.model).gpus_each} GPU(s), but {view.unavailable}"
+        for w in fleet.workers(host)
+        if fleet.model(w.model).gpus_each
+    }
+
+
+def _engine_problems(fleet: Fleet, host: str) -> dict[str, str]:
+    """Each worker whose engine is not installed here (a start would fail every retry)."""
+    refused: dict[str, str] = {}
+    for name in dict.fromkeys(w.model for w in fleet.workers(host)):
+        model = fleet.model(name)
+        problem = backend_for(model.backend).engine_problem(_index(fleet, name), model)
+        if problem is not None:
+            refused.update((w.name, problem) for w in fleet.workers(host) if w.model == name)
+    return refused
 
 
 def _weights_problems(fleet: Fleet, model: ModelConfig, index: int, host: str) -> list[str]:
@@ -62,21 +110,21 @@ def _weights_problems(fleet: Fleet, model: ModelConfig, index: int, host: str) -
     return []
 
 
-def _gpu_problems(fleet: Fleet, host: str, inventory: GpuInventory | None) -> list[str]:
+def _gpu_problems(fleet: Fleet, host: str, view: GpuView) -> list[str]:
     """Replicas that can never be placed here: GPUs that do not exist, more GPUs than the
-    host has, no inventory at all. Busy GPUs may free up and are not refused."""
+    host has. Busy GPUs may free up and are not refused; no inventory at all is the
+    machine's problem, not the file's (`_no_inventory`)."""
     local = {w.model for w in fleet.workers(host)}
     need = {m.name: m.replicas * m.gpus_each for m in fleet.models
             if m.name in local and m.gpus_each}
-    if not need:
+    if not need or view.unavailable is not None:
         return []
-    view: GpuView = gpu_view(inventory or inventory_for(fleet.host(host)))
     final = [
         f"models[{_index(fleet, b.worker.model)}] ({b.worker.name}): {b.reason}"
         for b in plan(fleet, host, view).blocked
         if b.final
     ]
-    if final or view.unavailable is not None:
+    if final:
         return final
     host_gpus = fleet.host(host).gpus
     has = len(host_gpus) if isinstance(host_gpus, list) else len(view.gpus)  # "all"

@@ -2,13 +2,16 @@
 
 Each worker is one asyncio task walking the lifecycle of `modelserver.lifecycle`:
 
+    WAITING:  not placed yet (its GPUs or port are busy, or the launcher is still looking);
+              `waiting_for` says why; the launcher's placement loop starts it when it can
     STARTING: spawn (own session, output to its log), then race the process's exit against
               the backend's readiness probe (bounded by ready_timeout_s)
     READY:    race the process's exit against a health probe every health_interval_s;
               `unhealthy_after` failures in a row count as a crash
     BACKOFF:  capped exponential delay with jitter, then STARTING again, at most
               max_restarts times in a row; after that FAILED, with the last error and the
-              log's tail. A worker that served for stable_after_s starts a new streak.
+              log's tail (configured keys redacted). A worker that served for
+              stable_after_s starts a new streak.
 
 Nothing polls a process with sleeps: a child is awaited (`proc.wait()`), a process adopted
 from a previous launcher through a pidfd registered with the event loop. The process
@@ -24,7 +27,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,7 @@ from modelserver.state import (
     WorkerRecord,
     create_time_of,
     log_tail,
+    redact,
     write_state,
 )
 
@@ -76,9 +80,12 @@ class Worker:
         clock: Clock,
         rng: Callable[[], float],
         on_change: Callable[[Worker], None],
+        secrets: Sequence[str] = (),
     ) -> None:
         self.plan = plan
         self.settings = settings
+        self.secrets = tuple(secrets)
+        """Keys to redact from log tails before they go in `last_error` (and the state)."""
         self._spawner = spawner
         self._probe = probe
         self._clock = clock
@@ -106,12 +113,36 @@ class Worker:
 
     # -- running --
 
-    def start(self, adopted: ProcessHandle | None = None) -> None:
-        """Run the worker's lifecycle in a task (adopting a live process if given)."""
+    def start(
+        self,
+        adopted: ProcessHandle | None = None,
+        *,
+        loading: bool = False,
+        plan: WorkerPlan | None = None,
+    ) -> None:
+        """Run the worker's lifecycle in a task: spawn it (as `plan` placed it, for one that
+        waited), or adopt a live process, healthy (READY) or still `loading` (STARTING)."""
+        if plan is not None:
+            self.plan = plan
+            self.record.gpus = list(plan.gpus)
+        self.record.waiting_for = None
         if adopted is not None:
             self._attach(adopted)
-            self._set(S.READY)
-        self._task = asyncio.create_task(self._run(), name=f"worker {self.record.name}")
+            self._set(S.STARTING if loading else S.READY)
+        self._task = asyncio.create_task(
+            self._run(adopted_loading=adopted is not None and loading),
+            name=f"worker {self.record.name}",
+        )
+
+    def wait(self, reason: str) -> None:
+        """Not placed yet: record why (the state file and `status` show it)."""
+        if self.status is S.WAITING and self.record.waiting_for == reason:
+            return
+        self.record.waiting_for = reason
+        if self.status is S.WAITING:
+            self._on_change(self)  # a new reason: save it
+        else:
+            self._set(S.WAITING)
 
     def _attach(self, proc: ProcessHandle) -> None:
         self.proc = proc
@@ -119,11 +150,16 @@ class Worker:
         self.record.pid = proc.pid
         self.record.create_time = proc.create_time
 
-    async def _run(self) -> None:
+    async def _run(self, adopted_loading: bool = False) -> None:
         while True:
             if self.proc is None:
                 self._set(S.STARTING)
                 problem = await self._start_and_wait_ready()
+                if problem is None:
+                    self._set(S.READY)
+            elif adopted_loading:  # adopted while it loads: wait for it like for our own
+                adopted_loading = False
+                problem = await self._race_exit(self._until_ready(), "while starting")
                 if problem is None:
                     self._set(S.READY)
             else:
@@ -134,8 +170,9 @@ class Worker:
                 if self._clock.now() - ready_at >= self.settings.stable_after_s:
                     self.streak = 0  # it served well for a while: a new streak of failures
             await self._clean_up_after_failure()
+            problem = redact(problem, self.secrets)
             if self.streak >= self.settings.max_restarts:
-                tail = log_tail(self.plan.log)
+                tail = log_tail(self.plan.log, secrets=self.secrets)
                 self.record.last_error = problem + (f"\n--- log tail ---\n{tail}" if tail else "")
                 self._set(S.FAILED)
                 return
@@ -230,7 +267,8 @@ class Worker:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self.status is S.FAILED:
+        if self.status in (S.FAILED, S.WAITING):
+            self.record.waiting_for = None
             self._set(S.STOPPED)
         elif self.status is not S.STOPPED:
             self._set(S.STOPPING)
@@ -243,7 +281,8 @@ class Worker:
 
     def fail_now(self, reason: str) -> None:
         """A worker that cannot be placed or started at all (never spawned)."""
-        self.record.last_error = reason
+        self.record.last_error = redact(reason, self.secrets)
+        self.record.waiting_for = None
         self._set(S.FAILED)
 
     def detach(self) -> None:
@@ -269,7 +308,12 @@ def describe_exit(code: int | None, when: str) -> str:
 
 
 class Supervisor:
-    """A host's workers and their state file."""
+    """A host's workers and their state file.
+
+    Records a previous launcher left for workers still alive are `carry`-ed into the state
+    file as they were until this supervisor adopts or replaces them, so a kill at any moment
+    leaves the next launcher what it needs to adopt them.
+    """
 
     def __init__(
         self,
@@ -282,12 +326,18 @@ class Supervisor:
         clock: Clock,
         state_file: Path | None = None,
         rng: Callable[[], float] = random.random,
+        secrets: Sequence[str] = (),
     ) -> None:
         self.host = host
         self.fleet_name = fleet_name
         self.settings = settings
         self.state_file = state_file
+        self.secrets = tuple(secrets)
         self.workers: dict[str, Worker] = {}
+        self.carried: dict[str, WorkerRecord] = {}
+        self.placing: asyncio.Task[None] | None = None
+        """The launcher's placement loop for workers still waiting (cancelled by stop_all)."""
+        self._saving_deferred = False
         self._spawner = spawner
         self._probe = probe
         self._clock = clock
@@ -302,15 +352,32 @@ class Supervisor:
         worker = Worker(
             plan, self.settings, spawner=self._spawner, probe=self._probe,
             clock=self._clock, rng=self._rng, on_change=self._worker_changed,
+            secrets=self.secrets,
         )
         if previous is not None:
             worker.record.restarts = previous.restarts
             worker.record.started_at = previous.started_at
+        self.carried.pop(plan.spec.name, None)
         self.workers[plan.spec.name] = worker
         return worker
 
+    def carry(self, record: WorkerRecord) -> None:
+        """Keep a previous launcher's record in the state file until `add` replaces it."""
+        self.carried[record.name] = record
+
+    @contextlib.contextmanager
+    def saving_once(self) -> Iterator[None]:
+        """Changes made inside are written to the state file once, at the end."""
+        self._saving_deferred = True
+        try:
+            yield
+        finally:
+            self._saving_deferred = False
+            self.save()
+
     def _worker_changed(self, worker: Worker) -> None:
-        self.save()
+        if not self._saving_deferred:
+            self.save()
         for listener in self.listeners:
             listener(worker.record)
         task = asyncio.get_running_loop().create_task(self._notify())
@@ -325,7 +392,7 @@ class Supervisor:
         me = SupervisorRecord(os.getpid(), self._started_at, create_time_of(os.getpid()) or 0.0)
         return HostState(
             host=self.host, fleet=self.fleet_name, supervisor=me,
-            workers=[w.record for w in self.workers.values()],
+            workers=[w.record for w in self.workers.values()] + list(self.carried.values()),
         )
 
     def save(self, supervisor_gone: bool = False) -> None:
@@ -349,8 +416,12 @@ class Supervisor:
         """Stop every worker in parallel; the state file then says stopped, no supervisor.
 
         `keep_failed` leaves failed workers recorded as failed (a launch that gave up), so
-        `status` still shows why.
+        `status` still shows why. Workers still waiting are never started.
         """
+        if self.placing is not None:
+            self.placing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.placing
         await asyncio.gather(
             *(w.stop() for w in self.workers.values()
               if not (keep_failed and w.status is S.FAILED))

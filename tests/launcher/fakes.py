@@ -38,6 +38,35 @@ class FakeClock:
         await waiter
 
 
+class ManualClock:
+    """Time moves only when the test calls `advance`; a sleeper waits until then. For tests
+    where one task's sleeps must not move time for the others (FakeClock's would)."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._sleepers.append((self.t + seconds, waiter))
+        await waiter
+
+    def asleep_until(self, when: float) -> bool:
+        """True if someone sleeps until `when` (so an `advance` will wake them)."""
+        return any(due == when for due, _ in self._sleepers)
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+        due = [(when, w) for when, w in self._sleepers if when <= self.t]
+        self._sleepers = [(when, w) for when, w in self._sleepers if when > self.t]
+        for _, waiter in due:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
 class FakeProcess:
     def __init__(self, pid: int, ignores_sigterm: bool = False) -> None:
         self.pid = pid
@@ -94,14 +123,15 @@ class FakeProbe:
         self.up: set[str] = set()
         self.calls: list[tuple[str, tuple[str, ...]]] = []
         self.fail_next = 0
-        """Fail this many of the next probes, whatever the URL."""
+        """Fail this many of the next probes, whatever the URL, saying `fail_reason`."""
+        self.fail_reason = "GET /health: HTTP 503"
 
     async def __call__(self, url: str, paths: Sequence[str], api_key: str | None) -> str | None:
         self.calls.append((url, tuple(paths)))
         await asyncio.sleep(0)
         if self.fail_next > 0:
             self.fail_next -= 1
-            return "GET /health: HTTP 503"
+            return self.fail_reason
         return None if url in self.up else "GET /health: connection refused"
 
 

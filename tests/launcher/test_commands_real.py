@@ -69,7 +69,9 @@ class Fleet:
         raise AssertionError(f"timed out waiting for {what}; state: {self.state.read_text()}")
 
 
-def _write_fleet(tmp_path: Path, models: str, hosts: str = "") -> Fleet:
+def _write_fleet(
+    tmp_path: Path, models: str, hosts: str = "", launcher: str = "", gpus: str = "none"
+) -> Fleet:
     path = tmp_path / "fleet.toml"
     path.write_text(f"""
 [fleet]
@@ -79,7 +81,7 @@ state_dir = "{tmp_path / "state"}"
 [[hosts]]
 name = "local"
 address = "127.0.0.1"
-gpus = "none"
+gpus = "{gpus}"
 {hosts}
 
 {models}
@@ -92,6 +94,7 @@ health_interval_s = 0.5
 ready_poll_s = 0.1
 ready_timeout_s = 30
 stop_grace_s = 5
+{launcher}
 """)
     return Fleet(path, tmp_path / "state" / "state-local.json")
 
@@ -106,8 +109,8 @@ def _sim(name: str, **extra: str) -> str:
 def make_fleet(tmp_path: Path) -> Iterator[Callable[..., Fleet]]:
     made: list[Fleet] = []
 
-    def make(models: str, hosts: str = "") -> Fleet:
-        made.append(_write_fleet(tmp_path, models, hosts))
+    def make(models: str, hosts: str = "", launcher: str = "", gpus: str = "none") -> Fleet:
+        made.append(_write_fleet(tmp_path, models, hosts, launcher, gpus))
         return made[-1]
 
     yield make
@@ -169,10 +172,13 @@ def test_up_detach_then_status_json_then_down_leaves_no_process(
 
     down = fleet.run("down", str(fleet.path))
     assert down.returncode == 0, down.stderr
+    assert f"stopped local: supervisor pid {supervisor}, 2 running workers" in down.stdout
     assert not running(supervisor) and not any(running(p) for p in pids)
     after = fleet.read()
     assert after["supervisor"] is None
     assert {w["status"] for w in after["workers"]} == {"stopped"}
+    again = fleet.run("down", str(fleet.path))
+    assert again.returncode == 0 and "nothing runs on local" in again.stdout, again.stdout
 
 
 def test_a_worker_killed_with_sigkill_comes_back(make_fleet: Callable[..., Fleet]) -> None:
@@ -235,7 +241,10 @@ def test_a_relaunched_launcher_adopts_its_live_workers(make_fleet: Callable[...,
     )
 
 
-def test_foreground_up_stops_every_worker_on_sigterm(make_fleet: Callable[..., Fleet]) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_foreground_up_stops_every_worker_on_sigterm_and_on_sighup(
+    make_fleet: Callable[..., Fleet], signum: int
+) -> None:
     fleet = make_fleet(_sim("tiny"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "modelserver", "up", str(fleet.path)],
@@ -246,7 +255,7 @@ def test_foreground_up_stops_every_worker_on_sigterm(make_fleet: Callable[..., F
     try:
         state = fleet.wait_for(_all_ready, "every worker to be ready")
         pid = state["workers"][0]["pid"]
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)  # SIGHUP: its terminal closed; no worker may outlive it
         assert proc.wait(timeout=DEADLINE_S) == 0
         assert not running(pid)
         assert fleet.workers()["tiny-0@local"]["status"] == "stopped"
@@ -328,3 +337,205 @@ address = "127.0.0.1"
     assert rows["far-0@far"]["status"] == "ready"
     assert rows["gone-0@far"]["status"] == "unreachable"
     assert "GET /health" in rows["gone-0@far"]["last_error"]
+
+
+@pytest.fixture
+def held_port() -> Iterator[tuple[socket.socket, int]]:
+    """A port this test process listens on: another program's, for the launcher."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    try:
+        yield sock, int(sock.getsockname()[1])
+    finally:
+        sock.close()
+
+
+WAITING_LAUNCHER = "wait_for_gpus_s = 40\nplacement_poll_s = 0.2\n"
+
+
+def _start_detached(fleet: Fleet) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "modelserver", "up", str(fleet.path), "--detach"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=fleet.path.parent,
+    )
+
+
+def _one_waits_for_the_port(port: int) -> Callable[[dict[str, Any]], bool]:
+    def check(state: dict[str, Any]) -> bool:
+        workers = {w["name"]: w for w in state["workers"]}
+        blocked = workers.get("blocked-0@local", {})
+        return (
+            workers.get("free-0@local", {}).get("status") == "ready"
+            and blocked.get("status") == "waiting"
+            and f"port {port} is in use by pid {os.getpid()}" in (blocked["waiting_for"] or "")
+        )
+
+    return check
+
+
+def test_a_worker_waiting_for_a_port_is_seen_by_status_and_down_stops_it_before_it_starts(
+    make_fleet: Callable[..., Fleet], held_port: tuple[socket.socket, int]
+) -> None:
+    sock, port = held_port
+    fleet = make_fleet(_sim("free") + f'[[models]]\nname = "blocked"\nbackend = "sim"\n'
+                       f"port = {port}\n", launcher=WAITING_LAUNCHER)
+    up = _start_detached(fleet)
+    try:
+        # The placeable worker does not wait for the blocked one.
+        state = fleet.wait_for(_one_waits_for_the_port(port), "one ready, one waiting")
+        supervisor = state["supervisor"]["pid"]
+        rows = {r["name"]: r for r in json.loads(
+            fleet.run("status", str(fleet.path), "--json").stdout)}
+        assert rows["blocked-0@local"]["status"] == "waiting"
+        assert f"port {port} is in use" in rows["blocked-0@local"]["waiting_for"]
+        table = fleet.run("status", str(fleet.path))
+        assert f"supervisor of local: pid {supervisor}" in table.stdout
+        assert "waiting" in table.stdout
+
+        down = fleet.run("down", str(fleet.path))
+        assert down.returncode == 0, down.stderr
+        assert f"stopped local: supervisor pid {supervisor}" in down.stdout
+        assert not running(supervisor)
+        assert up.wait(timeout=DEADLINE_S) == 1  # its supervisor ended before all were ready
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+    sock.close()  # the port is free now: nobody is left to start the worker on it
+    after = fleet.workers()
+    assert {w["status"] for w in after.values()} == {"stopped"}
+    assert all(w["pid"] is None for w in after.values())
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0  # nothing listens there
+
+
+def test_a_worker_waiting_for_a_port_starts_once_it_is_free(
+    make_fleet: Callable[..., Fleet], held_port: tuple[socket.socket, int]
+) -> None:
+    sock, port = held_port
+    fleet = make_fleet(_sim("free") + f'[[models]]\nname = "blocked"\nbackend = "sim"\n'
+                       f"port = {port}\n", launcher=WAITING_LAUNCHER)
+    up = _start_detached(fleet)
+    try:
+        fleet.wait_for(_one_waits_for_the_port(port), "one ready, one waiting")
+        sock.close()
+        out, err = up.communicate(timeout=DEADLINE_S)
+        assert up.returncode == 0, out + err
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+    workers = fleet.workers()
+    assert workers["blocked-0@local"]["status"] == "ready"
+    assert workers["blocked-0@local"]["waiting_for"] is None
+    assert running(workers["blocked-0@local"]["pid"])
+
+
+def test_when_every_worker_fails_up_detach_shows_each_reason_and_exits_1(
+    make_fleet: Callable[..., Fleet],
+) -> None:
+    fleet = make_fleet(_sim("broken", options='{ fault = "crash-at=0" }'))
+    up = fleet.run("up", str(fleet.path), "--detach")
+    assert up.returncode == 1, up.stdout + up.stderr
+    assert "broken-0@local failed:" in up.stderr and "exited with code" in up.stderr
+    assert "before every worker was ready" not in up.stderr
+    assert "failed" in up.stdout  # the table of what each worker came to
+    assert fleet.workers()["broken-0@local"]["status"] == "failed"
+
+
+def _nvml_works() -> bool:
+    import pynvml
+
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return False
+    pynvml.nvmlShutdown()
+    return True
+
+
+@pytest.mark.skipif(_nvml_works(), reason="needs a machine without NVML")
+def test_without_nvml_up_starts_the_cpu_workers_and_fails_the_gpu_ones(
+    make_fleet: Callable[..., Fleet],
+) -> None:
+    # A vLLM "installed" (an executable that exists) so only the missing GPUs stop it.
+    gpu_model = (f'[[models]]\nname = "big"\nbackend = "vllm"\npath = "org/big"\n'
+                 f"port = {free_port_range()}\noptions = {{ executable = '{sys.executable}' }}\n")
+    fleet = make_fleet(_sim("tiny") + gpu_model, gpus="all")
+    up = fleet.run("up", str(fleet.path), "--detach")
+    assert up.returncode == 1, up.stdout + up.stderr
+    assert "big-0@local failed:" in up.stderr and "NVML" in up.stderr
+    workers = fleet.workers()
+    assert workers["tiny-0@local"]["status"] == "ready"
+    assert workers["big-0@local"]["status"] == "failed"
+    assert workers["big-0@local"]["restarts"] == 0  # refused at once, not retried
+    assert not (fleet.state.parent / "logs" / "big-0@local.log").exists()  # never spawned
+
+
+def _sglang_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("sglang") is not None
+
+
+@pytest.mark.skipif(_sglang_installed(), reason="needs a machine without SGLang")
+def test_an_engine_that_is_not_installed_fails_its_workers_at_once_and_others_start(
+    make_fleet: Callable[..., Fleet],
+) -> None:
+    sglang = (f'[[models]]\nname = "big"\nbackend = "sglang"\npath = "org/big"\n'
+              f"port = {free_port_range()}\ngpus_per_replica = 0\n")
+    fleet = make_fleet(_sim("tiny") + sglang)
+    up = fleet.run("up", str(fleet.path), "--detach")
+    assert up.returncode == 1, up.stdout + up.stderr
+    assert "big-0@local failed:" in up.stderr and "SGLang is not installed" in up.stderr
+    workers = fleet.workers()
+    assert workers["tiny-0@local"]["status"] == "ready"
+    assert workers["big-0@local"]["restarts"] == 0  # no backoff through max_restarts
+    fleet.run("down", str(fleet.path))
+    # With nothing else to run, the whole host is refused before anything starts.
+    only = make_fleet(sglang.replace('"big"', '"only"'))
+    refused = only.run("up", str(only.path), "--detach")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "nothing started on host 'local'" in refused.stderr
+    assert "models[0] (only-0@local): SGLang is not installed" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_a_state_file_missing_fields_is_a_clear_error_and_down_still_stops_its_engines(
+    make_fleet: Callable[..., Fleet],
+) -> None:
+    from modelserver.processes import engine_mark
+
+    fleet = make_fleet(_sim("tiny"))
+    fleet.state.parent.mkdir(parents=True)
+    fleet.state.write_text('{"host": "local", "workers": [{"name": "tiny-0@local"}]}')
+    engine = subprocess.Popen(["sleep", "60"], start_new_session=True,
+                              env={**os.environ, **engine_mark(fleet.state, "tiny-0@local")})
+    try:
+        status = fleet.run("status", str(fleet.path))
+        assert status.returncode == 2
+        assert f"{fleet.state}: not a state file a launcher wrote" in status.stderr
+        assert "Traceback" not in status.stdout + status.stderr
+        down = fleet.run("down", str(fleet.path))
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert engine.wait(timeout=DEADLINE_S) == -signal.SIGKILL  # found by its mark
+        assert "Traceback" not in down.stdout + down.stderr
+        assert fleet.read()["workers"] == []  # replaced by a state file that reads
+        assert fleet.run("status", str(fleet.path)).returncode == 0
+    finally:
+        if engine.poll() is None:
+            engine.kill()
+            engine.wait()
+
+
+def test_an_unwritable_state_dir_is_a_clear_error_naming_the_key(
+    make_fleet: Callable[..., Fleet],
+) -> None:
+    fleet = make_fleet(_sim("tiny"))
+    fleet.path.write_text(fleet.path.read_text().replace(
+        f'state_dir = "{fleet.state.parent}"', 'state_dir = "/proc/x"'))
+    up = fleet.run("up", str(fleet.path), "--detach")
+    assert up.returncode == 2
+    assert "fleet.toml: fleet.state_dir = '/proc/x'" in up.stderr
+    assert "Traceback" not in up.stdout + up.stderr

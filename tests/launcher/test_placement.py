@@ -6,9 +6,7 @@ import pytest
 
 from modelserver.config import Fleet, parse_fleet
 from modelserver.gpus import GIB, Gpu, GpuProcess
-from modelserver.placement import GpuView, Plan, plan, settle
-
-from .fakes import FakeClock
+from modelserver.placement import GpuView, plan
 
 
 def _fleet(models: list[dict[str, Any]], host: dict[str, Any] | None = None,
@@ -62,7 +60,15 @@ def test_more_gpus_than_the_host_has_cannot_run() -> None:
 def test_a_gpu_that_does_not_exist_is_named_with_the_range() -> None:
     fleet = _fleet([_sglang(gpus=[9])])
     [blocked] = plan(fleet, "gpu-a", _gpus(8)).blocked
-    assert blocked.reason == "GPU 9 does not exist on gpu-a (0-7)"
+    assert blocked.reason == "GPU 9 does not exist on gpu-a (it has GPUs 0-7)"
+    assert blocked.final
+
+
+def test_a_host_gpu_that_does_not_exist_is_named_with_the_gpus_there() -> None:
+    fleet = _fleet([_sglang()], host={"gpus": [0, 9]})
+    sparse = GpuView(tuple(g for g in _gpus(6).gpus if g.index in (0, 2, 5)))
+    [blocked] = plan(fleet, "gpu-a", sparse).blocked
+    assert blocked.reason == "GPU 9 does not exist on gpu-a (it has GPUs 0, 2, 5)"
     assert blocked.final
 
 
@@ -122,33 +128,3 @@ def test_adopted_workers_are_skipped_and_keep_their_gpus() -> None:
                   taken_gpus=frozenset({0}))
     [placed] = result.placed
     assert placed.worker.name == "llama-8b-1@gpu-a" and placed.gpus[0].index == 1
-
-
-async def test_waiting_for_gpus_replans_until_they_free_up() -> None:
-    fleet = _fleet([_sglang()])
-    views = iter([_gpus(1, used_gib={0: 60}), _gpus(1, used_gib={0: 60}), _gpus(1)])
-    clock = FakeClock()
-    result = await settle(lambda: plan(fleet, "gpu-a", next(views)), 600, clock, poll_s=5)
-    assert len(result.placed) == 1
-    assert clock.sleeps == [5, 5]
-
-
-async def test_waiting_for_gpus_gives_up_at_the_timeout() -> None:
-    fleet = _fleet([_sglang()])
-    clock = FakeClock()
-    calls: list[Plan] = []
-
-    def busy() -> Plan:
-        calls.append(plan(fleet, "gpu-a", _gpus(1, used_gib={0: 60})))
-        return calls[-1]
-
-    result = await settle(busy, 12, clock, poll_s=5)
-    assert result.waiting and not result.placed
-    assert sum(clock.sleeps) == pytest.approx(12) and len(calls) == 4
-
-
-async def test_no_waiting_when_wait_is_zero_or_the_problem_is_final() -> None:
-    clock = FakeClock()
-    fleet = _fleet([_sglang(gpus_per_replica=4)])
-    await settle(lambda: plan(fleet, "gpu-a", _gpus(2)), 600, clock)
-    assert clock.sleeps == []

@@ -5,6 +5,7 @@ test_bad_fleet_up.py)."""
 from __future__ import annotations
 
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,14 +35,18 @@ def fleet(tmp_path: Path, *models: dict[str, Any], wait_s: float = 0.0) -> Fleet
     )
 
 
+# An engine "installed" (a program that exists), so only what each test is about can refuse.
+VLLM_HERE = {"backend": "vllm", "options": {"executable": sys.executable}}
+
+
 def test_busy_gpus_are_left_to_placement_which_may_wait_for_them(tmp_path: Path) -> None:
-    model = {"name": "m", "backend": "sglang", "path": "org/m", "port": 30000, "replicas": 2}
-    preflight(fleet(tmp_path, model), "h", gpus(2, used_gib=70))  # no error
+    model = {**VLLM_HERE, "name": "m", "path": "org/m", "port": 30000, "replicas": 2}
+    assert preflight(fleet(tmp_path, model), "h", gpus(2, used_gib=70)) == {}  # no refusal
 
 
 def test_a_hub_id_is_not_a_path_but_a_local_path_must_exist(tmp_path: Path) -> None:
-    hub = {"name": "m", "backend": "vllm", "path": "meta-llama/Llama-3.1-8B", "port": 30000}
-    preflight(fleet(tmp_path, hub), "h", gpus(1))
+    hub = {**VLLM_HERE, "name": "m", "path": "meta-llama/Llama-3.1-8B", "port": 30000}
+    assert preflight(fleet(tmp_path, hub), "h", gpus(1)) == {}
     local = {**hub, "path": "/nowhere/llama-8b"}
     with pytest.raises(FleetFileError, match=r"fleet.toml: models\[0\].path: /nowhere/llama-8b"):
         preflight(fleet(tmp_path, local), "h", gpus(1))
@@ -78,3 +83,24 @@ def test_a_foreign_port_is_refused_only_when_placement_would_not_wait(
     with pytest.raises(LaunchError, match=rf"models\[0\].port \(m-0@h\): port {held_port}"):
         preflight(fleet(tmp_path, model), "h")
     preflight(fleet(tmp_path, model, wait_s=30), "h")  # it may free up: placement waits
+
+
+class _NoNvml:
+    def gpus(self) -> list[Gpu]:
+        from modelserver.errors import NoGpuInventory
+
+        raise NoGpuInventory("cannot list GPUs: NVML is not usable here (no library)")
+
+
+def test_without_nvml_only_the_gpu_workers_are_refused_each_with_its_reason(
+    tmp_path: Path,
+) -> None:
+    big = {**VLLM_HERE, "name": "big", "path": "org/big", "port": 30000}
+    tiny = {"name": "tiny", "backend": "sim", "port": 30001}
+    refused = preflight(fleet(tmp_path, big, tiny), "h", _NoNvml())
+    assert refused == {"big-0@h": "needs 1 GPU(s), but cannot list GPUs: NVML is not usable"
+                                  " here (no library)"}
+    # With no CPU worker to start, nothing can run: the host is refused as a whole.
+    with pytest.raises(LaunchError, match=r"nothing started on host 'h':\n  - models\[0\]"
+                                          r" \(big-0@h\): needs 1 GPU"):
+        preflight(fleet(tmp_path, big), "h", _NoNvml())

@@ -361,3 +361,96 @@ async def test_every_route_and_method_refuses_without_the_key_head_options_and_o
         for method, path in routed:
             async with http.request(method, gateway.url + path, headers=admin) as r:
                 assert r.status not in (401, 403, 404, 405), (method, path, r.status)
+
+
+# -- an engine that prints its keys and crashes -------------------------------------------------
+
+LEAKY_KEY = "sk-engine-key-do-not-leak-3"
+LEAKY_ARG_KEY = "sk-engine-arg-key-do-not-leak-4"
+LEAKY_ADMIN_KEY = "sk-engine-admin-key-do-not-leak-5"
+GATEWAY_ENV_KEY = "sk-gateway-env-key-do-not-leak-6"
+LEAKY_SECRETS = (LEAKY_KEY, LEAKY_ARG_KEY, LEAKY_ADMIN_KEY, GATEWAY_ENV_KEY, API_KEY, ADMIN_KEY)
+
+# Prints its keys as SGLang and vLLM print their server arguments, then dies.
+FAKE_LLAMA_SERVER = """#!/bin/sh
+echo "server_args=ServerArgs(api_key='$LLAMA_API_KEY', gateway='$MODELSERVER_API_KEYS')"
+echo "non-default args: $*"
+echo "fatal: cannot load the model" >&2
+exit 1
+"""
+
+
+def test_keys_an_engine_prints_before_it_crashes_never_leave_its_own_log(
+    tmp_path: Path,
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "llama-server").write_text(FAKE_LLAMA_SERVER)
+    (bin_dir / "llama-server").chmod(0o755)
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    state_dir = tmp_path / "state"
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(f"""
+[fleet]
+state_dir = "{state_dir}"
+
+[[hosts]]
+name = "local"
+address = "127.0.0.1"
+gpus = "none"
+
+[[models]]
+name = "leaky"
+backend = "llamacpp"
+path = "./m.gguf"
+port = {free_port_range()}
+api_key = "{LEAKY_KEY}"
+args = ["--api-key={LEAKY_ARG_KEY}", "--admin-api-key", "{LEAKY_ADMIN_KEY}"]
+
+[launcher]
+backoff_initial_s = 0.05
+backoff_max_s = 0.1
+max_restarts = 1
+ready_poll_s = 0.1
+stop_grace_s = 5
+
+[gateway]
+api_keys = ["{API_KEY}"]
+admin_keys = ["{ADMIN_KEY}"]
+""")
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "COLUMNS": "300",
+           "MODELSERVER_API_KEYS": GATEWAY_ENV_KEY}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "modelserver", *args, str(fleet)],
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+
+    try:
+        up = run("up", "--detach")
+        assert up.returncode == 1, up.stdout + up.stderr
+        assert "leaky-0@local failed:" in up.stderr
+        log = (state_dir / "logs" / "leaky-0@local.log").read_text()
+        assert LEAKY_KEY in log  # the engine did print it (into its own log, mode 0640)...
+        assert GATEWAY_ENV_KEY not in log  # ...but never got the gateway's keys to print
+        state = state_dir / "state-local.json"
+        [record] = orjson.loads(state.read_bytes())["workers"]
+        assert "server_args=ServerArgs(api_key='***'" in record["last_error"]  # the tail
+        status, as_json = run("status"), run("status", "--json")
+        logs = subprocess.run(
+            [sys.executable, "-m", "modelserver", "logs", str(fleet), "leaky-0"],
+            capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env,
+        )
+        assert "non-default args:" in logs.stdout
+        for where, text in [
+            ("the output of up", up.stdout + up.stderr),
+            ("status", status.stdout + status.stderr),
+            ("status --json", as_json.stdout + as_json.stderr),
+            ("modelserver logs", logs.stdout + logs.stderr),
+            ("the state file", state.read_text()),
+            ("the supervisor's log", (state_dir / "logs" / "supervisor-local.log").read_text()),
+        ]:
+            for secret in LEAKY_SECRETS:
+                assert secret not in text, f"{secret} leaked into {where}"
+        assert not stat.S_IMODE(state.stat().st_mode) & stat.S_IRWXO  # 0640
+    finally:
+        run("down")
