@@ -8,7 +8,10 @@ them.
 
 It writes a fleet of `--replicas` simulated engines (modelserver.chaos.fleet), starts it with
 the real launcher (`modelserver up --detach`), runs `modelserver.chaos.run_chaos`, and stops
-everything (`modelserver down`, then SIGKILL to any recorded process group still alive).
+everything: `modelserver down`, then SIGKILL to what is provably this run's and still alive
+(the supervisor if its pid still has the start time the state file recorded; engines by the
+state-file mark in their environment), never to a pid alone, which another process may
+have by then.
 Prints the figures as JSON and as the Markdown table of docs/BENCHMARKS.md.
 """
 
@@ -30,7 +33,8 @@ from modelserver.chaos import ChaosFigures, ChaosOptions, ChaosSettings, LoadSet
 from modelserver.chaos.figures import summary
 from modelserver.chaos.fleet import write_chaos_fleet
 from modelserver.config import load_fleet
-from modelserver.state import read_state, state_path
+from modelserver.processes import stop_unrecorded_engines
+from modelserver.state import process_is, read_state, state_path
 
 
 def modelserver(*args: str) -> subprocess.CompletedProcess[str]:
@@ -86,7 +90,7 @@ def main() -> int:
     folder = Path(tempfile.mkdtemp(prefix="modelserver-chaos-"))
     fleet_path = write_chaos_fleet(folder, replicas=args.replicas, speed=args.speed)
     fleet = load_fleet(fleet_path)
-    seen: set[int] = set()
+    state_file = state_path(fleet, "local")
     try:
         up = modelserver("up", str(fleet_path), "--host", "local", "--detach")
         if up.returncode != 0:
@@ -98,18 +102,16 @@ def main() -> int:
                               stream_every=args.stream_every),
             chaos=ChaosSettings(mean_gap_s=args.mean_gap, keep_healthy=args.keep_healthy),
         )
-        timeline, figures = asyncio.run(run_chaos(fleet, options))
-        seen.update(e.pid for e in timeline.states if e.pid)
+        _, figures = asyncio.run(run_chaos(fleet, options))
     finally:
-        state = read_state(state_path(fleet, "local"))
-        if state is not None:
-            seen.update(w.pid for w in state.workers if w.pid)
-            if state.supervisor:
-                seen.add(state.supervisor.pid)
+        state = read_state(state_file)
+        supervisor = state.supervisor if state is not None else None
         modelserver("down", str(fleet_path), "--host", "local")
-        for pid in seen:
+        if supervisor is not None and process_is(supervisor.pid, supervisor.create_time):
+            # Started in a session of its own by `up --detach`: its group is its own.
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
+                os.killpg(supervisor.pid, signal.SIGKILL)
+        stop_unrecorded_engines(state_file, keep=())
     data = figures.to_json()
     data["command"] = " ".join(["bench/chaos.py", *sys.argv[1:]])
     if args.json:

@@ -1,10 +1,11 @@
 """Carry out chaos actions on a live fleet of simulated engines.
 
-A kill is SIGKILL to the engine's pid as the launcher's state file records it (the engine
-crashes; its supervisor restarts it). Hang, slow and 5xx are the simulator's run-time faults
-(`POST /sim/faults`), lifted after the action's hold time. A worker is "broken" from our
-action until its fault is lifted, or (kill) until the state file shows it ready under a new
-pid; it is healthy when the state file says ready and we have not broken it.
+A kill is SIGKILL to the engine's pid as the launcher's state file records it, once its
+start time shows it is still that process (the engine crashes; its supervisor restarts it).
+Hang, slow and 5xx are the simulator's run-time faults (`POST /sim/faults`), lifted after
+the action's hold time. A worker is "broken" from our action until its fault is lifted, or
+(kill) until the state file shows it ready under a new pid; it is healthy when the state
+file says ready and we have not broken it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import aiohttp
 from modelserver.chaos.schedule import Action, Chaos
 from modelserver.chaos.timeline import ActionRecord, StateWatcher, Timeline
 from modelserver.config import Fleet
+from modelserver.state import process_is
 
 FAULTS_PATH = "/sim/faults"
 
@@ -80,7 +82,9 @@ class ChaosController:
         record = self._watcher.current.get(spec.url, {})
         pid = record.get("pid")
         if action.kind == "kill":
-            if pid is None:
+            # Only the very process the state file names (same start time): a pid read a
+            # moment ago may already belong to another process on a shared machine.
+            if pid is None or not process_is(pid, record.get("create_time")):
                 return
             self._broken[action.target] = pid
             self._timeline.actions.append(

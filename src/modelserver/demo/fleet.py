@@ -3,8 +3,9 @@
 Real llama.cpp workers (the tiny chat model, MiniLM embeddings) and simulated SGLang engines
 standing in for GPU servers, on free ports of this machine. `modelserver up --detach` starts
 them (the supervisor restarts a killed worker), `modelserver down` stops them; both run as
-subprocesses, exactly as a user types them. Every pid the state file ever names is
-remembered, so the end can check that none still runs.
+subprocesses, exactly as a user types them. Every process the state file ever names is
+remembered by pid and start time, so the end can check that none still runs, and never
+mistakes (or kills) another process that got one of those pids since.
 
 The fleet file gives each simulated engine model one speed, so the half-speed engine is its
 own fleet model (`llama-8b-half`); the demo's router puts its worker behind the name clients
@@ -30,6 +31,7 @@ from modelserver.config import Fleet, load_fleet
 from modelserver.errors import LaunchError
 from modelserver.models import PreparedModels
 from modelserver.netinfo import free_port_range
+from modelserver.processes import STATE_FILE_ENV
 from modelserver.routing.entries import WorkerEntry
 from modelserver.state import HostState, WorkerRecord, process_is, read_state, state_path
 
@@ -150,7 +152,8 @@ class DemoFleet:
     fleet: Fleet
     engines: dict[str, DemoModel]
     """Fleet model name -> what it is."""
-    seen_pids: set[int] = field(default_factory=set)
+    seen: dict[int, float] = field(default_factory=dict)
+    """pid -> start time of every process the state file named (workers, supervisor)."""
 
     @classmethod
     def create(cls, run_dir: Path, models: PreparedModels) -> DemoFleet:
@@ -170,10 +173,20 @@ class DemoFleet:
     def state(self) -> HostState | None:
         state = read_state(self.state_file)
         if state is not None:
-            self.seen_pids.update(w.pid for w in state.workers if w.pid)
+            self.seen.update(
+                (w.pid, w.create_time) for w in state.workers if w.pid and w.create_time
+            )
             if state.supervisor is not None:
-                self.seen_pids.add(state.supervisor.pid)
+                self.seen[state.supervisor.pid] = state.supervisor.create_time
         return state
+
+    def still_running(self) -> list[int]:
+        """Processes of this fleet still running: a pid the state file named that is still
+        the process it named (same start time), or a process carrying this fleet's
+        state-file mark (an engine the launcher started, whether or not it recorded it)."""
+        named = {pid for pid, started in self.seen.items() if process_is(pid, started)}
+        marked = {proc.pid for proc in _marked_processes(self.state_file)}
+        return sorted(named | marked)
 
     def records(self) -> dict[str, WorkerRecord]:
         state = self.state()
@@ -207,20 +220,32 @@ class DemoFleet:
         return record
 
     def down(self) -> list[int]:
-        """`modelserver down FLEET`, then check every pid ever seen; return those still running
-        (after killing their process group, so nothing is left even then)."""
+        """`modelserver down FLEET`, then return what of this fleet still runs (see
+        `still_running`), after killing it, so nothing is left even then."""
         self.state()
         with contextlib.suppress(subprocess.TimeoutExpired):
             subprocess.run(
                 _modelserver("down", str(self.path)), capture_output=True, timeout=DOWN_TIMEOUT_S,
                 cwd=self.path.parent, env=_plain_env(), start_new_session=True,
             )
-        survivors = [pid for pid in sorted(self.seen_pids) if _running(pid)]
-        for pid in survivors:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
-        psutil.wait_procs([p for p in map(_process, survivors) if p is not None], timeout=5)
+        survivors = self.still_running()
+        victims = [p for pid in survivors if (p := self._ours(pid)) is not None]
+        for proc in victims:
+            _kill_with_its_group(proc)
+        psutil.wait_procs(victims, timeout=5)
         return survivors
+
+    def _ours(self, pid: int) -> psutil.Process | None:
+        """`pid` as a psutil handle, if it is still this fleet's process. psutil remembers
+        the start time it saw, so a kill through the handle cannot reach a reused pid."""
+        try:
+            proc = psutil.Process(pid)
+            started = self.seen.get(pid)
+            if started is not None and abs(proc.create_time() - started) < 0.01:
+                return proc
+            return proc if _has_mark(proc, self.state_file) else None
+        except psutil.Error:
+            return None
 
 
 def _modelserver(*args: str) -> list[str]:
@@ -232,19 +257,29 @@ def _plain_env() -> dict[str, str]:
     return {**os.environ, "NO_COLOR": "1", "TERM": "dumb"}
 
 
-def _process(pid: int) -> psutil.Process | None:
-    try:
-        return psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        return None
+def _marked_processes(state_file: Path) -> list[psutil.Process]:
+    marked = []
+    for proc in psutil.process_iter(["status"]):
+        if proc.info["status"] != psutil.STATUS_ZOMBIE and _has_mark(proc, state_file):
+            marked.append(proc)
+    return marked
 
 
-def _running(pid: int) -> bool:
-    proc = _process(pid)
+def _has_mark(proc: psutil.Process, state_file: Path) -> bool:
     try:
-        return proc is not None and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+        return proc.environ().get(STATE_FILE_ENV) == str(state_file.resolve())
+    except psutil.Error:
+        return False  # gone, or not ours to read
+
+
+def _kill_with_its_group(proc: psutil.Process) -> None:
+    """SIGKILL `proc`, and its process group when it leads one (engines and the supervisor
+    start in a session of their own, so what they started goes too)."""
+    with contextlib.suppress(psutil.Error, ProcessLookupError, PermissionError):
+        leads_group = os.getpgid(proc.pid) == proc.pid
+        proc.kill()  # raises NoSuchProcess if the pid is no longer this process
+        if leads_group:
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def stop_previous_run(run_dir: Path, say: Callable[[str, str], None]) -> None:
@@ -255,7 +290,7 @@ def stop_previous_run(run_dir: Path, say: Callable[[str, str], None]) -> None:
         try:
             leftover = DemoFleet(fleet_file, load_fleet(fleet_file), {})
             leftover.state()
-            if any(_running(pid) for pid in leftover.seen_pids):
+            if leftover.still_running():
                 say("stopping what a previous demo run in this folder left running", "yellow")
                 leftover.down()
         except Exception as exc:  # an unreadable old run must not stop a new one; say so

@@ -335,9 +335,8 @@ def _run_locked(options: DemoOptions, console: Console) -> int:
             if run.fleet is not None:
                 console.print("stopping everything: `modelserver down`, then every process "
                               "the demo saw is checked")
-                checked_pids = set(run.fleet.seen_pids)
                 left = run.fleet.down()
-                checked = len(checked_pids | run.fleet.seen_pids)
+                checked = len(run.fleet.seen)
     summary = run.summary()
     summary.processes_checked = checked
     summary.left_running = left
