@@ -7,7 +7,7 @@ console command's own `main()`, so cheap enough for all of them), and through `v
 and `gateway`, which must refuse the same file with the same message; a few also go through
 a real `modelserver up` process. The rest only the launcher can see: GPUs a static inventory does
 not have, more GPUs than it has, a llama.cpp GGUF that is not there, a port a foreign
-process holds.
+process holds, a state folder that cannot be made.
 """
 
 from __future__ import annotations
@@ -209,6 +209,18 @@ def test_a_llamacpp_path_that_is_a_folder(tmp_path: Path, modelserver: Run) -> N
     )
     done = modelserver("up", str(fleet), "--detach")
     assert_refused_and_nothing_started(fleet, done, "models[0].path", "not a file")
+
+
+def test_a_state_folder_that_cannot_be_made(tmp_path: Path, modelserver: Run) -> None:
+    # A path through a regular file cannot become a folder, even for root.
+    (tmp_path / "blocker").write_text("x")
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(
+        '[fleet]\nstate_dir = "blocker/state"\n[[hosts]]\nname = "h"\naddress = "127.0.0.1"\n'
+        f'[[models]]\nname = "m"\nbackend = "sim"\nport = {free_port_range()}\n'
+    )
+    done = modelserver("up", str(fleet), "--detach")
+    assert_refused_and_nothing_started(fleet, done, "fleet.state_dir", "blocker")
 
 
 @pytest.fixture
