@@ -1,16 +1,22 @@
 """A fleet of simulated engines run by the real launcher, for the reliability suites.
 
 Free consecutive ports per model (the launcher gives replica i the port `port + i`), a fleet
-file with small launcher intervals, and a view of the machine's processes from outside: which
-engine processes of this fleet run (by their `--port` argument), who listens on each port,
-and every pid ever seen, so cleanup can make sure none is left.
+file with small launcher intervals (and, if asked, a static GPU inventory with one GPU per
+engine), and a view of the machine's processes from outside: which engine processes of this
+fleet run (by their `--port` argument), which GPUs each was given (its CUDA_VISIBLE_DEVICES),
+who listens on each port, and every pid ever seen, so cleanup can make sure none is left.
+`StateFolderWatch` waits on the state folder's changes and a supervisor's exit together
+(inotify and a pidfd), so a test reacts to a state write at once without polling.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import select
 import signal
+import struct
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -117,6 +123,14 @@ class LaunchedFleet:
         self.seen_pids.update(found)
         return found
 
+    def engine_gpus(self) -> dict[int, str]:
+        """pid -> CUDA_VISIBLE_DEVICES of every live engine process of this fleet."""
+        found: dict[int, str] = {}
+        for pid in self.engine_processes():
+            with contextlib.suppress(psutil.Error):
+                found[pid] = psutil.Process(pid).environ().get("CUDA_VISIBLE_DEVICES", "")
+        return found
+
     def listeners(self) -> dict[int, set[int]]:
         """port -> pids listening on it, for this fleet's ports."""
         held: dict[int, set[int]] = {port: set() for port in self.ports}
@@ -166,11 +180,13 @@ def write_fleet(
     launcher: dict[str, float] | None = None,
     extra: str = "",
     name: str = "reliability",
+    gpus: int = 0,
 ) -> LaunchedFleet:
     """A fleet file of simulated engines on free ports, on the one host `local` (127.0.0.1).
 
     `launcher` overrides the quick `[launcher]` settings below; `extra` is appended as is
-    (e.g. a `[router]` section)."""
+    (e.g. a `[router]` section). `gpus` > 0 gives the host a static inventory of that many
+    GPUs and every engine one of them, so placement runs as for a real GPU engine."""
     settings = {**QUICK_LAUNCHER, **(launcher or {})}
     folder.mkdir(parents=True, exist_ok=True)
     ports: dict[int, str] = {}
@@ -182,11 +198,14 @@ def write_fleet(
         blocks.append(
             f'[[models]]\nname = "{model.name}"\nbackend = "sim"\nport = {base}\n'
             f"replicas = {model.replicas}\noptions = {{ speed = {model.speed} }}\n"
+            + ("gpus_per_replica = 1\n" if gpus else "")
         )
     state_dir = folder / "state"
+    inventory = ", ".join(f"{{ index = {i}, total_gib = 80 }}" for i in range(gpus))
+    host_gpus = f'gpus = "all"\ninventory = [{inventory}]\n' if gpus else 'gpus = "none"\n'
     text = (
         f'[fleet]\nname = "{name}"\nstate_dir = "{state_dir}"\n\n'
-        '[[hosts]]\nname = "local"\naddress = "127.0.0.1"\ngpus = "none"\n\n'
+        '[[hosts]]\nname = "local"\naddress = "127.0.0.1"\n' + host_gpus + "\n"
         + "\n".join(blocks)
         + "\n[launcher]\n"
         + "".join(f"{key} = {value}\n" for key, value in settings.items())
@@ -196,3 +215,49 @@ def write_fleet(
     path = folder / "fleet.toml"
     path.write_text(text)
     return LaunchedFleet(path, state_dir / "state-local.json", ports)
+
+
+IN_MOVED_TO = 0x80
+IN_CREATE = 0x100
+_EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
+
+
+class StateFolderWatch:
+    """Files created or renamed into a folder (inotify), and a process's exit (pidfd), waited
+    on together with select(2): a test wakes the moment a state write starts or lands."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self._fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1")
+        if self._libc.inotify_add_watch(self._fd, bytes(folder), IN_CREATE | IN_MOVED_TO) < 0:
+            raise OSError(ctypes.get_errno(), f"inotify_add_watch {folder}")
+        self._pidfd: int | None = None
+
+    def watch_exit(self, pid: int) -> None:
+        self._pidfd = os.pidfd_open(pid)
+
+    def wait(self, timeout_s: float) -> tuple[list[tuple[int, str]], bool]:
+        """(events as (mask, file name), whether the watched process exited), after at most
+        `timeout_s`; no event and no exit means the time ran out."""
+        fds = [self._fd] + ([self._pidfd] if self._pidfd is not None else [])
+        readable, _, _ = select.select(fds, [], [], max(0.0, timeout_s))
+        events: list[tuple[int, str]] = []
+        if self._fd in readable:
+            with contextlib.suppress(BlockingIOError):
+                data = os.read(self._fd, 65536)
+                offset = 0
+                while offset < len(data):
+                    _, mask, _, size = _EVENT.unpack_from(data, offset)
+                    offset += _EVENT.size
+                    name = data[offset:offset + size].rstrip(b"\0").decode(errors="replace")
+                    offset += size
+                    events.append((mask, name))
+        return events, self._pidfd is not None and self._pidfd in readable
+
+    def close(self) -> None:
+        os.close(self._fd)
+        if self._pidfd is not None:
+            os.close(self._pidfd)
