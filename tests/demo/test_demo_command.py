@@ -26,6 +26,8 @@ import psutil
 import pytest
 
 from modelserver.config import load_fleet
+from modelserver.demo.run import DEMO_LOG
+from modelserver.demo.summary import PARAPHRASE, UNRELATED
 from tests.waiting import wait_until_sync
 
 RUN_TIMEOUT_S = 240.0
@@ -150,7 +152,9 @@ def test_demo_runs_kills_a_worker_sees_it_restarted_and_leaves_nothing(
     prompt, cached = summary["cache"]["llama-8b"]
     assert 0 < cached < prompt
     similarity = summary["similarity"]
-    assert similarity["cat~kitten (paraphrase)"] > similarity["cat~stocks (unrelated)"]
+    assert similarity[PARAPHRASE] > similarity[UNRELATED]  # and problems() checked it too
+    # modelserver's own log lines went to the run folder, not nowhere.
+    assert "gateway on http://127.0.0.1:" in (demo.run_dir / DEMO_LOG).read_text()
     assert leftovers(tmp_path, demo.run_dir) == []
 
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from modelserver.demo.summary import KillReport, percentile, problems, summarize
+from modelserver.demo.summary import (
+    PARAPHRASE,
+    UNRELATED,
+    KillReport,
+    percentile,
+    problems,
+    summarize,
+)
 from modelserver.demo.workload import Outcome
 
 KILLED = "http://127.0.0.1:9000"
@@ -70,3 +77,14 @@ def test_cache_ratio_and_latency_rows_come_from_successful_requests() -> None:
     [row] = summary.rows
     assert (row.ok, row.failed) == (2, 1)
     assert row.p50_ms == pytest.approx(300.0)
+
+
+def test_real_embeddings_that_miss_a_paraphrase_break_the_demo() -> None:
+    summary = summarize([ok(OTHER)], NAMES, seconds=10, restarts={}, kill=None)
+    summary.similarity = {PARAPHRASE: 0.81, UNRELATED: 0.12}
+    assert problems(summary, MODELS) == []
+    summary.similarity = {PARAPHRASE: 0.30, UNRELATED: 0.30}
+    assert problems(summary, MODELS) == [
+        "the real embeddings put a paraphrase no closer than an unrelated sentence"
+        " (cosine 0.30 vs 0.30)"
+    ]

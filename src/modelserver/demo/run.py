@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import logging
 import math
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -34,13 +35,27 @@ from modelserver._files import atomic_write_json
 from modelserver.demo.fleet import HOST, DemoFleet, stop_previous_run
 from modelserver.demo.live import LiveView, PlainView, Snapshot, View, WorkerLine
 from modelserver.demo.narrate import INTRO, MovedAttempts, count, describe_record, error_text
-from modelserver.demo.summary import KillReport, Summary, problems, render, summarize, to_json
+from modelserver.demo.summary import (
+    PARAPHRASE,
+    UNRELATED,
+    KillReport,
+    Summary,
+    problems,
+    render,
+    summarize,
+    to_json,
+)
 from modelserver.demo.workload import Outcome, Workload
 from modelserver.errors import LaunchError
 from modelserver.gateway.server import GatewayServer
 from modelserver.models import prepare_models
 from modelserver.routing.router import Router
+from modelserver.state import LOG_MODE
 
+log = logging.getLogger(__name__)
+
+DEMO_LOG = "demo.log"
+"""In the run folder: modelserver's own log lines during the demo."""
 VICTIM = f"llama-8b-0@{HOST}"
 RECOVERY_LIMIT_S = 60.0
 """How long after the kill the worker must be back serving, else the demo failed."""
@@ -86,7 +101,8 @@ class DemoRun:
     async def main(self) -> None:
         run_dir = self.options.run_dir
         self.say(INTRO, "bold")
-        self.say(f"run folder: {run_dir} (fleet file, state, worker logs, summary.json)")
+        self.say(f"run folder: {run_dir} (fleet file, state, worker logs, {DEMO_LOG},"
+                 " summary.json)")
         await asyncio.to_thread(stop_previous_run, run_dir, self.say)
         prepared = await asyncio.to_thread(prepare_models, self.options.models_dir)
         written = ", ".join(prepared.written) or "none (both verified)"
@@ -211,8 +227,7 @@ class DemoRun:
         if vectors is None:
             return
         cat, kitten, stocks = vectors
-        self.similarity = {"cat~kitten (paraphrase)": _cosine(cat, kitten),
-                           "cat~stocks (unrelated)": _cosine(cat, stocks)}
+        self.similarity = {PARAPHRASE: _cosine(cat, kitten), UNRELATED: _cosine(cat, stocks)}
 
     # -- watching ----------------------------------------------------------------------------
 
@@ -317,10 +332,40 @@ def _run_dir_lock(run_dir: Path) -> Iterator[None]:
 
 
 def _run_locked(options: DemoOptions, console: Console) -> int:
-    # The router's and gateway's log lines would tear the live screen; what they say is
-    # shown as the demo's own events.
-    logging.getLogger("modelserver").addHandler(logging.NullHandler())
-    logging.getLogger("modelserver").propagate = False
+    with _logging_to(options.run_dir / DEMO_LOG):
+        try:
+            return _run_logged(options, console)
+        except BaseException as exc:
+            if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                log.exception("the demo stopped on an error")
+                console.print(f"the demo's log, with what went wrong: {options.run_dir / DEMO_LOG}")
+            raise
+
+
+@contextlib.contextmanager
+def _logging_to(path: Path) -> Iterator[None]:
+    """modelserver's own log lines (router, gateway, the demo's errors with their
+    tracebacks) go to `path`, not the screen: they would tear the live view, and what they
+    say is shown there as the demo's own events. Readable by its owner only, like the
+    workers' logs."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, LOG_MODE)
+    handler = logging.StreamHandler(os.fdopen(fd, "w", encoding="utf-8"))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("modelserver")
+    before = (root.level, root.propagate)
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    root.propagate = False
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(before[0])
+        root.propagate = before[1]
+        handler.close()
+
+
+def _run_logged(options: DemoOptions, console: Console) -> int:
     run = DemoRun(options, console)
     interrupted = False
     try:

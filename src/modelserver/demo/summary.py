@@ -74,6 +74,11 @@ class Summary:
     left_running: list[int] = field(default_factory=list)
 
 
+PARAPHRASE = "cat~kitten (paraphrase)"
+UNRELATED = "cat~stocks (unrelated)"
+"""The `similarity` entries: a sentence against its paraphrase, and against an unrelated one."""
+
+
 def percentile(values: Sequence[float], q: float) -> float | None:
     """The q-th percentile (0..100) by linear interpolation between closest ranks."""
     if not values:
@@ -147,6 +152,12 @@ def problems(summary: Summary, models: Iterable[str]) -> list[str]:
             found.append(f"the supervisor did not restart {summary.kill.worker}")
         elif summary.kill.serving_again_after_s is None:
             found.append(f"{summary.kill.worker} did not serve again after its restart")
+    paraphrase, unrelated = summary.similarity.get(PARAPHRASE), summary.similarity.get(UNRELATED)
+    if paraphrase is not None and unrelated is not None and not paraphrase > unrelated:
+        found.append(
+            f"the real embeddings put a paraphrase no closer than an unrelated sentence"
+            f" (cosine {paraphrase:.2f} vs {unrelated:.2f})"
+        )
     if summary.left_running:
         found.append(f"processes still ran after down (killed now): {summary.left_running}")
     return found
