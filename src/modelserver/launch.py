@@ -364,10 +364,12 @@ def _running_gpus(supervisor: Supervisor) -> frozenset[str]:
 
 def _died_unwatched(record: WorkerRecord | None) -> WorkerRecord | None:
     """A worker that was meant to run but died while no launcher watched: starting it again
-    is a restart. One that failed or was stopped starts afresh, with a new restart budget."""
+    is a restart (one that only waited to be placed keeps its count: it did not run). One that
+    failed or was stopped starts afresh, with a new restart budget."""
     if record is None or record.status in ("failed", "stopped"):
         return None
-    record.restarts += 1
+    if record.status != "waiting":
+        record.restarts += 1
     return record
 
 

@@ -332,7 +332,10 @@ def down(fleet: FleetArg, host: HostOpt = None) -> None:
         worker.create_time = None
         worker.waiting_for = None
     state.supervisor = None
-    write_state(path, state)
+    try:
+        write_state(path, state)
+    except OSError as exc:
+        raise LaunchError(f"{path}: cannot write the state file ({exc.strerror or exc})") from None
     stopped = len(set(was_running) | {w.name for w in leftovers}) + len(unrecorded)
     if not supervisors and not stopped:
         console.print(f"nothing runs on {name} (its workers were stopped already)")

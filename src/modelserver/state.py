@@ -292,8 +292,8 @@ class SupervisorLock:
     def held_by_other(self) -> bool:
         """True if some process holds the lock now (used by `down` and `status`)."""
         try:
-            fd = os.open(self.path, os.O_RDWR)
-        except FileNotFoundError:
+            fd = os.open(self.path, os.O_RDONLY)  # flock needs no write access
+        except (FileNotFoundError, PermissionError):
             return False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

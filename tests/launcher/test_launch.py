@@ -367,8 +367,10 @@ async def test_the_probe_gives_up_after_its_timeout_and_says_so() -> None:
 
     from modelserver.launch import HttpProbe, answered_loading
 
+    released = asyncio.Event()
+
     async def slow(request: web.Request) -> web.Response:
-        await asyncio.sleep(30)
+        await released.wait()  # answers only once the test is over
         return web.Response()
 
     async def loading(request: web.Request) -> web.Response:
@@ -389,5 +391,24 @@ async def test_the_probe_gives_up_after_its_timeout_and_says_so() -> None:
         why = await probe(url, ("/health",), None)
         assert why == "GET /health: HTTP 503" and answered_loading(why)
     finally:
+        released.set()
         await probe.close()
         await runner.cleanup()
+
+
+@pytest.mark.parametrize(("status", "restarts"), [("ready", 5), ("waiting", 4), ("failed", 0)])
+async def test_a_worker_that_died_unwatched_counts_a_restart_one_that_only_waited_does_not(
+    tmp_path: Path, status: str, restarts: int
+) -> None:
+    fleet = _tiny_fleet(tmp_path)
+    [spec] = fleet.workers()
+    record = WorkerRecord(name=spec.name, model="tiny", kind="chat", url=spec.url,
+                          host="local", port=spec.port, status=status, restarts=4)
+    write_state(tmp_path / "state-local.json",
+                HostState(host="local", fleet="fleet", workers=[record]))
+    probe = FakeProbe()
+    probe.up.add(spec.url)
+    sup = await launch(fleet, "local", spawner=FakeSpawner(), probe=probe, clock=FakeClock())
+    await asyncio.wait_for(sup.wait_until(Supervisor.settled), 10)
+    await sup.stop_all()
+    assert sup.workers[spec.name].record.restarts == restarts
