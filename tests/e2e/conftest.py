@@ -3,9 +3,10 @@
 The copy differs from the example only where a test must: free ports found now, its own
 state folder, and the model paths of a models folder `prepare_models` filled for this run.
 `modelserver up --detach` starts it as a real subprocess; the fixture's finally runs
-`modelserver down` and then kills, by process group, any process the tests ever saw (the
-supervisor and every worker pid) that still runs, so nothing outlives the module even when
-a test fails.
+`modelserver down` and then kills what of this fleet still runs, so nothing outlives the
+module even when a test fails: a process the state file named that is still that process
+(same pid and start time: a pid alone may be another process's by then), or one carrying
+this fleet's state-file mark in its environment.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import pytest
 
 from modelserver.models import prepare_models
 from modelserver.netinfo import free_port_range
+from modelserver.processes import STATE_FILE_ENV
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "cpu.toml"
 EXAMPLE_MODELS_DIR = "~/.cache/modelserver/models"
@@ -43,6 +45,17 @@ def running(pid: int | None) -> bool:
         return False
 
 
+def marked_processes(state_file: Path) -> list[psutil.Process]:
+    """Live processes whose environment names `state_file`: engines its launcher started."""
+    wanted = str(state_file.resolve())
+    found = []
+    for proc in psutil.process_iter(["status"]):
+        if proc.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        with contextlib.suppress(psutil.Error):
+            if proc.environ().get(STATE_FILE_ENV) == wanted:
+                found.append(proc)
+    return found
 
 
 def copy_cpu_example(folder: Path, models_dir: Path) -> Path:
@@ -74,8 +87,9 @@ def copy_cpu_example(folder: Path, models_dir: Path) -> Path:
 class CpuFleet:
     path: Path
     state_file: Path
-    seen_pids: set[int] = field(default_factory=set)
-    """Every supervisor and worker pid the tests have seen: none may outlive `down`."""
+    seen: dict[int, float] = field(default_factory=dict)
+    """pid -> start time of every supervisor and worker the state file named: none may
+    outlive `down`."""
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -84,20 +98,31 @@ class CpuFleet:
         )
 
     def status(self) -> list[dict[str, Any]]:
-        """`modelserver status FLEET --json`, remembering the pids it names."""
+        """`modelserver status FLEET --json` (and the state file's processes remembered)."""
         done = self.run("status", str(self.path), "--json")
         assert done.returncode == 0, done.stderr
         rows: list[dict[str, Any]] = json.loads(done.stdout)
-        self.seen_pids.update(row["pid"] for row in rows if row["pid"])
+        self.state()
         return rows
 
     def state(self) -> dict[str, Any]:
-        """The state file as the supervisor last wrote it (remembering its pids)."""
+        """The state file as the supervisor last wrote it (remembering its processes)."""
         state: dict[str, Any] = json.loads(self.state_file.read_text())
-        self.seen_pids.update(w["pid"] for w in state["workers"] if w["pid"])
-        if state.get("supervisor"):
-            self.seen_pids.add(state["supervisor"]["pid"])
+        for record in [*state["workers"], state.get("supervisor") or {}]:
+            if record.get("pid") and record.get("create_time"):
+                self.seen[record["pid"]] = record["create_time"]
         return state
+
+    def still_running(self) -> list[psutil.Process]:
+        """What of this fleet still runs: processes the state file named (still the same
+        ones) and processes carrying its mark."""
+        found = {proc.pid: proc for proc in marked_processes(self.state_file)}
+        for pid, started in self.seen.items():
+            with contextlib.suppress(psutil.Error):
+                proc = psutil.Process(pid)
+                if abs(proc.create_time() - started) < 0.01 and running(pid):
+                    found[pid] = proc
+        return sorted(found.values(), key=lambda proc: proc.pid)
 
     def worker(self, name: str) -> dict[str, Any]:
         return next(w for w in self.state()["workers"] if w["name"] == name)
@@ -121,12 +146,12 @@ def cpu_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CpuFleet]:
 def _stop_everything(fleet: CpuFleet) -> None:
     with contextlib.suppress(Exception):
         fleet.state()
-    if any(running(pid) for pid in fleet.seen_pids):
+    if fleet.still_running():
         with contextlib.suppress(Exception):
             fleet.run("down", str(fleet.path))
-    for pid in fleet.seen_pids:
-        if running(pid):  # `down` failed or was not reached: stop the group ourselves
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
+    for proc in fleet.still_running():  # `down` failed or was not reached: stop it ourselves
+        with contextlib.suppress(psutil.Error, ProcessLookupError, PermissionError):
+            leads_group = os.getpgid(proc.pid) == proc.pid
+            proc.kill()  # psutil refuses if the pid is no longer this process
+            if leads_group:  # engines and the supervisor run in sessions of their own
+                os.killpg(proc.pid, signal.SIGKILL)

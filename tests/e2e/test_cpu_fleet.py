@@ -12,6 +12,8 @@ import asyncio
 import math
 import os
 import signal
+import socket
+import time
 from collections.abc import Sequence
 
 import openai
@@ -21,9 +23,10 @@ from modelserver.client import Completion
 from modelserver.config import BreakerConfig, HealthConfig
 from modelserver.errors import ModelServerError
 from modelserver.gateway import GatewayServer
+from modelserver.routing.events import AttemptResult, RouterObserver
 from tests.waiting import wait_until
 
-from .conftest import CpuFleet, running
+from .conftest import CpuFleet, marked_processes, running
 
 MINILM_DIM = 384  # all-MiniLM-L6-v2's sentence embedding size
 TRIPLES = [  # (sentence, its paraphrase, an unrelated sentence)
@@ -44,6 +47,30 @@ TRIPLES = [  # (sentence, its paraphrase, an unrelated sentence)
 def cosine(a: Sequence[float], b: Sequence[float]) -> float:
     dot = sum(x * y for x, y in zip(a, b, strict=True))
     return dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
+
+
+class VictimFailures(RouterObserver):
+    """Failed attempts on one worker, and the retries that followed them."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.killed_at: float | None = None
+        self.failed = 0
+        self.retried = 0
+        self.first_failed_started_before_kill: bool | None = None
+
+    def on_result(self, result: AttemptResult) -> None:
+        if result.worker == self.url and not result.ok:
+            self.failed += 1
+            if self.first_failed_started_before_kill is None and self.killed_at is not None:
+                started = time.monotonic() - result.e2e_s
+                self.first_failed_started_before_kill = started < self.killed_at
+
+    def on_retry(
+        self, model: str, failed_worker: str, error: str, next_attempt: int, backoff_s: float
+    ) -> None:
+        if failed_worker == self.url:
+            self.retried += 1
 
 
 def urls(fleet: CpuFleet, model: str) -> set[str]:
@@ -126,8 +153,10 @@ async def test_a_worker_killed_with_sigkill_restarts_while_every_request_succeed
     )
     results: list[Completion | ModelServerError] = []
     stop = asyncio.Event()
+    victim_failures = VictimFailures(victim["url"])
 
     async with AsyncModelServer(cpu_fleet.path, config=config) as ms:
+        ms.router.add_observer(victim_failures)
 
         async def user(index: int) -> None:
             turn = 0
@@ -145,6 +174,7 @@ async def test_a_worker_killed_with_sigkill_restarts_while_every_request_succeed
         users = [asyncio.create_task(user(i)) for i in range(6)]
         try:
             await wait_until(lambda: in_flight_on_victim() > 0, "a request in flight on the victim")
+            victim_failures.killed_at = time.monotonic()
             os.kill(victim["pid"], signal.SIGKILL)  # while that request is in flight
             answered_before_kill = len(results)
 
@@ -168,6 +198,11 @@ async def test_a_worker_killed_with_sigkill_restarts_while_every_request_succeed
 
     failures = [r for r in results if isinstance(r, ModelServerError)]
     assert not failures, failures[:3]
+    # Failover, not luck: attempts did fail on the killed worker (the one in flight at the
+    # kill among them), and the router retried each elsewhere, since every request succeeded.
+    assert victim_failures.failed >= 1, "no attempt failed on the killed worker"
+    assert victim_failures.retried == victim_failures.failed, vars(victim_failures)
+    assert victim_failures.first_failed_started_before_kill, vars(victim_failures)
     assert restarted_at > answered_before_kill  # answered while the victim was down
     after = cpu_fleet.worker(victim["name"])
     assert after["pid"] != victim["pid"] and running(after["pid"])
@@ -175,14 +210,25 @@ async def test_a_worker_killed_with_sigkill_restarts_while_every_request_succeed
     assert not running(victim["pid"])
 
 
-def test_down_leaves_no_process_running(cpu_fleet: CpuFleet) -> None:
+def test_down_leaves_no_process_running_and_no_port_open(cpu_fleet: CpuFleet) -> None:
     cpu_fleet.status()
-    pids = set(cpu_fleet.seen_pids)
-    assert len(pids) >= 6  # the supervisor, four workers, and the restarted one
+    assert len(cpu_fleet.seen) >= 6  # the supervisor, four workers, and the restarted one
+    assert marked_processes(cpu_fleet.state_file)  # the check below can see engines
+    ports = [w.port for w in load_fleet(cpu_fleet.path).workers()]
+    assert all(listening(port) for port in ports)
     down = cpu_fleet.run("down", str(cpu_fleet.path))
     assert down.returncode == 0, down.stderr
-    still = [pid for pid in pids if running(pid)]
-    assert not still, f"still running after down: {still}"
+    # Every process the state file named (same pid and start time), and any process carrying
+    # this fleet's state-file mark, recorded or not.
+    still = cpu_fleet.still_running()
+    assert not still, f"still running after down: {[p.pid for p in still]}"
+    assert not [port for port in ports if listening(port)]
     state = cpu_fleet.state()
     assert state["supervisor"] is None
     assert {w["status"] for w in state["workers"]} == {"stopped"}
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
