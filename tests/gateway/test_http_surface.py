@@ -367,3 +367,20 @@ async def test_every_attempt_failing_is_502_and_a_passed_deadline_is_504() -> No
         status, body = await post(http, gateway.url + "/v1/completions", payload, {})
     assert status == 504
     assert_openai_error(body)
+
+
+async def test_a_request_reaching_a_closed_router_is_503_shutting_down() -> None:
+    def answer(request: MockRequest) -> MockResponse:
+        return MockResponse(json={"choices": [{"text": "hi"}]})
+
+    router = Router.from_mapping({"m": ["http://127.0.0.1:9"]}, transport=MockTransport(answer))
+    payload = orjson.dumps({"model": "m", "prompt": "hi"})
+    async with (
+        GatewayServer(router, port=0, environ={}) as gateway,
+        aiohttp.ClientSession() as http,
+    ):
+        await router.close()  # what a shutdown does under requests still arriving
+        status, body = await post(http, gateway.url + "/v1/completions", payload, {})
+    assert status == 503
+    assert_openai_error(body)
+    assert body["error"]["code"] == "shutting_down"

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from modelserver.config import GatewayConfig
 from modelserver.errors import (
+    ClientClosed,
     DeadlineExceeded,
     EngineRejected,
     NoHealthyWorker,
@@ -204,6 +205,8 @@ def _proxy_handler(path: str, body_timeout_s: float) -> Handler:
             return error_response(
                 503, str(exc), code="no_healthy_worker", headers={"Retry-After": "1"}
             )
+        except ClientClosed as exc:  # the gateway is shutting down under this request
+            return error_response(503, str(exc), code="shutting_down")
         except DeadlineExceeded as exc:
             overloaded = overload_status(failed)
             if overloaded is not None:
@@ -282,7 +285,7 @@ async def _relay_stream(request: web.Request, routed: RoutedResponse) -> web.Str
         return response
     except WorkerError as exc:
         # The first chunk is already out: no failover now. Tell the caller in the stream
-        # (a worker that died, stalled, or ended without `data: [DONE]`: see Router._relay).
+        # (a worker that died, stalled, or ended without `data: [DONE]`: see routing/stream.py).
         with contextlib.suppress(ConnectionError):
             await response.write(b"data: " + error_body(502, str(exc), "worker_failed") + b"\n\n")
         return response
