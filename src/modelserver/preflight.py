@@ -25,6 +25,7 @@ from modelserver.config import Fleet, ModelConfig
 from modelserver.errors import FleetFileError, LaunchError
 from modelserver.gpus import GpuInventory, inventory_for
 from modelserver.launch import gpu_view, ports_held_by_others
+from modelserver.models.prepare import default_models_dir
 from modelserver.placement import GpuView, plan
 from modelserver.processes import marked_engine_groups
 from modelserver.state import HostState, process_is, read_state, state_path
@@ -101,13 +102,24 @@ def _weights_problems(fleet: Fleet, model: ModelConfig, index: int, host: str) -
     where = f"models[{index}].path"
     found = Path(path)
     if not found.exists():
-        return [f"{where}: {path} does not exist on host {host!r}"
-                f" (backend {model.backend!r} loads its weights from there)"]
+        hint = (
+            "; `modelserver models prepare` writes the example models there"
+            if _under(found, default_models_dir())
+            else ""
+        )
+        return [
+            f"{where}: {path} does not exist on host {host!r}"
+            f" (backend {model.backend!r} loads its weights from there){hint}"
+        ]
     if model.backend == "llamacpp" and not found.is_file():
         return [f"{where}: {path} is not a file (llama.cpp needs a GGUF file)"]
     if not os.access(found, os.R_OK):
         return [f"{where}: {path} cannot be read (permission denied)"]
     return []
+
+
+def _under(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(folder.resolve())
 
 
 def _gpu_problems(fleet: Fleet, host: str, view: GpuView) -> list[str]:

@@ -52,6 +52,20 @@ def test_a_hub_id_is_not_a_path_but_a_local_path_must_exist(tmp_path: Path) -> N
         preflight(fleet(tmp_path, local), "h", gpus(1))
 
 
+def test_a_missing_example_model_points_at_models_prepare(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # default_models_dir() is under it
+    example = tmp_path / "home" / ".cache" / "modelserver" / "models" / "tiny-chat.gguf"
+    model = {"name": "m", "backend": "llamacpp", "path": str(example), "port": 30000}
+    with pytest.raises(FleetFileError, match="`modelserver models prepare` writes"):
+        preflight(fleet(tmp_path, model), "h", gpus(0))
+    elsewhere = {**model, "path": str(tmp_path / "mine.gguf")}
+    with pytest.raises(FleetFileError) as caught:
+        preflight(fleet(tmp_path, elsewhere), "h", gpus(0))
+    assert "models prepare" not in str(caught.value)
+
+
 def test_a_gguf_that_is_there_passes(tmp_path: Path) -> None:
     (tmp_path / "m.gguf").write_bytes(b"GGUF")
     model = {"name": "m", "backend": "llamacpp", "path": "./m.gguf", "port": 30000}
