@@ -28,6 +28,7 @@ import orjson
 import psutil
 
 from modelserver.netinfo import free_port_range
+from modelserver.processes import STATE_FILE_ENV
 
 DEADLINE_S = 60.0
 
@@ -159,11 +160,26 @@ class LaunchedFleet:
                 self.run("down")
         left = self.running(self.seen_pids)
         for pid in left:
+            if not is_ours(pid, self.state, self.path):
+                continue  # the pid was reused by a process that is not this fleet's
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
         return left
+
+
+def is_ours(pid: int, state_file: Path, fleet_file: Path) -> bool:
+    """An engine marked with this fleet's state file, or a launcher of this fleet file: what
+    a test may kill. A bare pid may have been reused by anyone's process on a shared
+    machine."""
+    try:
+        proc = psutil.Process(pid)
+        if proc.environ().get(STATE_FILE_ENV) == str(state_file.resolve()):
+            return True
+        return str(fleet_file) in proc.cmdline()
+    except psutil.Error:
+        return False
 
 
 def _alive(pid: int) -> bool:

@@ -32,6 +32,7 @@ from modelserver.gateway import GatewayServer
 from modelserver.netinfo import free_port_range
 from modelserver.placement import Placement
 from modelserver.routing import MockResponse, MockTransport, Router
+from tests.reliability.launched import is_ours
 from tests.waiting import wait_until_sync
 
 ENGINE_KEY = "sk-engine-key-do-not-leak-1"
@@ -145,8 +146,9 @@ admin_keys = ["{ADMIN_KEY}"]
         result.run("down", str(fleet))
         with contextlib.suppress(Exception):
             for pid in result.worker_pids():
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pid, signal.SIGKILL)
+                if is_ours(pid, result.state_dir / "state-local.json", fleet):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(pid, signal.SIGKILL)
 
 
 def _answers(url: str, proc: subprocess.Popen[bytes]) -> bool:
