@@ -146,6 +146,8 @@ class WorkerError(RequestError):
     def __init__(self, worker: str, message: str, status: int | None = None) -> None:
         self.worker = worker
         self.status = status
+        self.reason = message
+        """What went wrong, without the worker URL that prefixes `str(self)`."""
         super().__init__(f"{worker}: {message}")
 
 

@@ -63,7 +63,7 @@ async def _probe(
         )
         await answer.read()
     except WorkerError as exc:
-        return str(exc).removeprefix(f"{exc.worker}: ")
+        return exc.reason
     if answer.status >= 400:
         return f"HTTP {answer.status}"
     return None

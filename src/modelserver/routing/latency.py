@@ -108,8 +108,7 @@ async def _measure_model(
             try:
                 latency = task.result()
             except WorkerError as exc:
-                message = str(exc).removeprefix(f"{exc.worker}: ")
-                outcomes[entry.url] = LatencyResult(entry, None, message)
+                outcomes[entry.url] = LatencyResult(entry, None, exc.reason)
                 continue
             outcomes[entry.url] = LatencyResult(entry, latency, "ok")
             if deadline is None:

@@ -805,13 +805,7 @@ def _deadline_error(model: str, budget: AttemptBudget) -> DeadlineExceeded:
 
 
 def _short(exc: BaseException) -> str:
-    text = str(exc)
-    if isinstance(exc, WorkerError):
-        # The worker URL is already the prefix of the message; keep only what went wrong.
-        prefix = f"{exc.worker}: "
-        if text.startswith(prefix):
-            text = text[len(prefix) :]
-    return text
+    return exc.reason if isinstance(exc, WorkerError) else str(exc)
 
 
 def _safely(hook: Callable[..., None], *args: Any) -> None:

@@ -14,7 +14,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from types import AsyncGeneratorType
 from typing import cast
 
-from modelserver.errors import ClientClosed, RetryableWorkerError, WorkerError, WorkerUnreachable
+from modelserver.errors import ClientClosed, RetryableWorkerError, WorkerUnreachable
 
 StreamEnd = Callable[["StreamRelay", "bool | None", "str | None", int], None]
 """Called once when a stream ends: (relay, verdict on the worker or None for none, error,
@@ -151,7 +151,7 @@ class StreamRelay:
         except RetryableWorkerError as exc:
             if self._closed_error is not None:  # the read broke because the router closed
                 raise self._closed_error from None
-            verdict, error = False, _short(exc)
+            verdict, error = False, exc.reason
             raise
         finally:
             await self._end(verdict, error)
@@ -174,7 +174,3 @@ class StreamRelay:
                     await closer()
         finally:
             self._release()
-
-
-def _short(exc: WorkerError) -> str:
-    return str(exc).removeprefix(f"{exc.worker}: ")
