@@ -171,9 +171,7 @@ class CacheAwarePolicy(Policy):
                 settings.cache_threshold
             ):
                 chosen = least_loaded([w for w in workers if w.url in holders], self.rng)
-        if chosen is not None and (
-            self._too_slow(chosen, workers) or self._over_fair_share(chosen, workers)
-        ):
+        if chosen is not None and not self._affinity_pays(chosen, workers):
             chosen = None  # the cache saves a prefill; this worker would cost more than that
         if chosen is None:
             chosen = least_loaded(workers, self.rng)
@@ -181,23 +179,26 @@ class CacheAwarePolicy(Policy):
             index.insert(keys, chosen.url)
         return chosen
 
-    def _too_slow(self, holder: Worker, workers: Sequence[Worker]) -> bool:
+    def _affinity_pays(self, holder: Worker, workers: Sequence[Worker]) -> bool:
+        """May `holder` take the request for its cached prefix? Not if its learned time per
+        token is over `affinity_max_slowdown` x the fastest worker's, nor if one more
+        request would put it past its bounded share of the requests in flight (this one
+        included), shares weighted by learned speed."""
+        settings = self.settings
         default = fleet_default_latency(workers)
-        fastest = min(latency_estimate(w, default) for w in workers)
-        return latency_estimate(holder, default) > self.settings.affinity_max_slowdown * fastest
-
-    def _over_fair_share(self, holder: Worker, workers: Sequence[Worker]) -> bool:
-        """Would one more request put `holder` past its bounded share of the requests in
-        flight (this one included), shares weighted by learned speed?"""
-        default = fleet_default_latency(workers)
+        own = max(latency_estimate(holder, default), _TINY_LATENCY)
+        fastest = own
         total_speed = 0.0
         in_flight = 1
         for worker in workers:
-            total_speed += 1.0 / max(latency_estimate(worker, default), _TINY_LATENCY)
+            latency = max(latency_estimate(worker, default), _TINY_LATENCY)
+            fastest = min(fastest, latency)
+            total_speed += 1.0 / latency
             in_flight += worker.in_flight
-        share = 1.0 / max(latency_estimate(holder, default), _TINY_LATENCY) / total_speed
-        bound = self.settings.affinity_load_factor * in_flight * share
-        return holder.in_flight + 1 > bound + self.settings.affinity_load_slack
+        if own > settings.affinity_max_slowdown * fastest:
+            return False
+        bound = settings.affinity_load_factor * in_flight * (1.0 / own) / total_speed
+        return holder.in_flight + 1 <= bound + settings.affinity_load_slack
 
     def _imbalanced(self, workers: Sequence[Worker]) -> bool:
         loads = [w.in_flight for w in workers]
