@@ -54,10 +54,6 @@ H100_SXM = Gpu("H100 SXM5 80GB", 3.35e12, 989.4e12, 81_559 * 2**20)
 # calibration: SGLang's published Llama-3.1-8B figures are on this GPU (see below).
 A100_SXM_80GB = Gpu("A100 SXM4 80GB", 2.039e12, 312e12, 81_920 * 2**20)
 
-HBM_BANDWIDTH = H100_SXM.hbm_bandwidth
-PEAK_BF16_FLOPS = H100_SXM.peak_bf16_flops
-GPU_MEMORY_BYTES = H100_SXM.memory_bytes
-
 # --- achieved fractions of peak: fitted to published SGLang figures -----------------------
 # Fitted on SGLang's own published run of Llama-3.1-8B-Instruct (bf16, SGLang v0.3.0,
 # --enable-torch-compile, 1 x A100 80GB), sgl-project/sglang benchmark/benchmark_vllm_060/
