@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from modelserver.config import WorkerSpec, load_fleet
+from modelserver.config import load_fleet
 from modelserver.errors import ModelServerError
 
 app = typer.Typer(
@@ -47,25 +47,21 @@ COMMAND_MODULES: tuple[str, ...] = (
 def validate(fleet: FleetArg) -> None:
     """Check a fleet file and list the workers it describes."""
     loaded = load_fleet(fleet)
-    workers = loaded.workers()
-    table = Table(title=Text(f"fleet {loaded.fleet.name!r}: {len(workers)} workers"))
+    rows = [(w.name, w.model, w.kind, w.backend, w.url) for w in loaded.workers()]
+    table = Table(title=Text(f"fleet {loaded.fleet.name!r}: {len(rows)} workers"))
     # A URL cut short hides its port: names fold instead, and a terminal too narrow even for
     # the URLs gets lines as wide as they need.
     table.add_column("worker", overflow="fold", min_width=8)
     table.add_column("model", overflow="fold", min_width=8)
     for index, column in enumerate(("kind", "backend", "url"), start=2):
-        widest = max([len(column)] + [len(_row(w)[index]) for w in workers])
+        widest = max([len(column)] + [len(row[index]) for row in rows])
         table.add_column(column, no_wrap=True, min_width=widest)
-    for worker in workers:
-        table.add_row(*(Text(cell) for cell in _row(worker)))
+    for row in rows:
+        table.add_row(*(Text(cell) for cell in row))
     # Each column has one space either side and a rule on its left; one more rule ends it.
     needed = sum(column.min_width or 0 for column in table.columns) + 3 * len(table.columns) + 1
     out = console if console.width >= needed else Console(file=console.file, width=needed)
     out.print(table)
-
-
-def _row(worker: WorkerSpec) -> tuple[str, str, str, str, str]:
-    return worker.name, worker.model, worker.kind, worker.backend, worker.url
 
 
 @functools.cache  # once per process: main() may run several times (tests call it in-process)
