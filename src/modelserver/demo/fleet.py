@@ -31,7 +31,7 @@ from modelserver.config import Fleet, load_fleet
 from modelserver.errors import LaunchError
 from modelserver.models import PreparedModels
 from modelserver.netinfo import free_port_range
-from modelserver.processes import STATE_FILE_ENV
+from modelserver.processes import marked_engine_groups, stop_unrecorded_engines
 from modelserver.routing.entries import WorkerEntry
 from modelserver.state import HostState, WorkerRecord, process_is, read_state, state_path
 
@@ -182,11 +182,23 @@ class DemoFleet:
 
     def still_running(self) -> list[int]:
         """Processes of this fleet still running: a pid the state file named that is still
-        the process it named (same start time), or a process carrying this fleet's
-        state-file mark (an engine the launcher started, whether or not it recorded it)."""
-        named = {pid for pid, started in self.seen.items() if process_is(pid, started)}
-        marked = {proc.pid for proc in _marked_processes(self.state_file)}
-        return sorted(named | marked)
+        the process it named (same start time), or the process group of one carrying this
+        fleet's state-file mark (an engine the launcher started, whether or not it recorded
+        it; an engine leads a group of its own)."""
+        named = {proc.pid for proc in self._named_processes()}
+        return sorted(named | marked_engine_groups(self.state_file).keys())
+
+    def _named_processes(self) -> list[psutil.Process]:
+        """Handles on the processes the state file named that are still those processes.
+        psutil remembers the start time it saw, so a kill through a handle cannot reach a
+        pid reused since."""
+        found = []
+        for pid, started in self.seen.items():
+            with contextlib.suppress(psutil.Error):
+                proc = psutil.Process(pid)
+                if process_is(pid, started):
+                    found.append(proc)
+        return found
 
     def records(self) -> dict[str, WorkerRecord]:
         state = self.state()
@@ -229,23 +241,13 @@ class DemoFleet:
                 cwd=self.path.parent, env=_plain_env(), start_new_session=True,
             )
         survivors = self.still_running()
-        victims = [p for pid in survivors if (p := self._ours(pid)) is not None]
-        for proc in victims:
+        named = self._named_processes()
+        for proc in named:
             _kill_with_its_group(proc)
-        psutil.wait_procs(victims, timeout=5)
+        # Marked engines, stopped as `down` stops them: no supervisor is left to restart them.
+        stop_unrecorded_engines(self.state_file, keep=())
+        psutil.wait_procs(named, timeout=5)
         return survivors
-
-    def _ours(self, pid: int) -> psutil.Process | None:
-        """`pid` as a psutil handle, if it is still this fleet's process. psutil remembers
-        the start time it saw, so a kill through the handle cannot reach a reused pid."""
-        try:
-            proc = psutil.Process(pid)
-            started = self.seen.get(pid)
-            if started is not None and abs(proc.create_time() - started) < 0.01:
-                return proc
-            return proc if _has_mark(proc, self.state_file) else None
-        except psutil.Error:
-            return None
 
 
 def _modelserver(*args: str) -> list[str]:
@@ -255,21 +257,6 @@ def _modelserver(*args: str) -> list[str]:
 def _plain_env() -> dict[str, str]:
     # Plain output from the launcher's subprocesses (they are read, not shown).
     return {**os.environ, "NO_COLOR": "1", "TERM": "dumb"}
-
-
-def _marked_processes(state_file: Path) -> list[psutil.Process]:
-    marked = []
-    for proc in psutil.process_iter(["status"]):
-        if proc.info["status"] != psutil.STATUS_ZOMBIE and _has_mark(proc, state_file):
-            marked.append(proc)
-    return marked
-
-
-def _has_mark(proc: psutil.Process, state_file: Path) -> bool:
-    try:
-        return proc.environ().get(STATE_FILE_ENV) == str(state_file.resolve())
-    except psutil.Error:
-        return False  # gone, or not ours to read
 
 
 def _kill_with_its_group(proc: psutil.Process) -> None:
