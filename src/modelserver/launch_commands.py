@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from modelserver.backends import backend_for, check_options
+from modelserver.backends import backend_for
 from modelserver.backends.base import fleet_secrets
 from modelserver.clock import SystemClock
 from modelserver.config import Fleet, WorkerSpec, load_fleet
@@ -81,7 +81,6 @@ def up(
 ) -> None:
     """Start this host's workers, wait until they answer, and keep them alive."""
     loaded = load_fleet(fleet)
-    check_options(loaded)
     name = detect_host(loaded, host)
     if not loaded.workers(name):
         raise LaunchError(f"the fleet file has no workers on host {name!r}")

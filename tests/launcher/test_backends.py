@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from modelserver.backends import backend_for, check_options
+from modelserver.backends import backend_for
 from modelserver.backends.base import LaunchSpec, engine_env
 from modelserver.backends.llamacpp import RUNNER_MODULE
 from modelserver.config import Fleet, parse_fleet
@@ -195,7 +195,7 @@ def test_unknown_option_names_the_key_and_the_allowed_ones() -> None:
         ],
     }
     with pytest.raises(FleetFileError) as info:
-        check_options(parse_fleet(document))  # parse_fleet itself checks options now
+        parse_fleet(document)  # it checks each model's options against its backend
     assert info.value.problems == [
         "models[1].options.sped: unknown option for backend 'sim'; allowed: cache_tokens,"
         " fault, max_running, seed, speed"
