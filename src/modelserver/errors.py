@@ -125,9 +125,15 @@ class DeadlineExceeded(RequestError):
     """The request's deadline or attempt budget ran out before any worker answered."""
 
     def __init__(
-        self, message: str, attempts: list[str] | None = None, timed_out: bool = True
+        self,
+        message: str,
+        attempts: list[str] | None = None,
+        timed_out: bool = True,
+        statuses: list[int | None] | None = None,
     ) -> None:
         self.attempts = list(attempts or [])
+        self.statuses = list(statuses or [])
+        """The engine's HTTP status of each failed attempt (None: no answer), in order."""
         self.timed_out = timed_out
         """True if the deadline passed; False if every allowed attempt failed first."""
         super().__init__(message)

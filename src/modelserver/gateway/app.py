@@ -28,11 +28,7 @@ from modelserver.errors import (
     WorkerError,
     WrongModelKind,
 )
-from modelserver.gateway.attempts import (
-    FailedAttemptStatuses,
-    overload_status,
-    recording_failed_attempts,
-)
+from modelserver.gateway.attempts import overload_status
 from modelserver.gateway.auth import KeyRing
 from modelserver.gateway.errors import error_body, error_response
 from modelserver.gateway.metrics import GatewayMetrics
@@ -60,7 +56,6 @@ def build_app(router: Router, config: GatewayConfig, keys: KeyRing) -> web.Appli
     """The aiohttp application; the caller owns the router's lifecycle (start/close)."""
     metrics = GatewayMetrics(router)
     router.add_observer(metrics)
-    router.add_observer(FailedAttemptStatuses())
     app = web.Application(
         client_max_size=config.max_body_bytes,
         middlewares=[
@@ -191,8 +186,7 @@ def _proxy_handler(path: str, body_timeout_s: float) -> Handler:
             return response
         try:
             body, model, stream = _routing_fields(raw)
-            with recording_failed_attempts() as failed:
-                routed = await router.forward(model, path, raw, stream=stream, parsed=body)
+            routed = await router.forward(model, path, raw, stream=stream, parsed=body)
         except _BadRequest as exc:
             return error_response(exc.status, str(exc), param=exc.param)
         except UnknownModel as exc:
@@ -208,7 +202,7 @@ def _proxy_handler(path: str, body_timeout_s: float) -> Handler:
         except ClientClosed as exc:  # the gateway is shutting down under this request
             return error_response(503, str(exc), code="shutting_down")
         except DeadlineExceeded as exc:
-            overloaded = overload_status(failed)
+            overloaded = overload_status(exc.statuses)
             if overloaded is not None:
                 # The engine's own Retry-After does not reach the gateway (the router reports
                 # statuses only); the gateway's hint is the one it gives with no_healthy_worker.

@@ -83,6 +83,12 @@ class AttemptBudget:
     clock: Callable[[], float]
     attempts: list[str] = field(default_factory=list)
     """One line per failed attempt, `url: error`, for the final error message."""
+    statuses: list[int | None] = field(default_factory=list)
+    """The engine's HTTP status of each failed attempt (None: no answer), in order."""
+
+    def failed(self, worker: str, error: WorkerError) -> None:
+        self.attempts.append(f"{worker}: {error.reason}")
+        self.statuses.append(error.status)
 
     def remaining_s(self) -> float:
         return self.deadline - self.clock()

@@ -261,7 +261,7 @@ class Router:
                     worker, request, payload, stream, headers, len(budget.attempts) + 1, budget
                 )
             except RetryableWorkerError as exc:
-                budget.attempts.append(f"{worker.url}: {_short(exc)}")
+                budget.failed(worker.url, exc)
                 tried.add(worker.url)
                 last_failed = worker
                 if not budget.can_try_again():
@@ -800,7 +800,10 @@ def _deadline_error(model: str, budget: AttemptBudget) -> DeadlineExceeded:
     )
     detail = "; ".join(budget.attempts) or "no attempt finished"
     return DeadlineExceeded(
-        f"model {model!r}: {reason} ({detail})", budget.attempts, timed_out=not exhausted
+        f"model {model!r}: {reason} ({detail})",
+        budget.attempts,
+        timed_out=not exhausted,
+        statuses=budget.statuses,
     )
 
 
