@@ -227,7 +227,7 @@ def _detach(fleet_file: Path, fleet: Fleet, host: str) -> int:
         state = read_state(path)  # what it wrote last, as it gave up
         written_now = state is not None and state.updated_at >= started
         if not (state and written_now and _all_failed(state, expected)):
-            return _supervisor_exited(fleet, host, code, log)
+            return _supervisor_exited(fleet, host, state, code, log)
     rows = _state_rows(fleet, host, state)
     console.print(_table(rows))
     failed = [r for r in rows if r["status"] == "failed"]
@@ -247,10 +247,11 @@ def _progress(state: HostState, host: str) -> str:
     return f"workers on {host}: " + ", ".join(f"{n} {status}" for status, n in counts.items())
 
 
-def _supervisor_exited(fleet: Fleet, host: str, code: int, log: Path) -> int:
+def _supervisor_exited(
+    fleet: Fleet, host: str, state: HostState | None, code: int, log: Path
+) -> int:
     """The detached supervisor ended before every worker was ready: say what each worker
-    came to (the state file it left) and why, and return 1."""
-    state = read_state(state_path(fleet, host))
+    came to (`state`, the state file it left) and why, and return 1."""
     rows = _state_rows(fleet, host, state)
     if state is not None and state.workers:
         console.print(_table(rows))
