@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -454,13 +455,7 @@ def _row(spec: WorkerSpec, **fields: Any) -> dict[str, Any]:
 
 
 def _local_rows(supervisor: Supervisor) -> list[dict[str, Any]]:
-    return [
-        {"name": w.record.name, "model": w.record.model, "host": w.record.host,
-         "url": w.record.url, "status": w.record.status, "pid": w.record.pid,
-         "restarts": w.record.restarts, "gpus": w.record.gpus, "last_error": w.record.last_error,
-         "waiting_for": w.record.waiting_for}
-        for w in supervisor.workers.values()
-    ]
+    return [dataclasses.asdict(w.record) for w in supervisor.workers.values()]
 
 
 def _table(rows: list[dict[str, Any]]) -> Table:
