@@ -29,7 +29,7 @@ from modelserver.config import Fleet, WorkerSpec, load_fleet
 from modelserver.errors import LaunchError
 from modelserver.launch import HttpProbe, detect_host, launch
 from modelserver.preflight import preflight
-from modelserver.processes import SubprocessSpawner, stop_unrecorded_engines
+from modelserver.processes import SubprocessSpawner, stop_groups, stop_unrecorded_engines
 from modelserver.state import (
     LOG_MODE,
     HostState,
@@ -319,7 +319,7 @@ def down(fleet: FleetArg, host: HostOpt = None) -> None:
     # Whatever still runs (a supervisor killed with SIGKILL left its workers): stop by group.
     leftovers = [w for w in (state.workers if state else [])
                  if process_is(w.pid, w.create_time)]
-    _stop_groups([w.pid for w in leftovers if w.pid is not None], grace)
+    stop_groups([w.pid for w in leftovers if w.pid is not None], grace)
     # Engines no state file names (a launcher killed between spawning and recording them).
     unrecorded = stop_unrecorded_engines(path, keep=())
     if state is None and not unreadable and not supervisors and not unrecorded:
@@ -357,22 +357,6 @@ def _supervisor_pids(fleet: Fleet, host: str, state: HostState | None) -> list[i
     if holder is not None and holder not in pids and holder != os.getpid():
         pids.append(holder)
     return pids
-
-
-def _stop_groups(pgids: list[int], grace: float) -> None:
-    """SIGTERM to each process group, `grace`, then SIGKILL to what is left."""
-    for pgid in pgids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGTERM)
-    procs = []
-    for pgid in pgids:
-        with contextlib.suppress(psutil.Error):
-            procs.append(psutil.Process(pgid))
-    _, alive = psutil.wait_procs(procs, timeout=grace)
-    for pgid in pgids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGKILL)
-    psutil.wait_procs(alive, timeout=5)
 
 
 # -- status --------------------------------------------------------------------------------

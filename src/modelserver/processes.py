@@ -96,6 +96,21 @@ def _killpg(pgid: int, signum: int) -> None:
         os.killpg(pgid, signum)
 
 
+def stop_groups(pgids: Collection[int], grace_s: float) -> None:
+    """SIGTERM to each process group, `grace_s`, then SIGKILL to what is left (`down`, for
+    the workers a supervisor killed with SIGKILL left running)."""
+    for pgid in pgids:
+        _killpg(pgid, signal.SIGTERM)
+    procs = []
+    for pgid in pgids:
+        with contextlib.suppress(psutil.Error):
+            procs.append(psutil.Process(pgid))
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for pgid in pgids:
+        _killpg(pgid, signal.SIGKILL)
+    psutil.wait_procs(alive, timeout=5)
+
+
 class SubprocessSpawner:
     """Start an engine: no shell, own session, stdin closed, stdout+stderr to its log."""
 
