@@ -17,6 +17,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 
 from modelserver.config import Fleet, ModelConfig
 from modelserver.placement import Placement
+from modelserver.state import REDACTED
 
 
 @dataclass(frozen=True)
@@ -56,9 +57,9 @@ def masked_argv(argv: Sequence[str]) -> list[str]:
     for arg in argv:
         flag, equals, _ = arg.partition("=")
         if hide_next:
-            out.append("***")
+            out.append(REDACTED)
         elif flag in SECRET_FLAGS and equals:
-            out.append(f"{flag}=***")
+            out.append(f"{flag}={REDACTED}")
         else:
             out.append(arg)
         hide_next = arg in SECRET_FLAGS
