@@ -38,6 +38,16 @@ def running(pid: int | None) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def killed_at_end(proc: subprocess.Popen[Any]) -> Iterator[subprocess.Popen[Any]]:
+    """`proc`, killed if it still runs and reaped when the block ends, however it ends."""
+    try:
+        yield proc
+    finally:
+        proc.kill()  # a no-op once it was waited for
+        proc.wait()
+
+
 @dataclass
 class Fleet:
     path: Path
@@ -246,23 +256,18 @@ def test_foreground_up_stops_every_worker_on_sigterm_and_on_sighup(
     make_fleet: Callable[..., Fleet], signum: int
 ) -> None:
     fleet = make_fleet(_sim("tiny"))
-    proc = subprocess.Popen(
+    with killed_at_end(subprocess.Popen(
         [sys.executable, "-m", "modelserver", "up", str(fleet.path)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         cwd=fleet.path.parent,
-    )
-    try:
+    )) as proc:
         state = fleet.wait_for(_all_ready, "every worker to be ready")
         pid = state["workers"][0]["pid"]
         proc.send_signal(signum)  # SIGHUP: its terminal closed; no worker may outlive it
         assert proc.wait(timeout=DEADLINE_S) == 0
         assert not running(pid)
         assert fleet.workers()["tiny-0@local"]["status"] == "stopped"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_logs_resolves_a_prefix_and_a_second_up_is_refused(
@@ -296,21 +301,17 @@ def test_down_stops_the_workers_of_a_launcher_killed_with_sigkill(
 def far_engine(tmp_path: Path) -> Iterator[int]:
     """A simulated engine this test runs itself, standing for a worker on another host."""
     port = free_port_range()
-    proc = subprocess.Popen(
+    with killed_at_end(subprocess.Popen(
         [sys.executable, "-m", "modelserver", "sim", "--port", str(port), "--model", "far"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-    )
-    try:
+    )):
         deadline = time.monotonic() + DEADLINE_S
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
                 break
             time.sleep(0.05)
         yield port
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def test_status_probes_the_workers_of_other_hosts(
@@ -380,8 +381,7 @@ def test_a_worker_waiting_for_a_port_is_seen_by_status_and_down_stops_it_before_
     sock, port = held_port
     fleet = make_fleet(_sim("free") + f'[[models]]\nname = "blocked"\nbackend = "sim"\n'
                        f"port = {port}\n", launcher=WAITING_LAUNCHER)
-    up = _start_detached(fleet)
-    try:
+    with killed_at_end(_start_detached(fleet)) as up:
         # The placeable worker does not wait for the blocked one.
         state = fleet.wait_for(_one_waits_for_the_port(port), "one ready, one waiting")
         supervisor = state["supervisor"]["pid"]
@@ -398,10 +398,6 @@ def test_a_worker_waiting_for_a_port_is_seen_by_status_and_down_stops_it_before_
         assert f"stopped local: supervisor pid {supervisor}" in down.stdout
         assert not running(supervisor)
         assert up.wait(timeout=DEADLINE_S) == 1  # its supervisor ended before all were ready
-    finally:
-        if up.poll() is None:
-            up.kill()
-            up.wait()
     sock.close()  # the port is free now: nobody is left to start the worker on it
     after = fleet.workers()
     assert {w["status"] for w in after.values()} == {"stopped"}
@@ -416,16 +412,11 @@ def test_a_worker_waiting_for_a_port_starts_once_it_is_free(
     sock, port = held_port
     fleet = make_fleet(_sim("free") + f'[[models]]\nname = "blocked"\nbackend = "sim"\n'
                        f"port = {port}\n", launcher=WAITING_LAUNCHER)
-    up = _start_detached(fleet)
-    try:
+    with killed_at_end(_start_detached(fleet)) as up:
         fleet.wait_for(_one_waits_for_the_port(port), "one ready, one waiting")
         sock.close()
         out, err = up.communicate(timeout=DEADLINE_S)
         assert up.returncode == 0, out + err
-    finally:
-        if up.poll() is None:
-            up.kill()
-            up.wait()
     workers = fleet.workers()
     assert workers["blocked-0@local"]["status"] == "ready"
     assert workers["blocked-0@local"]["waiting_for"] is None
@@ -510,9 +501,9 @@ def test_a_state_file_missing_fields_is_a_clear_error_and_down_still_stops_its_e
     fleet = make_fleet(_sim("tiny"))
     fleet.state.parent.mkdir(parents=True)
     fleet.state.write_text('{"host": "local", "workers": [{"name": "tiny-0@local"}]}')
-    engine = subprocess.Popen(["sleep", "60"], start_new_session=True,
-                              env={**os.environ, **engine_mark(fleet.state, "tiny-0@local")})
-    try:
+    mark = engine_mark(fleet.state, "tiny-0@local")
+    with killed_at_end(subprocess.Popen(["sleep", "60"], start_new_session=True,
+                                        env={**os.environ, **mark})) as engine:
         status = fleet.run("status", str(fleet.path))
         assert status.returncode == 2
         assert f"{fleet.state}: not a state file a launcher wrote" in status.stderr
@@ -523,10 +514,6 @@ def test_a_state_file_missing_fields_is_a_clear_error_and_down_still_stops_its_e
         assert "Traceback" not in down.stdout + down.stderr
         assert fleet.read()["workers"] == []  # replaced by a state file that reads
         assert fleet.run("status", str(fleet.path)).returncode == 0
-    finally:
-        if engine.poll() is None:
-            engine.kill()
-            engine.wait()
 
 
 def test_an_unwritable_state_dir_is_a_clear_error_naming_the_key(
