@@ -10,6 +10,7 @@ from typing import Any
 import psutil
 import pytest
 
+from modelserver.clock import Clock
 from modelserver.config import WorkerSpec, parse_fleet
 from modelserver.errors import LaunchError, NoGpuInventory
 from modelserver.gpus import GIB, Gpu, GpuProcess, StaticInventory
@@ -227,15 +228,25 @@ def _gpu_fleet(tmp_path: Path, wait_s: float) -> Any:
     })
 
 
-async def test_a_placeable_worker_starts_at_once_while_another_waits_for_its_gpu(
-    tmp_path: Path,
-) -> None:
-    fleet = _gpu_fleet(tmp_path, wait_s=600)
-    inventory = _ChangingInventory(tmp_path / "state-local.json", busy_calls=3)
-    spawner, probe, clock = FakeSpawner(), FakeProbe(), ManualClock()
+async def _launch_on_changing_gpus(
+    tmp_path: Path, clock: Clock, wait_s: float, busy_calls: int = 1000, uuids: bool = True
+) -> tuple[_ChangingInventory, FakeSpawner, Supervisor]:
+    """`_gpu_fleet` launched on a `_ChangingInventory` with fakes; every worker answers."""
+    fleet = _gpu_fleet(tmp_path, wait_s)
+    inventory = _ChangingInventory(tmp_path / "state-local.json", busy_calls, uuids)
+    spawner, probe = FakeSpawner(), FakeProbe()
     probe.up.update(w.url for w in fleet.workers())
     sup = await launch(fleet, "local", spawner=spawner, probe=probe, clock=clock,
                        inventory=inventory)
+    return inventory, spawner, sup
+
+
+async def test_a_placeable_worker_starts_at_once_while_another_waits_for_its_gpu(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock()
+    inventory, spawner, sup = await _launch_on_changing_gpus(
+        tmp_path, clock, wait_s=600, busy_calls=3)
     try:
         await wait_until(lambda: sup.workers["free-0@local"].status is WorkerStatus.READY,
                          "the placeable worker to be ready while the other waits")
@@ -268,12 +279,8 @@ async def test_a_placeable_worker_starts_at_once_while_another_waits_for_its_gpu
 async def test_a_worker_still_waiting_when_the_wait_runs_out_fails_with_the_reason(
     tmp_path: Path,
 ) -> None:
-    fleet = _gpu_fleet(tmp_path, wait_s=12)
-    inventory = _ChangingInventory(tmp_path / "state-local.json", busy_calls=1000)
-    spawner, probe, clock = FakeSpawner(), FakeProbe(), ManualClock()
-    probe.up.update(w.url for w in fleet.workers())
-    sup = await launch(fleet, "local", spawner=spawner, probe=probe, clock=clock,
-                       inventory=inventory)
+    clock = ManualClock()
+    inventory, spawner, sup = await _launch_on_changing_gpus(tmp_path, clock, wait_s=12)
     try:
         for step in (7, 5):  # the last try is at the deadline, 12 s
             await wait_until(lambda s=step: clock.asleep_until(clock.t + s), "the pause")
@@ -291,12 +298,9 @@ async def test_a_worker_still_waiting_when_the_wait_runs_out_fails_with_the_reas
 
 
 async def test_without_a_wait_a_busy_gpu_fails_its_worker_at_once(tmp_path: Path) -> None:
-    fleet = _gpu_fleet(tmp_path, wait_s=0)
-    inventory = _ChangingInventory(tmp_path / "state-local.json", busy_calls=1000, uuids=False)
-    spawner, probe, clock = FakeSpawner(), FakeProbe(), FakeClock()
-    probe.up.update(w.url for w in fleet.workers())
-    sup = await launch(fleet, "local", spawner=spawner, probe=probe, clock=clock,
-                       inventory=inventory)
+    clock = FakeClock()
+    inventory, spawner, sup = await _launch_on_changing_gpus(
+        tmp_path, clock, wait_s=0, uuids=False)
     try:
         await asyncio.wait_for(sup.wait_until(Supervisor.settled), 10)
         assert sup.workers["busy-0@local"].record.last_error == (
@@ -309,12 +313,8 @@ async def test_without_a_wait_a_busy_gpu_fails_its_worker_at_once(tmp_path: Path
 
 
 async def test_stopping_while_a_worker_waits_never_starts_it(tmp_path: Path) -> None:
-    fleet = _gpu_fleet(tmp_path, wait_s=600)
-    inventory = _ChangingInventory(tmp_path / "state-local.json", busy_calls=1000)
-    spawner, probe, clock = FakeSpawner(), FakeProbe(), ManualClock()
-    probe.up.update(w.url for w in fleet.workers())
-    sup = await launch(fleet, "local", spawner=spawner, probe=probe, clock=clock,
-                       inventory=inventory)
+    clock = ManualClock()
+    inventory, spawner, sup = await _launch_on_changing_gpus(tmp_path, clock, wait_s=600)
     busy = sup.workers["busy-0@local"]
     await asyncio.wait_for(sup.wait_until(lambda s: busy.record.waiting_for is not None
                                           and "GPU 1" in busy.record.waiting_for), 10)
