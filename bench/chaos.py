@@ -33,8 +33,8 @@ from modelserver.chaos import ChaosFigures, ChaosOptions, ChaosSettings, LoadSet
 from modelserver.chaos.figures import summary
 from modelserver.chaos.fleet import write_chaos_fleet
 from modelserver.config import load_fleet
-from modelserver.processes import stop_unrecorded_engines
-from modelserver.state import process_is, read_state, state_path
+from modelserver.launcher.processes import stop_unrecorded_engines
+from modelserver.launcher.state import process_is, read_state, state_path
 
 
 def modelserver(*args: str) -> subprocess.CompletedProcess[str]:

@@ -33,7 +33,7 @@ FleetArg = Annotated[Path, typer.Argument(help="The fleet file (TOML).", show_de
 
 # Modules whose `register(app)` adds their commands, in the order `--help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
-    "modelserver.launch_commands",
+    "modelserver.launcher.commands",
     "modelserver.sim.command",
     "modelserver.models_commands",
     "modelserver.gateway.command",

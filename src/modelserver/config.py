@@ -30,6 +30,7 @@ from modelserver._fleet_values import (
     socket_address,
 )
 from modelserver.errors import FleetFileError
+from modelserver.launcher.backends import check_options
 
 Kind = Literal["chat", "embedding"]
 BackendName = Literal["sglang", "vllm", "llamacpp", "sim"]
@@ -544,8 +545,6 @@ def parse_fleet(data: dict[str, Any], source: str = "<memory>", base_dir: str = 
         fleet = Fleet.model_validate({**data, "source": source, "base_dir": base_dir})
     except ValidationError as exc:
         raise FleetFileError(source, describe(exc, data, Fleet)) from None
-    from modelserver.backends import check_options  # the backends import this module
-
     check_options(fleet)
     return fleet
 

@@ -19,7 +19,7 @@ import pytest
 
 from modelserver.config import load_fleet
 from modelserver.demo.fleet import DemoFleet
-from modelserver.processes import STATE_FILE_ENV
+from modelserver.launcher.processes import STATE_FILE_ENV
 
 FLEET = """
 [fleet]

@@ -27,9 +27,9 @@ from typing import Any
 import psutil
 import pytest
 
+from modelserver.launcher.processes import STATE_FILE_ENV
 from modelserver.models import prepare_models
 from modelserver.netinfo import free_port_range
-from modelserver.processes import STATE_FILE_ENV
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "cpu.toml"
 EXAMPLE_MODELS_DIR = "~/.cache/modelserver/models"

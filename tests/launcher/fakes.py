@@ -7,7 +7,7 @@ import signal
 from collections.abc import Sequence
 from pathlib import Path
 
-from modelserver.backends.base import LaunchSpec
+from modelserver.launcher.backends.base import LaunchSpec
 
 
 class FakeClock:

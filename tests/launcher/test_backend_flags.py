@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from modelserver.backends import backend_for
 from modelserver.config import parse_fleet
-from modelserver.gpus import GIB, Gpu
-from modelserver.placement import GpuView, plan
+from modelserver.launcher.backends import backend_for
+from modelserver.launcher.gpus import GIB, Gpu
+from modelserver.launcher.placement import GpuView, plan
 
 DATA = Path(__file__).parent / "data"
 
@@ -76,7 +76,7 @@ def test_the_flag_lists_are_real_lists() -> None:
 def test_llamacpp_flags_exist_in_llama_server_and_parse_in_our_runner(
     kind: str, pooling: str | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from modelserver.backends import xllamacpp_runner
+    from modelserver.launcher.backends import xllamacpp_runner
 
     monkeypatch.setenv("PATH", "")  # no llama-server: the argv starts with our runner
     fleet = parse_fleet(

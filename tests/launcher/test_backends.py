@@ -6,13 +6,13 @@ from typing import Any
 
 import pytest
 
-from modelserver.backends import backend_for
-from modelserver.backends.base import LaunchSpec, engine_env
-from modelserver.backends.llamacpp import RUNNER_MODULE
 from modelserver.config import Fleet, parse_fleet
 from modelserver.errors import FleetFileError
-from modelserver.gpus import GIB, Gpu
-from modelserver.placement import GpuView, Placement, plan
+from modelserver.launcher.backends import backend_for
+from modelserver.launcher.backends.base import LaunchSpec, engine_env
+from modelserver.launcher.backends.llamacpp import RUNNER_MODULE
+from modelserver.launcher.gpus import GIB, Gpu
+from modelserver.launcher.placement import GpuView, Placement, plan
 
 
 def _fleet(model: dict[str, Any]) -> Fleet:
@@ -173,8 +173,8 @@ def test_engine_env_sets_the_gpus_keeps_other_cuda_settings_and_drops_gateway_ke
 
 
 def test_the_gateway_key_variables_engines_never_get_are_the_gateways_own() -> None:
-    from modelserver.backends.base import GATEWAY_KEY_ENVS
     from modelserver.gateway.auth import ADMIN_KEYS_ENV, API_KEYS_ENV
+    from modelserver.launcher.secrets import GATEWAY_KEY_ENVS
 
     assert set(GATEWAY_KEY_ENVS) == {API_KEYS_ENV, ADMIN_KEYS_ENV}
 
@@ -225,7 +225,7 @@ def test_shown_masks_every_key_flag_in_both_forms() -> None:
 
 
 def test_fleet_secrets_are_every_configured_key() -> None:
-    from modelserver.backends.base import fleet_secrets
+    from modelserver.launcher.secrets import fleet_secrets
 
     fleet = parse_fleet({
         "hosts": [{"name": "local"}],

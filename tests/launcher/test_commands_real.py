@@ -496,7 +496,7 @@ def test_an_engine_that_is_not_installed_fails_its_workers_at_once_and_others_st
 def test_a_state_file_missing_fields_is_a_clear_error_and_down_still_stops_its_engines(
     make_fleet: Callable[..., Fleet],
 ) -> None:
-    from modelserver.processes import engine_mark
+    from modelserver.launcher.processes import engine_mark
 
     fleet = make_fleet(_sim("tiny"))
     fleet.state.parent.mkdir(parents=True)

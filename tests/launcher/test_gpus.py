@@ -10,7 +10,7 @@ import pytest
 
 from modelserver.config import parse_fleet
 from modelserver.errors import NoGpuInventory
-from modelserver.gpus import (
+from modelserver.launcher.gpus import (
     GIB,
     Gpu,
     GpuProcess,
@@ -99,7 +99,7 @@ def test_describe_use_names_the_biggest_foreign_users_not_ours() -> None:
 
 
 def test_placement_on_nvml_data_names_a_foreign_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    from modelserver.placement import GpuView, plan
+    from modelserver.launcher.placement import GpuView, plan
 
     me = os.getpid()
     _fake_nvml(monkeypatch, [

@@ -13,13 +13,13 @@ import pytest
 from modelserver.clock import Clock
 from modelserver.config import WorkerSpec, parse_fleet
 from modelserver.errors import LaunchError, NoGpuInventory
-from modelserver.gpus import GIB, Gpu, GpuProcess, StaticInventory
-from modelserver.launch import detect_host, launch, ports_held_by_others
-from modelserver.launch_commands import resolve_worker
-from modelserver.lifecycle import WorkerStatus
+from modelserver.launcher.commands import resolve_worker
+from modelserver.launcher.gpus import GIB, Gpu, GpuProcess, StaticInventory
+from modelserver.launcher.lifecycle import WorkerStatus
+from modelserver.launcher.local import detect_host, launch, ports_held_by_others
+from modelserver.launcher.state import HostState, WorkerRecord, read_state, write_state
+from modelserver.launcher.supervisor import Supervisor
 from modelserver.netinfo import free_port_range
-from modelserver.state import HostState, WorkerRecord, read_state, write_state
-from modelserver.supervisor import Supervisor
 from tests.waiting import wait_until
 
 from .fakes import FakeClock, FakeProbe, FakeSpawner, ManualClock
@@ -365,7 +365,7 @@ def test_a_host_named_by_this_machines_dns_name_is_found(
 async def test_the_probe_gives_up_after_its_timeout_and_says_so() -> None:
     from aiohttp import web
 
-    from modelserver.launch import HttpProbe, answered_loading
+    from modelserver.launcher.local import HttpProbe, answered_loading
 
     released = asyncio.Event()
 

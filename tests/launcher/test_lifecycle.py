@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-import modelserver.lifecycle as lifecycle
-from modelserver.lifecycle import IllegalTransition, WorkerStatus, legal_edges, transition
+import modelserver.launcher.lifecycle as lifecycle
+from modelserver.launcher.lifecycle import IllegalTransition, WorkerStatus, legal_edges, transition
 
 S = WorkerStatus
 

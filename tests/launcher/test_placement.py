@@ -5,8 +5,8 @@ from typing import Any
 import pytest
 
 from modelserver.config import Fleet, parse_fleet
-from modelserver.gpus import GIB, Gpu, GpuProcess
-from modelserver.placement import GpuView, plan
+from modelserver.launcher.gpus import GIB, Gpu, GpuProcess
+from modelserver.launcher.placement import GpuView, plan
 
 
 def _fleet(models: list[dict[str, Any]], host: dict[str, Any] | None = None,

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import psutil
 
-from modelserver.backends.base import LaunchSpec
-from modelserver.processes import AdoptedProcess, SubprocessSpawner
+from modelserver.launcher.backends.base import LaunchSpec
+from modelserver.launcher.processes import AdoptedProcess, SubprocessSpawner
 
 
 async def test_spawned_engine_writes_its_log_and_exit_code(tmp_path: Path) -> None:

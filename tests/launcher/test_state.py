@@ -9,7 +9,7 @@ import pytest
 
 from modelserver.config import parse_fleet
 from modelserver.errors import LaunchError
-from modelserver.state import (
+from modelserver.launcher.state import (
     HostState,
     SupervisorLock,
     SupervisorRecord,

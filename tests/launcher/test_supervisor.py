@@ -7,11 +7,11 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from modelserver.backends.base import LaunchSpec
 from modelserver.config import LauncherConfig, WorkerSpec
-from modelserver.lifecycle import WorkerStatus
-from modelserver.state import read_state
-from modelserver.supervisor import Supervisor, Worker, WorkerPlan
+from modelserver.launcher.backends.base import LaunchSpec
+from modelserver.launcher.lifecycle import WorkerStatus
+from modelserver.launcher.state import read_state
+from modelserver.launcher.supervisor import Supervisor, Worker, WorkerPlan
 
 from .fakes import FakeClock, FakeProbe, FakeSpawner
 

@@ -23,7 +23,7 @@ import pytest
 
 from modelserver.netinfo import free_port_range
 
-RUNNER = "modelserver.backends.xllamacpp_runner"
+RUNNER = "modelserver.launcher.backends.xllamacpp_runner"
 READY_DEADLINE_S = 60.0
 STOP_DEADLINE_S = 15.0
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import xllamacpp
 
-from modelserver.backends.xllamacpp_runner import common_params, main, parse_args
+from modelserver.launcher.backends.xllamacpp_runner import common_params, main, parse_args
 
 
 def test_long_flags_become_the_matching_xllamacpp_parameters(tmp_path: Path) -> None:
@@ -119,7 +119,7 @@ def test_a_file_that_is_not_a_model_exits_1_with_the_reason(tmp_path: Path) -> N
         port = str(sock.getsockname()[1])
 
     done = subprocess.run(
-        [sys.executable, "-m", "modelserver.backends.xllamacpp_runner", "-m", str(bogus),
+        [sys.executable, "-m", "modelserver.launcher.backends.xllamacpp_runner", "-m", str(bogus),
          "--host", "127.0.0.1", "--port", port],
         capture_output=True, text=True, timeout=60, check=False,
     )

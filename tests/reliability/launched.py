@@ -27,8 +27,8 @@ from typing import Any
 import orjson
 import psutil
 
+from modelserver.launcher.processes import STATE_FILE_ENV
 from modelserver.netinfo import free_port_range
-from modelserver.processes import STATE_FILE_ENV
 
 DEADLINE_S = 60.0
 

@@ -53,7 +53,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from modelserver.processes import engine_mark, marked_engine_groups, stop_unrecorded_engines
+from modelserver.launcher.processes import (
+    engine_mark,
+    marked_engine_groups,
+    stop_unrecorded_engines,
+)
 from tests.reliability.launched import (
     DEADLINE_S,
     IN_CREATE,

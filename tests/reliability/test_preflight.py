@@ -14,8 +14,8 @@ import pytest
 
 from modelserver.config import Fleet, parse_fleet
 from modelserver.errors import FleetFileError, LaunchError
-from modelserver.gpus import GIB, Gpu, StaticInventory
-from modelserver.preflight import preflight
+from modelserver.launcher.gpus import GIB, Gpu, StaticInventory
+from modelserver.launcher.preflight import preflight
 
 
 def gpus(count: int, used_gib: float = 0.0) -> StaticInventory:

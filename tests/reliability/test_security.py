@@ -26,11 +26,11 @@ import psutil
 import pytest
 import requests
 
-from modelserver.backends import BACKENDS
 from modelserver.config import GatewayConfig, parse_fleet
 from modelserver.gateway import GatewayServer
+from modelserver.launcher.backends import BACKENDS
+from modelserver.launcher.placement import Placement
 from modelserver.netinfo import free_port_range
-from modelserver.placement import Placement
 from modelserver.routing import MockResponse, MockTransport, Router
 from tests.reliability.launched import is_ours
 from tests.waiting import wait_until_sync

@@ -22,7 +22,7 @@ import aiohttp
 from modelserver.chaos.schedule import Action, Chaos
 from modelserver.chaos.timeline import ActionRecord, StateWatcher, Timeline
 from modelserver.config import Fleet
-from modelserver.state import process_is
+from modelserver.launcher.state import process_is
 
 FAULTS_PATH = "/sim/faults"
 

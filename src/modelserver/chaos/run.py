@@ -19,8 +19,8 @@ from modelserver.client import AsyncModelServer
 from modelserver.config import Fleet
 from modelserver.errors import ModelServerError
 from modelserver.gateway.server import GatewayServer
+from modelserver.launcher.state import state_path
 from modelserver.routing.router import Router
-from modelserver.state import state_path
 
 
 @dataclass(frozen=True)

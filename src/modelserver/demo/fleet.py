@@ -29,11 +29,11 @@ import psutil
 
 from modelserver.config import Fleet, load_fleet
 from modelserver.errors import LaunchError
+from modelserver.launcher.processes import marked_engine_groups, stop_unrecorded_engines
+from modelserver.launcher.state import HostState, WorkerRecord, process_is, read_state, state_path
 from modelserver.models import PreparedModels
 from modelserver.netinfo import free_port_range
-from modelserver.processes import marked_engine_groups, stop_unrecorded_engines
 from modelserver.routing.entries import WorkerEntry
-from modelserver.state import HostState, WorkerRecord, process_is, read_state, state_path
 
 HOST = "local"
 FLEET_FILE = "fleet.toml"

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 
+from modelserver.launcher.state import WorkerRecord
 from modelserver.routing.events import RouterObserver
-from modelserver.state import WorkerRecord
 
 REFUSED = re.compile(r"\[Errno 111\] Connect call failed \([^)]*\)")
 """asyncio's wording of a refused connection, with the address the line already names."""

@@ -48,9 +48,9 @@ from modelserver.demo.summary import (
 from modelserver.demo.workload import Outcome, Workload
 from modelserver.errors import LaunchError
 from modelserver.gateway.server import GatewayServer
+from modelserver.launcher.state import LOG_MODE
 from modelserver.models import prepare_models
 from modelserver.routing.router import Router
-from modelserver.state import LOG_MODE
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from modelserver.config import GPU_BACKENDS, Fleet, HostConfig, ModelConfig, WorkerSpec
-from modelserver.gpus import GIB, Gpu, describe_use
+from modelserver.launcher.gpus import GIB, Gpu, describe_use
 
 MIN_MEM_FRACTION = 0.05
 """Below this an engine cannot hold its weights; treat the GPUs as busy instead."""

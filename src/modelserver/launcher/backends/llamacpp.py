@@ -18,14 +18,16 @@ import importlib.util
 import shutil
 import sys
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 from pydantic import Field
 
-from modelserver.backends.base import Backend, flag_pairs
-from modelserver.backends.xllamacpp_runner import CPU_EXTRA_HINT, POOLING_TYPES
-from modelserver.config import Fleet, ModelConfig
-from modelserver.placement import Placement
+from modelserver.launcher.backends.base import Backend, flag_pairs
+from modelserver.launcher.backends.xllamacpp_runner import CPU_EXTRA_HINT, POOLING_TYPES
+
+if TYPE_CHECKING:  # types only: the fleet config imports this package to check options
+    from modelserver.config import Fleet, ModelConfig
+    from modelserver.launcher.placement import Placement
 
 _OPTION_FLAGS = {
     "ctx_size": "--ctx-size",
@@ -34,7 +36,7 @@ _OPTION_FLAGS = {
     "pooling": "--pooling",
 }
 
-RUNNER_MODULE = "modelserver.backends.xllamacpp_runner"
+RUNNER_MODULE = "modelserver.launcher.backends.xllamacpp_runner"
 
 
 def server_program() -> list[str]:

@@ -1,4 +1,5 @@
-"""`python -m modelserver.backends.xllamacpp_runner`: llama-server's command line on xllamacpp.
+"""`python -m modelserver.launcher.backends.xllamacpp_runner`: llama-server's command line on
+xllamacpp.
 
 The llamacpp backend starts `llama-server` when it is on PATH and this runner otherwise, with
 the same flags. The runner hands them to the `xllamacpp` wheel (llama.cpp's own C++ HTTP
@@ -61,7 +62,7 @@ class RunnerOptions:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m modelserver.backends.xllamacpp_runner",
+        prog="python -m modelserver.launcher.backends.xllamacpp_runner",
         description="Serve a GGUF model with llama.cpp's HTTP server (xllamacpp), "
         "taking llama-server's flag names.",
     )

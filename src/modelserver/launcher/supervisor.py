@@ -1,6 +1,6 @@
 """Keep a host's workers alive: start, wait until ready, watch, restart with backoff, stop.
 
-Each worker is one asyncio task walking the lifecycle of `modelserver.lifecycle`:
+Each worker is one asyncio task walking the lifecycle of `modelserver.launcher.lifecycle`:
 
     WAITING:  not placed yet (its GPUs or port are busy, or the launcher is still looking);
               `waiting_for` says why; the launcher's placement loop starts it when it can
@@ -32,12 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelserver.backends.base import LaunchSpec
 from modelserver.clock import Clock
 from modelserver.config import LauncherConfig, WorkerSpec
-from modelserver.lifecycle import WorkerStatus, transition
-from modelserver.processes import ProcessHandle, Spawner
-from modelserver.state import (
+from modelserver.launcher.backends.base import LaunchSpec
+from modelserver.launcher.lifecycle import WorkerStatus, transition
+from modelserver.launcher.processes import ProcessHandle, Spawner
+from modelserver.launcher.state import (
     HostState,
     SupervisorRecord,
     WorkerRecord,

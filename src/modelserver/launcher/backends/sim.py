@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
-from typing import Any, ClassVar, get_type_hints
+from typing import TYPE_CHECKING, Any, ClassVar, get_type_hints
 
-from modelserver.backends.base import Backend, flag_pairs
-from modelserver.config import Fleet, ModelConfig
-from modelserver.placement import Placement
+from modelserver.launcher.backends.base import Backend, flag_pairs
 from modelserver.sim.config import SimConfig
+
+if TYPE_CHECKING:  # types only: the fleet config imports this package to check options
+    from modelserver.config import Fleet, ModelConfig
+    from modelserver.launcher.placement import Placement
 
 # options key -> `modelserver sim` flag
 _OPTION_FLAGS = {

@@ -20,15 +20,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from modelserver.backends import backend_for
 from modelserver.config import Fleet, ModelConfig
 from modelserver.errors import FleetFileError, LaunchError
-from modelserver.gpus import GpuInventory, inventory_for
-from modelserver.launch import gpu_view, ports_held_by_others
+from modelserver.launcher.backends import backend_for
+from modelserver.launcher.gpus import GpuInventory, inventory_for
+from modelserver.launcher.local import gpu_view, ports_held_by_others
+from modelserver.launcher.placement import GpuView, plan
+from modelserver.launcher.processes import marked_engine_groups
+from modelserver.launcher.state import HostState, process_is, read_state, state_path
 from modelserver.models.prepare import default_models_dir
-from modelserver.placement import GpuView, plan
-from modelserver.processes import marked_engine_groups
-from modelserver.state import HostState, process_is, read_state, state_path
 
 
 def preflight(

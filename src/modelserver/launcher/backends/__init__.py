@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from modelserver.backends.base import Backend, LaunchSpec
-from modelserver.backends.llamacpp import LlamaCppBackend
-from modelserver.backends.sglang import SGLangBackend
-from modelserver.backends.sim import SimBackend
-from modelserver.backends.vllm import VllmBackend
-from modelserver.config import Fleet
+from typing import TYPE_CHECKING
+
 from modelserver.errors import FleetFileError
+from modelserver.launcher.backends.base import Backend, LaunchSpec
+from modelserver.launcher.backends.llamacpp import LlamaCppBackend
+from modelserver.launcher.backends.sglang import SGLangBackend
+from modelserver.launcher.backends.sim import SimBackend
+from modelserver.launcher.backends.vllm import VllmBackend
+
+if TYPE_CHECKING:  # types only: the fleet config imports this package to check options
+    from modelserver.config import Fleet
 
 BACKENDS: dict[str, Backend] = {
     b.name: b for b in (SGLangBackend(), VllmBackend(), LlamaCppBackend(), SimBackend())

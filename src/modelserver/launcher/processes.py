@@ -25,8 +25,8 @@ from typing import Protocol
 
 import psutil
 
-from modelserver.backends.base import LaunchSpec
-from modelserver.state import LOG_MODE, create_time_of
+from modelserver.launcher.backends.base import LaunchSpec
+from modelserver.launcher.state import LOG_MODE, create_time_of
 
 
 class ProcessHandle(Protocol):

@@ -22,15 +22,15 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from modelserver.backends import backend_for
-from modelserver.backends.base import fleet_secrets
 from modelserver.clock import SystemClock
 from modelserver.config import Fleet, WorkerSpec, load_fleet
 from modelserver.errors import LaunchError
-from modelserver.launch import HttpProbe, detect_host, launch
-from modelserver.preflight import preflight
-from modelserver.processes import SubprocessSpawner, stop_groups, stop_unrecorded_engines
-from modelserver.state import (
+from modelserver.launcher.backends import backend_for
+from modelserver.launcher.local import HttpProbe, detect_host, launch
+from modelserver.launcher.preflight import preflight
+from modelserver.launcher.processes import SubprocessSpawner, stop_groups, stop_unrecorded_engines
+from modelserver.launcher.secrets import fleet_secrets
+from modelserver.launcher.state import (
     LOG_MODE,
     HostState,
     SupervisorLock,
@@ -45,7 +45,7 @@ from modelserver.state import (
     supervisor_log_path,
     write_state,
 )
-from modelserver.supervisor import Supervisor
+from modelserver.launcher.supervisor import Supervisor
 
 console = Console()
 err_console = Console(stderr=True)

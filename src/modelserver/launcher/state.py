@@ -24,11 +24,11 @@ import psutil
 from modelserver._files import atomic_write_json, read_json
 from modelserver.config import Fleet
 from modelserver.errors import LaunchError
+from modelserver.launcher.secrets import REDACTED
 
 STATE_MODE = 0o640
 LOG_MODE = 0o640
 LOCK_MODE = 0o640
-REDACTED = "***"
 
 
 @dataclass

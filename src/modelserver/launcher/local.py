@@ -20,17 +20,23 @@ import aiohttp
 import psutil
 
 from modelserver._files import remove_temp_files
-from modelserver.backends import backend_for
-from modelserver.backends.base import LaunchSpec, fleet_secrets
 from modelserver.clock import Clock
 from modelserver.config import Fleet, WorkerSpec, resolve_address
 from modelserver.errors import LaunchError, NoGpuInventory
-from modelserver.gpus import Gpu, GpuInventory, inventory_for
-from modelserver.lifecycle import WorkerStatus
-from modelserver.placement import GpuView, Placement, Plan, plan
-from modelserver.processes import AdoptedProcess, Spawner, engine_mark, stop_unrecorded_engines
-from modelserver.state import WorkerRecord, log_path, process_is, read_state, state_path
-from modelserver.supervisor import Probe, Supervisor, WorkerPlan
+from modelserver.launcher.backends import backend_for
+from modelserver.launcher.backends.base import LaunchSpec
+from modelserver.launcher.gpus import Gpu, GpuInventory, inventory_for
+from modelserver.launcher.lifecycle import WorkerStatus
+from modelserver.launcher.placement import GpuView, Placement, Plan, plan
+from modelserver.launcher.processes import (
+    AdoptedProcess,
+    Spawner,
+    engine_mark,
+    stop_unrecorded_engines,
+)
+from modelserver.launcher.secrets import fleet_secrets
+from modelserver.launcher.state import WorkerRecord, log_path, process_is, read_state, state_path
+from modelserver.launcher.supervisor import Probe, Supervisor, WorkerPlan
 
 S = WorkerStatus
 

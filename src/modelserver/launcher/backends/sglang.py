@@ -18,11 +18,13 @@ import os
 import subprocess
 import sys
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from modelserver.backends.base import Backend, MemFraction, Program, flag_pairs
-from modelserver.config import Fleet, ModelConfig
-from modelserver.placement import Placement
+from modelserver.launcher.backends.base import Backend, MemFraction, Program, flag_pairs
+
+if TYPE_CHECKING:  # types only: the fleet config imports this package to check options
+    from modelserver.config import Fleet, ModelConfig
+    from modelserver.launcher.placement import Placement
 
 
 class SGLangBackend(Backend):
