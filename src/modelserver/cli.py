@@ -70,6 +70,14 @@ def _register_all() -> None:
         importlib.import_module(module_name).register(app)
 
 
+def _is_usage_error(exc: Exception) -> bool:
+    """A command-line usage error (a missing argument, an unknown command or option): it
+    knows how to `show()` itself and its exit code (2). Recognised by that shape, not by
+    class: typer >= 0.29 raises its own vendored copy of click's errors and no longer
+    installs click, older typer raises click's, and the base install must not need click."""
+    return callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int)
+
+
 def main() -> None:
     # State, logs and locks (and whatever the engines we start write) must not be writable by
     # other users, whatever umask we were started with: a state file swapped by someone else
@@ -92,17 +100,10 @@ def main() -> None:
     except typer.Abort:
         err_console.print("aborted")
         sys.exit(130)
-    except Exception as exc:  # click usage errors arrive here in standalone_mode=False
-        import click
-
-        # typer >= 0.29 vendors click: its usage errors are not click.ClickException, but
-        # they still carry show() and exit_code.
-        exit_code = getattr(exc, "exit_code", None)
-        if isinstance(exc, click.ClickException) or (
-            hasattr(exc, "show") and isinstance(exit_code, int)
-        ):
-            exc.show()
-            sys.exit(exit_code)
-        raise
+    except Exception as exc:
+        if not _is_usage_error(exc):
+            raise
+        exc.show()  # type: ignore[attr-defined]
+        sys.exit(exc.exit_code)  # type: ignore[attr-defined]
     if isinstance(code, int) and code:
         sys.exit(code)

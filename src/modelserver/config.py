@@ -164,6 +164,14 @@ class LauncherConfig(Section):
     (python/sglang/srt/entrypoints/http_server.py, sgl-project/sglang at 0025436e)."""
     placement_poll_s: float = Field(default=5.0, gt=0)
     """How often workers waiting for GPUs or a port are placed again."""
+    log_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    """An engine's (and the supervisor's) log is rotated once it is larger than this
+    (`modelserver.launcher.logfiles`: copy, then truncate; the engine keeps its file)."""
+    log_keep: int = Field(default=3, ge=0, le=100)
+    """Rotated logs kept beside the live one (`x.log.1` newest ... `x.log.N`); 0: only
+    truncate. A worker's logs take at most about (log_keep + 1) × log_max_bytes."""
+    log_check_s: float = Field(default=10.0, gt=0)
+    """How often the supervisor checks the logs' sizes."""
 
 
 class BreakerConfig(Section):

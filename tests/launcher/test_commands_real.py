@@ -526,3 +526,29 @@ def test_an_unwritable_state_dir_is_a_clear_error_naming_the_key(
     assert up.returncode == 2
     assert "fleet.toml: fleet.state_dir = '/proc/x'" in up.stderr
     assert "Traceback" not in up.stdout + up.stderr
+
+
+def test_the_supervisor_rotates_a_growing_log_and_logs_supervisor_shows_its_own(
+    make_fleet: Callable[..., Fleet],
+) -> None:
+    fleet = make_fleet(_sim("tiny"), launcher="log_max_bytes = 2048\nlog_keep = 2\n"
+                                             "log_check_s = 0.1")
+    assert fleet.run("up", str(fleet.path), "--detach").returncode == 0
+    log = Path(fleet.workers()["tiny-0@local"]["log"])
+    # Written as the engine writes it: appended to the same file.
+    with open(log, "a") as engine_side:
+        for batch in range(3):
+            engine_side.write("x" * 3000 + f" batch {batch}\n")  # its end is kept
+            engine_side.flush()
+            older = log.with_name(f"{log.name}.1")
+            deadline = time.monotonic() + DEADLINE_S
+            while not (older.exists() and f" batch {batch}\n".encode() in older.read_bytes()):
+                assert time.monotonic() < deadline, f"batch {batch} was not rotated"
+                time.sleep(0.05)
+    names = sorted(p.name for p in log.parent.iterdir() if p.name.startswith(log.name))
+    assert names == [log.name, f"{log.name}.1", f"{log.name}.2"]
+    assert all((log.parent / name).stat().st_size <= 2048 for name in names[1:])
+    own = fleet.run("logs", str(fleet.path), "--supervisor")
+    assert own.returncode == 0 and "tiny-0@local ready" in own.stdout, own.stdout + own.stderr
+    neither = fleet.run("logs", str(fleet.path))
+    assert neither.returncode == 2 and "--supervisor" in neither.stderr

@@ -13,10 +13,10 @@ import pytest
 from modelserver.clock import Clock
 from modelserver.config import WorkerSpec, parse_fleet
 from modelserver.errors import LaunchError, NoGpuInventory
-from modelserver.launcher.commands import resolve_worker
 from modelserver.launcher.gpus import GIB, Gpu, GpuProcess, StaticInventory
 from modelserver.launcher.lifecycle import WorkerStatus
 from modelserver.launcher.local import detect_host, launch, ports_held_by_others
+from modelserver.launcher.log_commands import resolve_worker
 from modelserver.launcher.state import HostState, WorkerRecord, read_state, write_state
 from modelserver.launcher.supervisor import Supervisor
 from modelserver.netinfo import free_port_range

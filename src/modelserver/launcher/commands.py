@@ -27,6 +27,8 @@ from modelserver.config import Fleet, WorkerSpec, load_fleet
 from modelserver.errors import LaunchError
 from modelserver.launcher.backends import backend_for
 from modelserver.launcher.local import HttpProbe, detect_host, launch
+from modelserver.launcher.log_commands import logs
+from modelserver.launcher.logfiles import keep_logs_capped
 from modelserver.launcher.preflight import preflight
 from modelserver.launcher.processes import SubprocessSpawner, stop_groups, stop_unrecorded_engines
 from modelserver.launcher.secrets import fleet_secrets
@@ -36,11 +38,9 @@ from modelserver.launcher.state import (
     SupervisorLock,
     WorkerRecord,
     check_state_dir,
-    log_path,
     log_tail,
     process_is,
     read_state,
-    redact,
     state_path,
     supervisor_log_path,
     write_state,
@@ -66,7 +66,7 @@ def register(app: typer.Typer) -> None:
     app.command()(up)
     app.command()(down)
     app.command()(status)
-    app.command()(logs)
+    app.command()(logs)  # in log_commands, beside reading rotated logs
 
 
 # -- up ------------------------------------------------------------------------------------
@@ -121,6 +121,7 @@ async def _serve(
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, stop.set)
     supervisor: Supervisor | None = None
+    rotating: asyncio.Task[None] | None = None
     try:
         starting = asyncio.ensure_future(
             launch(fleet, host, spawner=SubprocessSpawner(), probe=probe, clock=SystemClock(),
@@ -130,6 +131,11 @@ async def _serve(
             starting.cancel()
             return 130
         supervisor = starting.result()
+        rotating = asyncio.create_task(keep_logs_capped(
+            lambda: [*(w.plan.log for w in supervisor.workers.values()),
+                     supervisor_log_path(fleet, host)],
+            fleet.launcher, SystemClock(),
+        ), name="rotating logs")
         if not progress:
             supervisor.listeners.append(_transition_logger())
         settled = asyncio.ensure_future(supervisor.wait_until(Supervisor.settled))
@@ -152,6 +158,8 @@ async def _serve(
         await stop.wait()
         return 0
     finally:
+        if rotating is not None:
+            rotating.cancel()
         if supervisor is not None:
             await supervisor.stop_all(keep_failed=True)
         await probe.close()
@@ -456,57 +464,3 @@ def _table(rows: list[dict[str, Any]]) -> Table:
             error[0] if error else "",
         )
     return table
-
-
-# -- logs ----------------------------------------------------------------------------------
-
-
-def logs(
-    fleet: FleetArg,
-    worker: Annotated[str, typer.Argument(help="Worker name, unambiguous prefix, or URL.")],
-    follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep printing new lines.")]
-    = False,
-    lines: Annotated[int, typer.Option("-n", "--lines", help="Lines to show first.")] = 200,
-) -> None:
-    """Print a worker's log (its engine's stdout and stderr)."""
-    loaded = load_fleet(fleet)
-    spec = resolve_worker(loaded, worker)
-    path = log_path(loaded, spec.name)
-    if not path.exists():
-        raise LaunchError(f"{spec.name} has no log yet ({path})")
-    secrets = fleet_secrets(loaded)  # engines print their own keys; we do not pass them on
-    with open(path, "rb") as handle:
-        data = handle.read()
-        text = data.decode("utf-8", "replace").splitlines()[-lines:] if lines > 0 else []
-        for line in text:
-            sys.stdout.write(redact(line, secrets) + "\n")
-        sys.stdout.flush()
-        with contextlib.suppress(KeyboardInterrupt):
-            pending = b""
-            while follow:
-                chunk = handle.read()
-                if chunk:
-                    # Whole lines only, so a key is never cut in two around the redaction.
-                    *done, pending = (pending + chunk).split(b"\n")
-                    for line_bytes in done:
-                        sys.stdout.write(redact(line_bytes.decode("utf-8", "replace"),
-                                                secrets) + "\n")
-                    sys.stdout.flush()
-                else:
-                    time.sleep(0.5)
-
-
-def resolve_worker(fleet: Fleet, query: str) -> WorkerSpec:
-    """A worker by exact name, by URL, or by an unambiguous prefix of its name."""
-    workers = fleet.workers()
-    for spec in workers:
-        if query in (spec.name, spec.url, spec.url + "/"):
-            return spec
-    before_at = [s for s in workers if s.name.split("@", 1)[0] == query]
-    found = before_at or [s for s in workers if s.name.startswith(query)]
-    if len(found) == 1:
-        return found[0]
-    names = ", ".join(s.name for s in (found or workers))
-    if found:
-        raise LaunchError(f"{query!r} matches several workers: {names}; give the full name")
-    raise LaunchError(f"no worker {query!r} in the fleet; workers: {names}")
