@@ -353,13 +353,26 @@ async def test_every_attempt_failing_is_502_and_a_passed_deadline_is_504() -> No
     assert_openai_error(body)
     assert "attempts failed" in body["error"]["message"]
 
+    # Time is the test's: each attempt takes a second of it and a backoff sleeps on it, so
+    # the 2.5 s deadline passes after the third attempt, long before 32 (no race with the
+    # machine's scheduling).
+    now = [0.0]
+
     def slow(request: MockRequest) -> MockResponse:
         if request.method == "GET":  # health probes pass: the workers look fine
             return MockResponse(body=b"ok")
+        now[0] += 1.0
         raise WorkerTimeout(request.worker, "no answer")
 
-    config = RouterConfig(request_timeout_s=0.001, max_attempts=32)
-    router = Router.from_mapping({"m": urls}, transport=MockTransport(slow), config=config)
+    async def sleep(seconds: float) -> None:
+        now[0] += seconds
+        await asyncio.sleep(0)
+
+    config = RouterConfig(request_timeout_s=2.5, max_attempts=32)
+    router = Router.from_mapping(
+        {"m": urls}, transport=MockTransport(slow), config=config,
+        clock=lambda: now[0], sleep=sleep,
+    )
     async with (
         GatewayServer(router, port=0, environ={}) as gateway,
         aiohttp.ClientSession() as http,
@@ -367,6 +380,8 @@ async def test_every_attempt_failing_is_502_and_a_passed_deadline_is_504() -> No
         status, body = await post(http, gateway.url + "/v1/completions", payload, {})
     assert status == 504
     assert_openai_error(body)
+    assert "deadline passed" in body["error"]["message"]
+    assert body["error"]["message"].count("no answer") == 3  # 1 s each: the third passes 2.5
 
 
 async def test_a_request_reaching_a_closed_router_is_503_shutting_down() -> None:
