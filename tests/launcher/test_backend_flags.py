@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from modelserver.config import parse_fleet
+from modelserver.errors import FleetFileError
 from modelserver.launcher.backends import backend_for
 from modelserver.launcher.gpus import GIB, Gpu
 from modelserver.launcher.placement import GpuView, plan
@@ -112,3 +113,47 @@ def test_llamacpp_flags_exist_in_llama_server_and_parse_in_our_runner(
     # No --pooling unless asked: llama.cpp then pools as the GGUF says (CLS for bge, last
     # token for Qwen3-Embedding, mean for MiniLM).
     assert options.pooling == pooling
+
+
+def _llamacpp_argv(
+    monkeypatch: pytest.MonkeyPatch, gpus: int, options: dict[str, Any] | None = None
+) -> list[str]:
+    monkeypatch.setenv("PATH", "")  # no llama-server: the argv starts with our runner
+    fleet = parse_fleet({
+        "hosts": [{"name": "h"}],
+        "models": [{"name": "q", "backend": "llamacpp", "path": "/w/q.gguf", "port": 30000,
+                    "gpus_per_replica": gpus, "options": options or {}}],
+    })
+    view = GpuView(tuple(Gpu(i, f"GPU-{i}", "L4", 24 * GIB, 0) for i in range(2)))
+    [placement] = plan(fleet, "h", view).placed
+    return list(backend_for("llamacpp").command(placement, fleet).argv)
+
+
+@pytest.mark.parametrize(("gpus", "layers"), [(2, "999"), (1, "999"), (0, "0")])
+def test_a_llamacpp_worker_given_gpus_offloads_every_layer_and_one_without_none(
+    monkeypatch: pytest.MonkeyPatch, gpus: int, layers: str
+) -> None:
+    from modelserver.launcher.backends import xllamacpp_runner
+
+    argv = _llamacpp_argv(monkeypatch, gpus)
+    assert argv[argv.index("--n-gpu-layers") + 1] == layers
+    assert "--n-gpu-layers" in _flags("llama-server-flags.txt")
+    assert xllamacpp_runner.parse_args(argv[3:]).gpu_layers == int(layers)
+
+
+@pytest.mark.parametrize("asked", [12, "all", "auto"])
+def test_options_gpu_layers_overrides_the_offload(
+    monkeypatch: pytest.MonkeyPatch, asked: int | str
+) -> None:
+    argv = _llamacpp_argv(monkeypatch, 1, {"gpu_layers": asked})
+    assert argv[argv.index("--n-gpu-layers") + 1] == str(asked)
+
+
+@pytest.mark.parametrize("asked", [-1, "most", 2.5])
+def test_a_gpu_layers_option_llama_cpp_cannot_read_is_refused(asked: Any) -> None:
+    with pytest.raises(FleetFileError, match=r"models\[0\]\.options\.gpu_layers"):
+        parse_fleet({
+            "hosts": [{"name": "h"}],
+            "models": [{"name": "q", "backend": "llamacpp", "path": "/w/q.gguf", "port": 1,
+                        "options": {"gpu_layers": asked}}],
+        })

@@ -141,6 +141,8 @@ def test_llamacpp_uses_llama_server_when_on_path(
         "2",
         "--threads",
         "2",
+        "--n-gpu-layers",  # no GPUs placed: stays on the CPU even in a GPU build
+        "0",
         "--embedding",  # no --pooling: the GGUF says how its model pools
     ]
 

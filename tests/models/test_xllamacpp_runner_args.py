@@ -126,3 +126,38 @@ def test_a_file_that_is_not_a_model_exits_1_with_the_reason(tmp_path: Path) -> N
 
     assert done.returncode == 1
     assert f"llama.cpp could not serve {bogus}" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "layers"),
+    [("--n-gpu-layers", "999", 999), ("-ngl", "all", -2), ("--gpu-layers", "auto", -1),
+     ("--n-gpu-layers", "0", 0)],
+)
+def test_gpu_layers_take_llama_cpps_numbers_and_words(
+    tmp_path: Path, flag: str, value: str, layers: int
+) -> None:
+    # llama.cpp common/arg.cpp: 'auto' is -1 and 'all' is -2 in common_params.n_gpu_layers.
+    options = parse_args(["-m", str(tmp_path / "m.gguf"), "--port", "9", flag, value])
+    assert common_params(options, xllamacpp).n_gpu_layers == layers
+
+
+def test_a_negative_or_unknown_gpu_layer_count_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for value in ("-3", "most"):
+        with pytest.raises(SystemExit) as exit_:
+            parse_args(["-m", str(tmp_path / "m.gguf"), "--port", "9", "-ngl", value])
+        assert exit_.value.code == 2
+    assert "'auto', 'all' or a number" in capsys.readouterr().err
+
+
+def test_the_runner_run_as_a_module_starts_without_a_runtime_warning(tmp_path: Path) -> None:
+    # `python -m` of a module its package had imported already makes runpy warn at the top of
+    # every llama.cpp worker's log; the backend must not import the runner.
+    done = subprocess.run(
+        [sys.executable, "-m", "modelserver.launcher.backends.xllamacpp_runner",
+         "-m", str(tmp_path / "missing.gguf"), "--port", "9"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.returncode == 2 and "does not exist" in done.stderr, done.stderr
+    assert "Warning" not in done.stderr, done.stderr

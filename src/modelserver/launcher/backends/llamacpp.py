@@ -7,6 +7,11 @@ Flag names are llama-server's own, from ggml-org/llama.cpp tools/server/README.m
 `--pooling {none,mean,cls,last,rank}`, `--api-key KEY`. The same README documents
 `GET /health`: 503 while the model loads, 200 once it serves.
 
+A worker given GPUs offloads every layer to them (`--n-gpu-layers 999`, see
+`llamacpp_flags.ALL_LAYERS`); one without GPUs gets `--n-gpu-layers 0`, so a build with GPU
+support stays on the CPU it was placed on. `options.gpu_layers` (a number, "auto" or "all")
+overrides it.
+
 Embedding models get `--embedding` only: without `--pooling` llama.cpp pools as the GGUF's
 `{arch}.pooling_type` says (CLS for bge, last token for Qwen3-Embedding, mean for our
 MiniLM), so forcing one would break the others. `options.pooling` overrides it.
@@ -18,12 +23,18 @@ import importlib.util
 import shutil
 import sys
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
 from modelserver.launcher.backends.base import Backend, flag_pairs
-from modelserver.launcher.backends.xllamacpp_runner import CPU_EXTRA_HINT, POOLING_TYPES
+from modelserver.launcher.backends.llamacpp_flags import (
+    ALL_LAYERS,
+    CPU_EXTRA_HINT,
+    GPU_LAYER_WORDS,
+    GPU_LAYERS_FLAG,
+    POOLING_TYPES,
+)
 
 if TYPE_CHECKING:  # types only: the fleet config imports this package to check options
     from modelserver.config import Fleet, ModelConfig
@@ -52,6 +63,7 @@ class LlamaCppBackend(Backend):
         "parallel": Annotated[int, Field(ge=1)],
         "threads": Annotated[int, Field(ge=1)],
         "pooling": str,  # which names: option_problems below
+        "gpu_layers": Annotated[int, Field(ge=0)] | Literal["auto", "all"],
     }
     ready_paths = ("/health",)
     health_path = "/health"
@@ -68,10 +80,20 @@ class LlamaCppBackend(Backend):
             ]
             + [(flag, model.options.get(key)) for key, flag in _OPTION_FLAGS.items()]
         )
+        argv += [GPU_LAYERS_FLAG, str(self.gpu_layers(placement, model))]
         if model.kind == "embedding":
             argv.append("--embedding")
         argv += self.api_key_flags(model)
         return argv + list(model.args)
+
+    @staticmethod
+    def gpu_layers(placement: Placement, model: ModelConfig) -> int | str:
+        """Every layer on the replica's GPUs, none without GPUs, or what the options say."""
+        asked = model.options.get("gpu_layers")
+        if asked is not None:
+            assert isinstance(asked, int) or asked in GPU_LAYER_WORDS
+            return asked
+        return ALL_LAYERS if placement.gpus else 0
 
     def option_problems(self, index: int, model: ModelConfig) -> list[str]:
         problems = super().option_problems(index, model)

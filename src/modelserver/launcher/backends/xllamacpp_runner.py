@@ -18,6 +18,7 @@ read at commit 00dc8057ab28c9cb4c79a6dd6dfce07fe779f63b, tables "Common params" 
     --pooling {none,mean,cls,last,rank}
     --api-key KEY (comma-separated for several)
     --metrics                  (Prometheus metrics at /metrics)
+    -ngl, --gpu-layers, --n-gpu-layers N|auto|all   (layers offloaded to the GPUs)
 
 Exit status: 0 after a clean stop, 2 for bad arguments or a missing model file or missing
 package, 1 when llama.cpp refuses to start (a file that is not a GGUF model, a port in use);
@@ -37,8 +38,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-POOLING_TYPES = ("none", "mean", "cls", "last", "rank")
-CPU_EXTRA_HINT = "pip install 'modelserver[cpu]'"
+from modelserver.launcher.backends.llamacpp_flags import (
+    CPU_EXTRA_HINT,
+    GPU_LAYERS_FLAG,
+    POOLING_TYPES,
+    gpu_layers_value,
+)
 
 EXIT_OK = 0
 EXIT_START_FAILED = 1
@@ -58,6 +63,8 @@ class RunnerOptions:
     pooling: str | None
     api_keys: tuple[str, ...]
     metrics: bool = False
+    gpu_layers: int | None = None
+    """common_params.n_gpu_layers: a number of layers, -1 for 'auto', -2 for 'all'."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="API key(s), comma-separated (default: $LLAMA_API_KEY)",
     )
     parser.add_argument("--metrics", action="store_true", help="serve Prometheus /metrics")
+    parser.add_argument(
+        "-ngl", "--gpu-layers", GPU_LAYERS_FLAG, dest="gpu_layers", type=_gpu_layers,
+        help="layers to store in VRAM: a number, 'auto' or 'all'",
+    )
     return parser
 
 
@@ -104,6 +115,7 @@ def parse_args(argv: Sequence[str] | None = None) -> RunnerOptions:
         pooling=args.pooling,
         api_keys=_split(args.api_key),
         metrics=args.metrics,
+        gpu_layers=args.gpu_layers,
     )
 
 
@@ -131,6 +143,8 @@ def common_params(options: RunnerOptions, xllamacpp: Any) -> Any:
     if options.api_keys:
         params.api_keys = list(options.api_keys)
     params.endpoint_metrics = options.metrics
+    if options.gpu_layers is not None:
+        params.n_gpu_layers = options.gpu_layers
     return params
 
 
@@ -190,6 +204,13 @@ def _port(text: str) -> int:
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"port must be 1..65535 (got {value})")
     return value
+
+
+def _gpu_layers(text: str) -> int:
+    try:
+        return gpu_layers_value(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _natural(text: str) -> int:
