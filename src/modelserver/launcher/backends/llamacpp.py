@@ -90,9 +90,8 @@ class LlamaCppBackend(Backend):
     def gpu_layers(placement: Placement, model: ModelConfig) -> int | str:
         """Every layer on the replica's GPUs, none without GPUs, or what the options say."""
         asked = model.options.get("gpu_layers")
-        if asked is not None:
-            assert isinstance(asked, int) or asked in GPU_LAYER_WORDS
-            return asked
+        if isinstance(asked, int) or asked in GPU_LAYER_WORDS:  # option_problems checked it
+            return str(asked)
         return ALL_LAYERS if placement.gpus else 0
 
     def option_problems(self, index: int, model: ModelConfig) -> list[str]:
