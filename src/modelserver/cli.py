@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from modelserver._console import print_whole
 from modelserver.config import load_fleet
 from modelserver.errors import ModelServerError
 
@@ -60,8 +61,7 @@ def validate(fleet: FleetArg) -> None:
         table.add_row(*(Text(cell) for cell in row))
     # Each column has one space either side and a rule on its left; one more rule ends it.
     needed = sum(column.min_width or 0 for column in table.columns) + 3 * len(table.columns) + 1
-    out = console if console.width >= needed else Console(file=console.file, width=needed)
-    out.print(table)
+    print_whole(console, table, at_least=needed)
 
 
 @functools.cache  # once per process: main() may run several times (tests call it in-process)

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from modelserver._console import print_whole
 from modelserver.config import load_fleet
 from modelserver.routing.latency import LatencyResult, measure_latency
 from modelserver.routing.router import WorkerEntry
@@ -44,7 +45,7 @@ def latency(
         if model is None or w.model == model
     ]
     results = asyncio.run(_run(entries, max_tokens, cutoff, timeout))
-    console.print(render_table(results))
+    print_whole(console, render_table(results))
     if not any(r.latency_s is not None for r in results):
         raise typer.Exit(1)
 

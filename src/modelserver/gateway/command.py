@@ -37,7 +37,8 @@ def gateway(
         server = GatewayServer.from_fleet(loaded, host=host, port=port)
         console.print(
             f"gateway for fleet {loaded.fleet.name!r} on http://{server.host}:{server.port}"
-            f" ({len(loaded.workers())} workers, policy {loaded.router.policy}); Ctrl-C stops it"
+            f" ({len(loaded.workers())} workers, policy {loaded.router.policy}); Ctrl-C stops it",
+            soft_wrap=True,  # one line in a log or a pipe; a terminal wraps it itself
         )
         await serve_until_signalled(server)
 

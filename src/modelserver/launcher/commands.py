@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from modelserver._console import print_whole
 from modelserver.clock import SystemClock
 from modelserver.config import Fleet, WorkerSpec, load_fleet
 from modelserver.errors import LaunchError
@@ -47,8 +48,10 @@ from modelserver.launcher.state import (
 )
 from modelserver.launcher.supervisor import Supervisor
 
-console = Console()
-err_console = Console(stderr=True)
+# Messages are never wrapped by us: a path or an error cut across lines in a log cannot be
+# searched for; a terminal wraps long lines itself.
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 FleetArg = Annotated[Path, typer.Argument(help="The fleet file (TOML).", show_default=False)]
 HostOpt = Annotated[
@@ -139,9 +142,12 @@ async def _serve(
         if not progress:
             supervisor.listeners.append(_transition_logger())
         settled = asyncio.ensure_future(supervisor.wait_until(Supervisor.settled))
-        if progress:
+        if progress and console.is_terminal:
             with Live(get_renderable=lambda: _table(_local_rows(supervisor)), console=console):
                 await _first(settled, stop)
+        elif progress:  # a pipe or a log: no live redraws, the table once, lines whole
+            await _first(settled, stop)
+            print_whole(console, _table(_local_rows(supervisor)))
         else:
             await _first(settled, stop)
             _log(f"{host}: " + ", ".join(f"{w.record.name} {w.status}" for w in
@@ -238,7 +244,7 @@ def _detach(fleet_file: Path, fleet: Fleet, host: str) -> int:
         if not (state and written_now and _all_failed(state, expected)):
             return _supervisor_exited(fleet, host, state, code, log)
     rows = _state_rows(fleet, host, state)
-    console.print(_table(rows))
+    print_whole(console, _table(rows))
     failed = [r for r in rows if r["status"] == "failed"]
     for row in failed:
         err_console.print(f"[red]{row['name']} failed:[/] {row['last_error']}", highlight=False)
@@ -263,7 +269,7 @@ def _supervisor_exited(
     came to (`state`, the state file it left) and why, and return 1."""
     rows = _state_rows(fleet, host, state)
     if state is not None and state.workers:
-        console.print(_table(rows))
+        print_whole(console, _table(rows))
     for row in rows:
         if row["status"] not in ("ready", "stopped") and row["last_error"]:
             err_console.print(f"[red]{row['name']} {row['status']}:[/] {row['last_error']}",
@@ -400,7 +406,7 @@ def status(
             f"supervisor of {local}: pid {', '.join(map(str, pids))}" if pids
             else f"no supervisor runs on {local}"
         )
-    console.print(table)
+    print_whole(console, table)
 
 
 def _state_rows(fleet: Fleet, host: str, state: HostState | None) -> list[dict[str, Any]]:
