@@ -3,6 +3,7 @@
     async with AsyncModelServer("fleet.toml") as ms:
         result = await ms.chat("llama-8b", [{"role": "user", "content": "Hi"}])
         print(result.text, result.usage.cached_tokens, result.worker, result.latency_s)
+        # result.worker: "llama-8b-0@gpu-a", as `status` names it; result.worker_url its URL
 
     ms = ModelServer({"llama-8b": ["http://10.0.0.5:30000", "http://10.0.0.6:30000"]})
     vectors = ms.embed("bge", ["a text", "another"])
@@ -71,12 +72,15 @@ class Completion:
     text: str
     usage: Usage
     worker: str
-    """URL of the worker that answered."""
+    """The worker that answered, named as the tables of `status` and `validate` name it
+    (`llama-8b-0@gpu-a`); its URL for a worker given by URL alone."""
     latency_s: float
     """Seconds from the call to the answer, retries included."""
     finish_reason: str | None
     raw: dict[str, Any]
     """The engine's JSON answer, untouched."""
+    worker_url: str = ""
+    """URL of the worker that answered."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,10 +194,11 @@ class AsyncModelServer:
         return Completion(
             text=text or "",
             usage=Usage.from_json(data.get("usage")),
-            worker=response.worker,
+            worker=_worker_name(router, response.worker),
             latency_s=latency,
             finish_reason=choice.get("finish_reason"),
             raw=data,
+            worker_url=response.worker,
         )
 
     async def embed(self, model: str, texts: str | Sequence[str]) -> list[list[float]]:
@@ -528,3 +533,11 @@ class _Progress:
 
     def close(self) -> None:
         self._progress.stop()
+
+
+def _worker_name(router: Router, url: str) -> str:
+    """The name tables give the worker at `url` (its URL if it left the router meanwhile)."""
+    try:
+        return router.worker(url).name
+    except KeyError:
+        return url

@@ -66,11 +66,16 @@ def render_table(results: list[LatencyResult]) -> Table:
     table = Table(title="worker latency (one short request each, all at once)")
     for column in ("", "worker", "model", "url", "latency", "outcome"):
         table.add_column(column, justify="right" if column == "latency" else "left")
+    workers_of: dict[str, int] = {}
+    for result in results:
+        workers_of[result.entry.model] = workers_of.get(result.entry.model, 0) + 1
     for result in results:
         entry = result.entry
+        # Fastest among several: a model's only worker is not marked (there was no choice).
+        fastest = result.fastest and workers_of[entry.model] > 1
         shown = f"{result.latency_s * 1000:.0f} ms" if result.latency_s is not None else "-"
         table.add_row(
-            "[bold green]★ fastest[/]" if result.fastest else "",
+            "[bold green]★ fastest[/]" if fastest else "",
             entry.name or entry.url,
             entry.model,
             entry.url,

@@ -1,5 +1,6 @@
 """The client API on a mock transport: result shapes, order, per-item failures, the seed's call."""
 
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -57,8 +58,21 @@ async def test_chat_result_has_text_usage_worker_and_latency() -> None:
     assert result.text == "echo hi"
     assert (result.usage.prompt_tokens, result.usage.completion_tokens) == (12, 3)
     assert result.usage.cached_tokens == 8
-    assert result.worker in FLEET["chat-m"] and result.latency_s >= 0
+    assert result.worker in FLEET["chat-m"] and result.latency_s >= 0  # named by URL alone
+    assert result.worker_url == result.worker
     assert result.finish_reason == "stop"
+
+
+async def test_a_fleet_files_worker_is_named_as_the_tables_name_it(tmp_path: Path) -> None:
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(
+        '[[hosts]]\nname = "gpu-a"\naddress = "10.0.0.5"\n'
+        '[[models]]\nname = "chat-m"\nbackend = "sim"\nport = 30000\n'
+    )
+    async with AsyncModelServer(fleet, transport=MockTransport(engine), probe=False) as ms:
+        result = await ms.chat("chat-m", "hi", max_tokens=5)
+    assert result.worker == "chat-m-0@gpu-a"  # as `status` and `validate` show it
+    assert result.worker_url == "http://10.0.0.5:30000"
 
 
 async def test_params_reach_the_engine() -> None:

@@ -96,7 +96,7 @@ def test_client_gets_chat_stream_and_embeddings_from_real_workers(cpu_fleet: Cpu
         pieces = list(ms.stream("tiny-chat", "Tell me a story about the sea.", max_tokens=12))
         vectors = ms.embed("minilm", ["a first sentence", "a second one"])
     # Random weights: the words mean nothing, but a real engine produced them.
-    assert answer.text and answer.worker in chat_urls
+    assert answer.text and answer.worker_url in chat_urls
     assert answer.usage.completion_tokens > 0 and answer.usage.prompt_tokens > 0
     assert len(pieces) >= 2 and "".join(pieces)
     assert [len(v) for v in vectors] == [MINILM_DIM, MINILM_DIM]
@@ -186,7 +186,7 @@ async def test_a_worker_killed_with_sigkill_restarts_while_every_request_succeed
             restarted_at = len(results)
             await wait_until(
                 lambda: any(
-                    isinstance(r, Completion) and r.worker == victim["url"]
+                    isinstance(r, Completion) and r.worker_url == victim["url"]
                     for r in results[restarted_at:]
                 ),
                 "the restarted worker to serve again",

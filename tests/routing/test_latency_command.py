@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+from rich.console import Console
 from typer.testing import CliRunner
 
 from modelserver import cli
+from modelserver.route_commands import render_table
 from modelserver.routing import AiohttpTransport, WorkerEntry
-from modelserver.routing.latency import measure_latency
+from modelserver.routing.latency import LatencyResult, measure_latency
 from modelserver.sim import SimConfig, SimServer, SimThread
 
 
@@ -68,6 +71,17 @@ port = {b.port}
         unknown = runner.invoke(cli.app, ["latency", str(fleet), "--model", "zz"])
     assert result.exit_code == 0, result.output
     assert all(url in result.output for url in urls)
-    assert result.output.count("fastest") == 2  # one per model
+    assert "fastest" not in result.output  # each model has one worker: no choice to mark
     assert only_b.exit_code == 0 and urls[0] not in only_b.output and urls[1] in only_b.output
     assert "unknown model 'zz'" in str(unknown.exception)
+
+
+def test_only_a_model_with_several_workers_gets_its_fastest_marked() -> None:
+    a0, a1, b0 = (WorkerEntry(m, f"http://127.0.0.1:{p}", name=f"{m}-{i}@lo")
+                  for m, i, p in (("a", 0, 1), ("a", 1, 2), ("b", 0, 3)))
+    results = [LatencyResult(a0, 0.01, "ok", fastest=True), LatencyResult(a1, 0.02, "ok"),
+               LatencyResult(b0, 0.05, "ok", fastest=True)]
+    out = io.StringIO()
+    Console(file=out, width=200).print(render_table(results))
+    starred = [line for line in out.getvalue().splitlines() if "fastest" in line]
+    assert len(starred) == 1 and "a-0@lo" in starred[0]

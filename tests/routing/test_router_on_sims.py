@@ -274,7 +274,7 @@ success_threshold = 1
         )
         availability = tmp_path / "state" / "availability.json"
         async with AsyncModelServer(fleet, probe=False) as client:
-            assert (await client.chat("m", "hi", max_tokens=4)).worker == sim.url
+            assert (await client.chat("m", "hi", max_tokens=4)).worker_url == sim.url
             await sim.set_faults("refuse")
             with pytest.raises(NoHealthyWorker) as caught:
                 await client.chat("m", "hi", max_tokens=4)

@@ -93,7 +93,7 @@ class ClientSender:
             )
             return False
         self._timeline.requests.append(
-            RequestRecord(sent, "client", done.worker, True, None, time.time() - sent)
+            RequestRecord(sent, "client", done.worker_url, True, None, time.time() - sent)
         )
         return True
 

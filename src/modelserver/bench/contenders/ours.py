@@ -51,7 +51,7 @@ class OursContender(Contender):
                     self._model, messages, max_tokens=max_tokens, temperature=0.0
                 )
                 return Outcome(
-                    ok=True, e2e_s=time.monotonic() - start, worker=result.worker,
+                    ok=True, e2e_s=time.monotonic() - start, worker=result.worker_url,
                     prompt_tokens=result.usage.prompt_tokens,
                     cached_tokens=result.usage.cached_tokens,
                     completion_tokens=result.usage.completion_tokens, text=result.text,
