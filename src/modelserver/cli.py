@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import os
 import sys
 from pathlib import Path
@@ -68,6 +69,24 @@ def validate(fleet: FleetArg) -> None:
 def _register_all() -> None:
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(app)
+    _unwrap_helps(app)
+
+
+def _unwrap_helps(typer_app: typer.Typer) -> None:
+    for command in typer_app.registered_commands:
+        if command.help is None and command.callback is not None:
+            command.help = unwrapped_help(inspect.getdoc(command.callback) or "")
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _unwrap_helps(group.typer_instance)
+
+
+def unwrapped_help(doc: str) -> str:
+    """A docstring as help text: each paragraph one line. Typer's rich help keeps a
+    docstring's line breaks in the list of commands, so a sentence wrapped at the source's
+    100 columns broke mid-way there; now rich wraps it at the terminal's width."""
+    paragraphs = [" ".join(p.split()) for p in doc.strip().split("\n\n")]
+    return "\n\n".join(p for p in paragraphs if p)
 
 
 def _is_usage_error(exc: Exception) -> bool:
