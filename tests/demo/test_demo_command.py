@@ -148,7 +148,7 @@ def test_demo_runs_kills_a_worker_sees_it_restarted_and_leaves_nothing(
     assert {"minilm-0@local", "llama-8b-0@local"} <= set(served)
     assert {"tiny-chat-0@local", "tiny-chat-1@local"} & set(served)
     assert set(served) <= {"tiny-chat-0@local", "tiny-chat-1@local", "minilm-0@local",
-                           "llama-8b-0@local", "llama-8b-1@local", "llama-8b-half-0@local"}
+                           "llama-8b-0@local", "llama-8b-1@local", "llama-8b-2@local"}
     prompt, cached = summary["cache"]["llama-8b"]
     assert 0 < cached < prompt
     similarity = summary["similarity"]

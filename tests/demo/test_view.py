@@ -9,7 +9,7 @@ from rich.console import Console
 from modelserver.demo.live import PlainView, Snapshot, WorkerLine, worker_table
 from modelserver.demo.narrate import error_text
 
-WORKER = WorkerLine("llama-8b-half-0@local", "sim SGLang ½ H100", "llama-8b", "starting",
+WORKER = WorkerLine("llama-8b-2@local", "sim SGLang ½ H100", "llama-8b", "starting",
                     "launcher reports starting", 123, 2, "12.1 ms/tok", 1, 4242)
 SNAPSHOT = Snapshot("traffic", 12.0, 40.0, 100, 1, (WORKER,))
 
@@ -32,7 +32,7 @@ def test_a_wide_terminal_shows_every_column() -> None:
 def test_an_80_column_terminal_keeps_status_load_latency_and_restarts() -> None:
     text = drawn(80)
     assert all(len(line) <= 80 for line in text.splitlines())
-    for shown in ("llama-8b-half-0@local", "starting", "123", "12.1 ms/tok", "rst", "router"):
+    for shown in ("llama-8b-2@local", "starting", "123", "12.1 ms/tok", "rst", "router"):
         assert shown in text
     assert "4242" not in text and "SGLang" not in text
 
@@ -51,7 +51,7 @@ def test_plain_view_prints_events_and_a_progress_line_every_few_seconds() -> Non
     assert lines[0] == "  0.0 s  KILL: something"
     assert len(lines) == 2
     assert lines[1].startswith("  5.5 s  traffic: answered 100, failed 1;")
-    assert "llama-8b-half-0@local 123 req starting (launcher reports starting)" in lines[1]
+    assert "llama-8b-2@local 123 req starting (launcher reports starting)" in lines[1]
 
 
 def test_router_errors_lose_the_url_and_say_refused_in_plain_words() -> None:

@@ -7,9 +7,10 @@ subprocesses, exactly as a user types them. Every process the state file ever na
 remembered by pid and start time, so the end can check that none still runs, and never
 mistakes (or kills) another process that got one of those pids since.
 
-The fleet file gives each simulated engine model one speed, so the half-speed engine is its
-own fleet model (`llama-8b-half`); the demo's router puts its worker behind the name clients
-ask for, `llama-8b`, beside the two full-speed ones.
+The fleet file is exactly what the demo runs and routes: `llama-8b` is one model of three
+simulated replicas, the third at half speed (the sim backend's per-replica `speeds`), and
+the demo's router is the one the file describes, so `modelserver up` and `modelserver
+gateway` on the file left behind reproduce it.
 """
 
 from __future__ import annotations
@@ -46,33 +47,40 @@ class DemoModel:
     """One model of the demo fleet file and what it stands for."""
 
     name: str
-    serves: str
-    """The model name clients ask for (the router groups workers under it)."""
     kind: str
     backend: str
     replicas: int
     engine: str
-    """How the live view describes one of its workers."""
-    speed: float | None = None
+    """How the live view describes one of its workers (at full speed)."""
+    speeds: tuple[float, ...] = ()
+    """A simulated model's speed for each replica."""
     path: str = ""
     options: str = ""
+
+    def engine_of(self, replica: int) -> str:
+        """How the live view describes replica `replica`."""
+        if self.speeds and self.speeds[replica] == 0.5:
+            return self.engine.replace("H100", "½ H100")
+        return self.engine
+
+    def options_line(self) -> str:
+        if self.speeds:
+            return "speeds = [" + ", ".join(f"{s:g}" for s in self.speeds) + "]"
+        return self.options
 
 
 def demo_models(models: PreparedModels) -> tuple[DemoModel, ...]:
     """Two real llama.cpp chat workers, one real embedding worker, three simulated H100s."""
     return (
         DemoModel(
-            "tiny-chat", "tiny-chat", "chat", "llamacpp", 2, "llama.cpp CPU",
+            "tiny-chat", "chat", "llamacpp", 2, "llama.cpp CPU",
             path=str(models.chat_path), options="ctx_size = 4096, parallel = 2, threads = 1",
         ),
         DemoModel(
-            "minilm", "minilm", "embedding", "llamacpp", 1, "llama.cpp CPU",
+            "minilm", "embedding", "llamacpp", 1, "llama.cpp CPU",
             path=str(models.embedding_path), options="ctx_size = 1024, parallel = 2, threads = 1",
         ),
-        DemoModel("llama-8b", "llama-8b", "chat", "sim", 2, "sim SGLang H100", speed=1.0),
-        DemoModel(
-            "llama-8b-half", "llama-8b", "chat", "sim", 1, "sim SGLang ½ H100", speed=0.5
-        ),
+        DemoModel("llama-8b", "chat", "sim", 3, "sim SGLang H100", speeds=(1.0, 1.0, 0.5)),
     )
 
 
@@ -83,7 +91,7 @@ def write_fleet_file(run_dir: Path, models: PreparedModels) -> Path:
     for model in demo_models(models):
         port = free_port_range(model.replicas, taken)
         taken.update(range(port, port + model.replicas))
-        options = model.options or (f"speed = {model.speed}" if model.speed is not None else "")
+        options = model.options_line()
         lines = [
             "[[models]]",
             f'name = "{model.name}"',
@@ -165,10 +173,8 @@ class DemoFleet:
         return state_path(self.fleet, HOST)
 
     def router_entries(self) -> list[WorkerEntry]:
-        return [
-            WorkerEntry(self.engines[w.model].serves, w.url, w.kind, name=w.name)
-            for w in self.fleet.workers(HOST)
-        ]
+        """The workers as the fleet file names them: what `Router.from_fleet` would route."""
+        return [WorkerEntry(w.model, w.url, w.kind, name=w.name) for w in self.fleet.workers(HOST)]
 
     def state(self) -> HostState | None:
         state = read_state(self.state_file)

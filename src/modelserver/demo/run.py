@@ -276,7 +276,7 @@ class DemoRun:
                 unit = "ms/tok" if spec.kind == "chat" else "ms"
                 ewma = f"{stat.ewma_latency_s * 1000:.1f} {unit}"
             lines.append(WorkerLine(
-                name=spec.name, engine=model.engine, serves=model.serves,
+                name=spec.name, engine=model.engine_of(spec.replica), serves=spec.model,
                 launcher=record.status if record else "-",
                 router=error_text(stat.status, 36) if stat else "-",
                 requests=stat.requests if stat else 0,

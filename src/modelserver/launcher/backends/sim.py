@@ -27,9 +27,14 @@ _CONFIG_TYPES = get_type_hints(SimConfig)
 
 
 class SimBackend(Backend):
+    """`options.speed` sets every replica's speed; `options.speeds` one per replica (a model
+    whose replica 2 runs at half speed: `speeds = [1.0, 1.0, 0.5]`), as a fleet of unequal
+    GPUs serves one model."""
+
     name = "sim"
     options: ClassVar[Mapping[str, Any]] = {
-        key: _CONFIG_TYPES[_CONFIG_FIELDS.get(key, key)] for key in _OPTION_FLAGS
+        **{key: _CONFIG_TYPES[_CONFIG_FIELDS.get(key, key)] for key in _OPTION_FLAGS},
+        "speeds": list[float],  # SimConfig.speed for each replica
     }
     # The sim answers GET /health with 200 once it serves.
     ready_paths = ("/health",)
@@ -42,6 +47,8 @@ class SimBackend(Backend):
         problem = super().option_value_problem(key, value, model)
         if problem is not None:
             return problem
+        if key == "speeds":
+            return _speeds_problem(value, model)
         try:
             SimConfig(model=model.name, kind=model.kind, **{_CONFIG_FIELDS.get(key, key): value})
         except ValueError as exc:
@@ -64,6 +71,24 @@ class SimBackend(Backend):
             "--kind",
             model.kind,
         ]
-        argv += flag_pairs([(flag, model.options.get(key)) for key, flag in _OPTION_FLAGS.items()])
+        options = dict(model.options)
+        speeds = options.pop("speeds", None)
+        if speeds is not None:
+            options["speed"] = speeds[worker.replica]
+        argv += flag_pairs([(flag, options.get(key)) for key, flag in _OPTION_FLAGS.items()])
         argv += self.api_key_flags(model)
         return argv + list(model.args)
+
+
+def _speeds_problem(speeds: list[float], model: ModelConfig) -> str | None:
+    if "speed" in model.options:
+        return "give `speed` (every replica) or `speeds` (one per replica), not both"
+    if len(speeds) != model.replicas:
+        return (f"lists {len(speeds)} speeds for {model.replicas} replicas; give one per"
+                " replica, in replica order")
+    for index, speed in enumerate(speeds):
+        try:
+            SimConfig(model=model.name, kind=model.kind, speed=speed)
+        except ValueError as exc:
+            return f"speeds[{index}]: {exc}"
+    return None
