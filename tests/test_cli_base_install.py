@@ -46,11 +46,19 @@ def _run(executable: Path, *args: str, tmp_path: Path) -> subprocess.CompletedPr
     )
 
 
-def _commands() -> list[str]:
+def _commands() -> list[tuple[str, ...]]:
+    """Every command as its argv: the top-level ones, the groups and their commands."""
     cli._register_all()
-    names = [c.name or (c.callback.__name__ if c.callback else "") for c in
-             cli.app.registered_commands]
-    assert "up" in names and "demo" in names, names
+    names: list[tuple[str, ...]] = [
+        (c.name or (c.callback.__name__ if c.callback else ""),)
+        for c in cli.app.registered_commands
+    ]
+    for group in cli.app.registered_groups:
+        assert group.name and group.typer_instance
+        names.append((group.name,))
+        names += [(group.name, c.name or (c.callback.__name__ if c.callback else ""))
+                  for c in group.typer_instance.registered_commands]
+    assert ("up",) in names and ("demo",) in names and ("models",) in names, names
     return names
 
 
@@ -87,8 +95,8 @@ def test_a_usage_error_is_a_clean_message_and_exit_code_2(
 def test_every_commands_help_works_in_the_base_install(
     base_install: Path, tmp_path: Path
 ) -> None:
-    for command in [*_commands(), None]:
-        args = (command, "--help") if command else ("--help",)
+    for command in [*_commands(), ()]:
+        args = (*command, "--help")
         done = _run(base_install, *args, tmp_path=tmp_path)
         assert done.returncode == 0, f"{args}: {done.stdout}{done.stderr}"
         assert "Traceback" not in done.stderr, done.stderr
