@@ -7,7 +7,7 @@ and the command's usage errors and every `--help` run there.
 
 Cost: building the environment takes about 15-20 s (pip reuses its cache), once per test
 session; each command then runs in about a second (the whole file: about a minute on a
-shared 2-core machine).
+shared 2-core machine, up to two when it is busy).
 """
 
 from __future__ import annotations
