@@ -552,3 +552,30 @@ def test_the_supervisor_rotates_a_growing_log_and_logs_supervisor_shows_its_own(
     assert own.returncode == 0 and "tiny-0@local ready" in own.stdout, own.stdout + own.stderr
     neither = fleet.run("logs", str(fleet.path))
     assert neither.returncode == 2 and "--supervisor" in neither.stderr
+
+
+def test_an_engine_outliving_its_launcher_writes_its_own_log_and_the_next_launcher_trims_it(
+    make_fleet: Callable[..., Fleet],
+) -> None:
+    fleet = make_fleet(_sim("tiny"), launcher="log_max_bytes = 2048\nlog_check_s = 0.1")
+    assert fleet.run("up", str(fleet.path), "--detach").returncode == 0
+    first = fleet.read()
+    [worker] = first["workers"]
+    os.kill(first["supervisor"]["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + DEADLINE_S
+    while running(first["supervisor"]["pid"]):
+        assert time.monotonic() < deadline, "the supervisor outlived SIGKILL"
+        time.sleep(0.05)
+    # The engine's stdout and stderr are the log file itself, not a pipe to the dead launcher.
+    log = Path(worker["log"])
+    for fd in (1, 2):
+        assert os.readlink(f"/proc/{worker['pid']}/fd/{fd}") == str(log.resolve())
+    with open(log, "a") as engine_side:  # what it writes meanwhile piles up...
+        engine_side.write("x" * 3000 + " while no launcher ran\n")
+    assert fleet.run("up", str(fleet.path), "--detach").returncode == 0
+    assert fleet.workers()["tiny-0@local"]["pid"] == worker["pid"]  # adopted
+    older = log.with_name(f"{log.name}.1")  # ...until the next launcher trims it
+    while not (older.exists() and b"while no launcher ran" in older.read_bytes()):
+        assert time.monotonic() < deadline + DEADLINE_S, "the adopted worker's log not rotated"
+        time.sleep(0.05)
+    assert older.stat().st_size <= 2048
