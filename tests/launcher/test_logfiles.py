@@ -119,3 +119,13 @@ def test_the_last_lines_reach_into_the_rotated_file_just_after_a_rotation(
     shown, end = read_last_lines(log, 5, MAX)
     assert shown == [b"line 97", b"line 98", b"line 99", b"line 100", b"line 101"]
     assert end == log.stat().st_size
+
+
+def test_the_last_lines_of_a_huge_untrimmed_log_are_read_from_its_end_only(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "w.log"
+    log.write_text("".join(f"line {i}\n" for i in range(100_000)))  # 1.3 MB
+    shown, end = read_last_lines(log, 3, 64)
+    assert shown == [b"line 99997", b"line 99998", b"line 99999"]
+    assert end == log.stat().st_size

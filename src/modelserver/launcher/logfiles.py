@@ -98,10 +98,12 @@ async def keep_logs_capped(
 
 def read_last_lines(path: Path, lines: int, max_bytes: int) -> tuple[list[bytes], int]:
     """The last `lines` lines of a log, reaching into `x.log.1` when the live file was just
-    truncated and holds fewer; and the live file's size (where following it goes on)."""
+    truncated and holds fewer; and the live file's size (where following it goes on). Reads
+    at most `max_bytes` of each file (a log no launcher trimmed can be huge)."""
     with open(path, "rb") as handle:
-        data = handle.read()
-    end = len(data)
+        end = handle.seek(0, os.SEEK_END)
+        handle.seek(max(0, end - max_bytes))
+        data = handle.read(end - handle.tell())
     found = data.splitlines()
     if len(found) < lines:
         with contextlib.suppress(OSError), open(rotated(path, 1), "rb") as older:
