@@ -164,6 +164,13 @@ class LauncherConfig(Section):
     (python/sglang/srt/entrypoints/http_server.py, sgl-project/sglang at 0025436e)."""
     placement_poll_s: float = Field(default=5.0, gt=0)
     """How often workers waiting for GPUs or a port are placed again."""
+    drain_notice_s: float = Field(default=10.0, ge=0)
+    """`up` on a changed fleet: how long a worker marked draining (or back to ready) is left
+    for the routers to notice before the next step; routers re-read the state files every
+    `[router.health] interval_s` (default 5 s), so keep this above theirs."""
+    drain_timeout_s: float = Field(default=60.0, ge=0)
+    """The bound on a draining worker's requests in flight: it is stopped when its engine
+    reports none left, or after this long (counted from the start of the drain)."""
 
 
 class BreakerConfig(Section):

@@ -186,6 +186,7 @@ def worker_plan(fleet: Fleet, placement: Placement) -> WorkerPlan:
         ready_paths=backend.ready_paths,
         health_path=backend.health_path,
         log=log_path(fleet, placement.worker.name),
+        mem_fraction=placement.mem_fraction,
     )
 
 
@@ -277,7 +278,7 @@ async def _take_over(
         except ProcessLookupError:
             pass  # it died meanwhile: place it afresh
         else:
-            placement = Placement(spec, _recorded_gpus(record.gpus), _restart_fraction(fleet, spec))
+            placement = Placement(spec, recorded_gpus(record.gpus), _restart_fraction(fleet, spec))
             supervisor.add(worker_plan(fleet, placement), record).start(
                 adopted=proc, loading=loading
             )
@@ -379,7 +380,7 @@ def _died_unwatched(record: WorkerRecord | None) -> WorkerRecord | None:
     return record
 
 
-def _recorded_gpus(ids: Sequence[str]) -> tuple[Gpu, ...]:
+def recorded_gpus(ids: Sequence[str]) -> tuple[Gpu, ...]:
     """GPUs of an adopted worker as its record names them (enough to restart it)."""
     return tuple(
         Gpu(index=int(i) if i.isdigit() else -1, uuid="" if i.isdigit() else i,
