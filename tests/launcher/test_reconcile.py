@@ -7,13 +7,16 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from modelserver.config import Fleet, parse_fleet
+from modelserver.launcher.commands import _state_rows
 from modelserver.launcher.gpus import GIB, Gpu, StaticInventory
 from modelserver.launcher.lifecycle import WorkerStatus
 from modelserver.launcher.local import worker_plan
 from modelserver.launcher.placement import GpuView, Placement
 from modelserver.launcher.reconcile import Rollout, plan_for, read_request, request_path
-from modelserver.launcher.state import WorkerRecord
+from modelserver.launcher.state import HostState, WorkerRecord
 from modelserver.launcher.supervisor import Supervisor, fingerprint
 from modelserver.netinfo import free_port_range
 
@@ -196,3 +199,18 @@ def test_a_request_file_that_is_not_one_reads_as_none(tmp_path: Path) -> None:
     assert read_request(path) is None
     path.write_text('{"request": "abc", "fleet_file": "/x/fleet.toml"}')
     assert read_request(path) == ("abc", Path("/x/fleet.toml"))
+
+
+def test_status_shows_a_worker_being_removed_beside_the_files_layout(tmp_path: Path) -> None:
+    port = free_port_range(2)
+    fleet = _fleet(tmp_path, [{"name": "a", "port": port}])
+    me = psutil.Process()
+    going = WorkerRecord("gone-0@h", "gone", "chat", f"http://127.0.0.1:{port + 1}", "h",
+                         port + 1, "draining", pid=me.pid, create_time=me.create_time())
+    finished = WorkerRecord("done-0@h", "done", "chat", "http://127.0.0.1:1", "h", 1,
+                            "stopped")
+    rows = _state_rows(fleet, "h", HostState("h", "demo", workers=[going, finished]))
+    assert [(r["name"], r["status"]) for r in rows] == [
+        ("a-0@h", "stopped"), ("gone-0@h", "draining")]
+    assert rows[1]["last_error"] == "not in the fleet file: being removed"
+    assert set(rows[1]) == set(rows[0])

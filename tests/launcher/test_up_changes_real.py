@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ from modelserver.gateway import GatewayServer
 from modelserver.netinfo import free_port_range
 from modelserver.routing import Router
 from tests.reliability.launched import QUICK_LAUNCHER, LaunchedFleet
-from tests.waiting import wait_until
+from tests.waiting import wait_until, wait_until_sync
 
 KEY = "sk-up-changes-test-key"
 DEADLINE_S = 120.0
@@ -205,3 +206,44 @@ async def test_dry_run_on_a_fleet_that_does_not_run_lists_every_start_and_create
         assert f"add      {name}" in out, out
     assert not launched.state.parent.exists()  # no state, no lock, no log: nothing started
     assert launched.engine_processes() == {}
+
+
+def test_a_supervisor_restarted_on_a_changed_file_replaces_the_adopted_workers_it_changed(
+    fleet: tuple[LaunchedFleet, Layout],
+) -> None:
+    """No supervisor runs (it was killed), its workers do, and the file changed: the new
+    supervisor adopts them, then replaces those the file changed, and keeps the others."""
+    launched, layout = fleet
+    first = launched.start_supervisor()
+    try:
+        wait_until_sync(lambda: _all_ready(launched, 3), "the first supervisor's workers",
+                        DEADLINE_S)
+    finally:
+        first.kill()
+        first.wait()
+    before = launched.recorded_pids()
+    launched.path.write_text(layout.text(chat_replicas=2, chat_args=["--max-running", "8"],
+                                         with_old=True))
+    second = launched.start_supervisor()
+    try:
+        def replaced() -> bool:
+            pids = launched.recorded_pids()
+            return _all_ready(launched, 3) and all(
+                pids.get(n) not in (None, before[n]) for n in ("chat-0@local", "chat-1@local"))
+
+        wait_until_sync(replaced, "the changed workers replaced", DEADLINE_S)
+        after = launched.recorded_pids()
+        assert after["old-0@local"] == before["old-0@local"]  # unchanged: adopted, kept
+        assert not alive(before["chat-0@local"]) and not alive(before["chat-1@local"])
+        for pid in (after["chat-0@local"], after["chat-1@local"]):
+            assert psutil.Process(pid).cmdline()[-2:] == ["--max-running", "8"]
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(DEADLINE_S)
+
+
+def _all_ready(launched: LaunchedFleet, count: int) -> bool:
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        workers = (launched.read_state() or {}).get("workers", [])
+        return len(workers) == count and all(w["status"] == "ready" for w in workers)
+    return False

@@ -494,6 +494,17 @@ def _state_rows(fleet: Fleet, host: str, state: HostState | None) -> list[dict[s
             if record.pid is not None and not process_is(record.pid, record.create_time):
                 row.update(status="gone", last_error="its process is no longer running")
         rows.append(row)
+    named = {row["name"] for row in rows}
+    for record in state.workers if state else []:
+        if record.name not in named and process_is(record.pid, record.create_time):
+            # Not in this file but still running: `up` is draining it away.
+            rows.append({
+                "name": record.name, "model": record.model, "kind": record.kind,
+                "backend": "", "host": record.host, "url": record.url,
+                "status": record.status, "pid": record.pid, "restarts": record.restarts,
+                "gpus": record.gpus, "last_error": "not in the fleet file: being removed",
+                "started_at": record.started_at, "waiting_for": None,
+            })
     return rows
 
 
