@@ -4,6 +4,7 @@ processes, a fake probe and a clock that skips."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from pathlib import Path
 
@@ -13,8 +14,9 @@ from modelserver.launcher.lifecycle import WorkerStatus
 from modelserver.launcher.plan import Fingerprint, keys_digest
 from modelserver.launcher.state import read_state
 from modelserver.launcher.supervisor import Supervisor, Worker, WorkerPlan, fingerprint
+from tests.waiting import wait_until
 
-from .fakes import FakeClock, FakeProbe, FakeSpawner
+from .fakes import FakeClock, FakeProbe, FakeSpawner, ManualClock
 
 S = WorkerStatus
 URL = "http://127.0.0.1:40000"
@@ -172,3 +174,38 @@ async def test_an_adopted_worker_keeps_what_it_was_started_with(tmp_path: Path) 
     adopted = again.add(_plan(tmp_path), worker.record)
     assert adopted.record.started_with == worker.record.started_with is not None
     await sup.stop_all()
+
+
+async def test_a_stop_cut_short_by_down_is_finished_by_it(tmp_path: Path) -> None:
+    """`down` while `up` drains: the drain is cancelled while its engine ignores SIGTERM; the
+    supervisor's own stop then finishes the job instead of tripping on the lifecycle."""
+    spawner, clock, probe = FakeSpawner(["stubborn"]), ManualClock(), FakeProbe()
+    probe.up.add(URL)
+    settings = LauncherConfig(stop_grace_s=10.0)
+    sup = Supervisor("h", "demo", settings, spawner=spawner, probe=probe, clock=clock,
+                     state_file=tmp_path / "state-h.json")
+    worker = sup.add(_plan(tmp_path))
+    worker.start()
+    await asyncio.wait_for(sup.wait_until(lambda s: worker.status is S.READY), 10)
+
+    async def idle() -> int:
+        return 0
+
+    draining = asyncio.create_task(worker.drain(notice_s=1.0, timeout_s=30.0, in_flight=idle))
+    await wait_until(lambda: clock.asleep_until(clock.t + 1.0), "the drain's notice")
+    clock.advance(1.0)
+    await asyncio.wait_for(sup.wait_until(lambda s: worker.status is S.STOPPING), 10)
+    draining.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await draining
+    stopping = asyncio.create_task(sup.stop_all())
+
+    async def through_the_grace() -> None:
+        while not stopping.done():  # the stop waits out its grace: move time on until done
+            clock.advance(10.0)
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(through_the_grace(), 10)
+    await stopping
+    assert worker.status is S.STOPPED
+    assert spawner.spawned[0].signals[-1] == signal.SIGKILL

@@ -24,6 +24,7 @@ replaced yet keep serving as they were, and `applying` says what failed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -207,8 +208,13 @@ class Rollout:
 
     async def run(self, plan: RolloutPlan) -> list[str]:
         """Carry `plan` out; what went wrong (empty if all of it went well)."""
-        # Workers start with the new file's settings; the placement loop places with it.
+        # Workers start with the new file's settings; nothing is placed with the old one.
         self.supervisor.settings = self.fleet.launcher
+        placing = self.supervisor.placing
+        if placing is not None and not placing.done():
+            placing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await placing
         by_name = {c.worker: c for c in plan.changes}
         await asyncio.gather(*(self._take_out(by_name[n]) for n in plan.early_stops))
         await asyncio.gather(*(self._start(c) for c in plan.of(Action.ADD)))
@@ -267,8 +273,12 @@ class Rollout:
         rounds is replaced: it cannot be cut between a placement and its start)."""
         if self.supervisor.placing is not None and not self.supervisor.placing.done():
             self.supervisor.placing.cancel()
+        settings = self.fleet.launcher
         self.supervisor.placing = asyncio.create_task(
-            place_waiting(self.supervisor, self.fleet, self.host, self.inventory, self.clock),
+            place_waiting(self.supervisor, self.fleet, self.host, self.inventory, self.clock,
+                          # GPU memory and ports of a worker just stopped may take a moment
+                          # to be released: as long as its processes were given to exit.
+                          wait_s=max(settings.wait_for_gpus_s, settings.stop_grace_s)),
             name=f"placing workers of {self.host}",
         )
 
@@ -387,6 +397,9 @@ class Reconciler:
         refused = (await asyncio.to_thread(self._preflight, fleet, self.host)
                    if self._preflight and not plan.empty else {})
         self._record(request, fleet_file, "applying", plan=plan)
+        if plan.empty:
+            self.fleet = fleet
+            return []
         self.supervisor.secrets = tuple(sorted({*self.supervisor.secrets,
                                                 *fleet_secrets(fleet)}))
         old, self.fleet = self.fleet, fleet

@@ -305,7 +305,8 @@ class Worker:
             self.record.waiting_for = None
             self._set(S.STOPPED)
         elif self.status is not S.STOPPED:
-            self._set(S.STOPPING)
+            if self.status is not S.STOPPING:  # else a stop cut short (cancelled): finish it
+                self._set(S.STOPPING)
             if self.proc is not None:
                 await self._terminate(self.proc)
             self.proc = None
