@@ -35,9 +35,9 @@ KEY = "sk-up-changes-test-key"
 DEADLINE_S = 120.0
 CLIENTS = 4
 
-LAUNCHER = {**QUICK_LAUNCHER, "drain_notice_s": 1.0, "drain_timeout_s": 30}
-"""The routers below read the state files every 0.2 s; a second of notice covers that
-many times over (a bound for production, not a figure the test checks)."""
+LAUNCHER = {**QUICK_LAUNCHER, "drain_notice_s": 2.0, "drain_timeout_s": 30}
+"""The routers below read the state files every 0.2 s; two seconds of notice cover that
+ten times over (a bound for production, not a figure the test checks)."""
 
 
 @dataclass

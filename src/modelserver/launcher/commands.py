@@ -92,10 +92,10 @@ def up(
     fleet, apply the fleet file's changes: add, drain and remove, replace one at a time."""
     loaded = load_fleet(fleet)
     name = detect_host(loaded, host)
+    check_state_dir(loaded)
     running = not supervise and SupervisorLock(loaded, name).held_by_other()
     if not loaded.workers(name) and not running:
         raise LaunchError(f"the fleet file has no workers on host {name!r}")
-    check_state_dir(loaded)
     # Weights, GPUs, foreign ports: refuse before starting anything. What this machine lacks
     # (NVML, an engine) fails only the workers that need it.
     refused = preflight(loaded, name)
@@ -166,8 +166,7 @@ async def _serve(
             console.print(f"supervising {len(supervisor.workers) - len(failed)} workers on"
                           f" {host}; Ctrl-C stops them")
         reconciler = Reconciler(supervisor, fleet, host, clock=SystemClock(),
-                                preflight=preflight)
-        reconciler.wake = change_asked
+                                preflight=preflight, wake=change_asked)
         # Live workers adopted from a previous launcher may run with another file: apply it.
         changes = asyncio.create_task(_reconcile_then_serve(reconciler, fleet))
         await stop.wait()
@@ -211,6 +210,8 @@ def apply_to_running(fleet_file: Path, fleet: Fleet, host: str, *, dry_run: bool
         console.print(line, highlight=False, soft_wrap=True)
     if dry_run:
         console.print("dry run: nothing was changed", highlight=False)
+        return 0
+    if plan.empty:
         return 0
     assert holder is not None
     request = send_request(fleet_file, fleet, host, holder)

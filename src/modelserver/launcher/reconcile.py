@@ -343,6 +343,7 @@ class Reconciler:
         clock: Clock,
         inventory: GpuInventory | None = None,
         preflight: Callable[[Fleet, str], Mapping[str, str]] | None = None,
+        wake: asyncio.Event | None = None,
     ) -> None:
         self.supervisor = supervisor
         self.fleet = fleet
@@ -350,7 +351,8 @@ class Reconciler:
         self._clock = clock
         self._inventory = inventory
         self._preflight = preflight
-        self.wake = asyncio.Event()
+        self.wake = wake or asyncio.Event()
+        """Set when a request may be waiting (the supervisor's SIGUSR1 handler sets it)."""
         self._load = EngineLoad(fleet.launcher.probe_timeout_s)
 
     async def serve(self) -> None:
@@ -397,6 +399,7 @@ class Reconciler:
         refused = (await asyncio.to_thread(self._preflight, fleet, self.host)
                    if self._preflight and not plan.empty else {})
         self._record(request, fleet_file, "applying", plan=plan)
+        self.supervisor.fleet_name = fleet.fleet.name
         if plan.empty:
             self.fleet = fleet
             return []
