@@ -175,8 +175,11 @@ async def test_up_on_a_changed_fleet_replaces_adds_and_removes_without_failing_a
         finally:
             traffic.stop.set()
             await asyncio.gather(*clients)
+        attempts_failed = {w.name: w.errors for w in router.workers() if w.errors}
 
     assert traffic.failures == [], traffic.failures[:5]
+    # Not even an attempt failed and was retried: no request reached a worker as it stopped.
+    assert attempts_failed == {}
     assert served_during > 0
     rows = status_json(launched)
     assert {n: r["status"] for n, r in rows.items()} == {
