@@ -15,8 +15,14 @@ from modelserver.launcher.gpus import GIB, Gpu, StaticInventory
 from modelserver.launcher.lifecycle import WorkerStatus
 from modelserver.launcher.local import worker_plan
 from modelserver.launcher.placement import GpuView, Placement
-from modelserver.launcher.reconcile import Rollout, plan_for, read_request, request_path
-from modelserver.launcher.state import HostState, WorkerRecord
+from modelserver.launcher.reconcile import (
+    Reconciler,
+    Rollout,
+    plan_for,
+    read_request,
+    request_path,
+)
+from modelserver.launcher.state import HostState, WorkerRecord, read_state
 from modelserver.launcher.supervisor import Supervisor, fingerprint
 from modelserver.netinfo import free_port_range
 
@@ -214,3 +220,31 @@ def test_status_shows_a_worker_being_removed_beside_the_files_layout(tmp_path: P
         ("a-0@h", "stopped"), ("gone-0@h", "draining")]
     assert rows[1]["last_error"] == "not in the fleet file: being removed"
     assert set(rows[1]) == set(rows[0])
+
+
+async def test_a_request_for_a_file_that_cannot_apply_is_recorded_failed_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    port = free_port_range(1)
+    fleet = _fleet(tmp_path, [{"name": "a", "port": port}])
+    spawner, probe, clock = FakeSpawner(), FakeProbe(), FakeClock()
+    probe.up.add(f"http://127.0.0.1:{port}")
+    sup = await _running(fleet, spawner, probe, clock)
+    reconciler = Reconciler(sup, fleet, "h", clock=clock)
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[[models]]\nname = 3\n")
+    await reconciler.apply_file("r1", broken)
+    assert sup.applying is not None and sup.applying["status"] == "failed"
+    assert str(broken) in sup.applying["problems"][0]
+
+    elsewhere = tmp_path / "elsewhere.toml"
+    elsewhere.write_text(
+        f'[fleet]\nstate_dir = "{tmp_path / "other"}"\n[[hosts]]\nname = "h"\n'
+        f'address = "127.0.0.1"\n[[models]]\nname = "b"\nbackend = "sim"\nport = {port}\n')
+    await reconciler.apply_file("r2", elsewhere)
+    assert sup.applying["request"] == "r2" and sup.applying["status"] == "failed"
+    assert "keeps its state in" in sup.applying["problems"][0]
+    assert set(sup.workers) == {"a-0@h"} and len(spawner.spawned) == 1
+    state = read_state(fleet.state_dir() / "state-h.json")
+    assert state is not None and state.applying == sup.applying
+    await sup.stop_all()
