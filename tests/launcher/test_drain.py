@@ -209,3 +209,22 @@ async def test_a_stop_cut_short_by_down_is_finished_by_it(tmp_path: Path) -> Non
     await stopping
     assert worker.status is S.STOPPED
     assert spawner.spawned[0].signals[-1] == signal.SIGKILL
+
+
+def test_the_fingerprint_does_not_depend_on_the_environment_of_who_builds_it(
+    tmp_path: Path,
+) -> None:
+    """The supervisor and `up --dry-run` build the same command in different environments;
+    what the launcher sets must compare equal, what each inherited must not count."""
+    supervisor_env = {"PATH": "/usr/bin", "HOME": "/root"}
+    shell_env = {"PATH": "/opt/bin", "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+                 "MODELSERVER_SIM_API_KEY": KEY}
+    set_by_launcher = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "MODELSERVER_SIM_API_KEY": KEY}
+    built = [
+        fingerprint(_plan(tmp_path, env={**parent, **set_by_launcher}, api_key=KEY),
+                    parent=parent)
+        for parent in (supervisor_env, shell_env)
+    ]
+    assert built[0] == built[1]
+    assert dict(built[0].env) == {"CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+                                  "MODELSERVER_SIM_API_KEY": "***"}

@@ -83,6 +83,10 @@ NOT_FINGERPRINTED_ENV = frozenset({"CUDA_VISIBLE_DEVICES", STATE_FILE_ENV, WORKE
 """Set by the launcher but not part of what a worker runs with: its GPUs are compared on
 their own, and the engine mark names the state file and the worker, not the engine."""
 
+ALWAYS_FINGERPRINTED_ENV = frozenset({"CUDA_DEVICE_ORDER"})
+"""Set by the launcher for every engine: in the fingerprint even when the process building
+the command already had the same value (`up --dry-run` and the supervisor must agree)."""
+
 
 def fingerprint(
     plan: WorkerPlan, secrets: Sequence[str] = (), parent: Mapping[str, str] | None = None
@@ -92,9 +96,12 @@ def fingerprint(
     inherited = os.environ if parent is None else parent
     keys = [plan.spec.api_key or "", *secret_values(plan.launch.argv)]
     hidden = [*secrets, *keys]
+    # What the launcher set: not what the engine inherited from the process that built its
+    # command (the supervisor's environment, or `up --dry-run`'s, which may differ).
     env = {
         name: redact(value, hidden) for name, value in plan.launch.env.items()
-        if name not in NOT_FINGERPRINTED_ENV and inherited.get(name) != value
+        if name not in NOT_FINGERPRINTED_ENV and (
+            name in ALWAYS_FINGERPRINTED_ENV or value in keys or inherited.get(name) != value)
     }
     return Fingerprint(
         command=tuple(redact(arg, hidden) for arg in masked_argv(plan.launch.argv)),
