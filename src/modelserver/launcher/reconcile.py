@@ -385,6 +385,8 @@ class Reconciler:
             self._record(request, fleet_file, "failed", problems=[str(exc)])
             return
         self._record(request, fleet_file, "failed" if problems else "done", problems=problems)
+        log.info("%s %s%s", fleet_file, "applied" if not problems else "applied in part: ",
+                 "; ".join(problems))
 
     async def apply(self, fleet: Fleet, request: str = "", fleet_file: Path | None = None
                     ) -> list[str]:
