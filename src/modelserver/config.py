@@ -172,6 +172,13 @@ class LauncherConfig(Section):
     truncate. A worker's logs take at most about (log_keep + 1) × log_max_bytes."""
     log_check_s: float = Field(default=10.0, gt=0)
     """How often the supervisor checks the logs' sizes."""
+    drain_notice_s: float = Field(default=10.0, ge=0)
+    """`up` on a changed fleet: how long a worker marked draining (or back to ready) is left
+    for the routers to notice before the next step; routers re-read the state files every
+    `[router.health] interval_s` (default 5 s), so keep this above theirs."""
+    drain_timeout_s: float = Field(default=60.0, ge=0)
+    """The bound on a draining worker's requests in flight: it is stopped when its engine
+    reports none left, or after this long (counted from the start of the drain)."""
 
 
 class BreakerConfig(Section):

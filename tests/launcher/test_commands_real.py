@@ -270,7 +270,7 @@ def test_foreground_up_stops_every_worker_on_sigterm_and_on_sighup(
         assert fleet.workers()["tiny-0@local"]["status"] == "stopped"
 
 
-def test_logs_resolves_a_prefix_and_a_second_up_is_refused(
+def test_logs_resolves_a_prefix_and_a_second_up_of_the_same_file_changes_nothing(
     make_fleet: Callable[..., Fleet],
 ) -> None:
     fleet = make_fleet(_sim("tiny"))
@@ -279,8 +279,14 @@ def test_logs_resolves_a_prefix_and_a_second_up_is_refused(
     assert logs.returncode == 0 and "modelserver starts" in logs.stdout
     url = fleet.workers()["tiny-0@local"]["url"]
     assert fleet.run("logs", str(fleet.path), url).stdout == logs.stdout
+    before = fleet.read()
     twice = fleet.run("up", str(fleet.path), "--detach")
-    assert twice.returncode == 2 and "already runs" in twice.stderr
+    assert twice.returncode == 0, twice.stderr
+    assert "local: nothing to change (1 workers as the file says)" in twice.stdout
+    after = fleet.read()
+    assert after["supervisor"]["pid"] == before["supervisor"]["pid"]
+    assert after["workers"][0]["pid"] == before["workers"][0]["pid"]
+    assert after["applying"] is None  # the supervisor was not even asked
 
 
 def test_down_stops_the_workers_of_a_launcher_killed_with_sigkill(

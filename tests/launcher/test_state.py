@@ -23,7 +23,8 @@ from modelserver.launcher.state import (
 
 # The contract with the router (/tmp/state_schema.md): exactly these keys.
 WORKER_KEYS = {"name", "model", "kind", "url", "host", "port", "status", "pid", "create_time",
-               "gpus", "restarts", "last_error", "started_at", "log", "waiting_for"}
+               "gpus", "restarts", "last_error", "started_at", "log", "waiting_for",
+               "started_with"}
 
 
 def _state() -> HostState:
@@ -43,7 +44,7 @@ def test_state_file_has_exactly_the_contract_shape_and_mode(tmp_path: Path) -> N
     import json
 
     data = json.loads(path.read_text())
-    assert set(data) == {"host", "fleet", "updated_at", "supervisor", "workers"}
+    assert set(data) == {"host", "fleet", "updated_at", "supervisor", "workers", "applying"}
     assert set(data["supervisor"]) == {"pid", "started_at", "create_time"}
     assert set(data["workers"][0]) == WORKER_KEYS
     # Not world-readable: it names the processes `down` signals, and errors quote engines.

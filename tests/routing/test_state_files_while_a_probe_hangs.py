@@ -48,3 +48,39 @@ async def test_state_file_is_read_while_a_probe_round_hangs(tmp_path: Path) -> N
     finally:
         never.set()
         await router.close()
+
+
+async def test_a_worker_the_launcher_reports_ready_again_is_back_before_its_probes_pass(
+    tmp_path: Path,
+) -> None:
+    """`up` replaces a replica (draining, stopped, started anew, ready): the probes that
+    failed meanwhile must not keep it out once the launcher saw it ready, or the next
+    replica's drain would leave the model with none."""
+    down = asyncio.Event()
+    down.set()
+
+    async def engines(request: MockRequest) -> MockResponse:
+        if request.path == "/health" and request.worker == URLS[0] and down.is_set():
+            return MockResponse(status=503, json={})
+        return MockResponse(json={}) if request.path == "/health" else chat_answer()
+
+    config = RouterConfig.model_validate({"health": {"failure_threshold": 1,
+                                                     "success_threshold": 1000}})
+    router = Router([WorkerEntry("m", url) for url in URLS], config=config,
+                    transport=MockTransport(engines), state_dir=tmp_path,
+                    rng=random.Random(0))
+    state = tmp_path / "state-h.json"
+    state.write_bytes(orjson.dumps({"workers": [{"url": URLS[0], "status": "starting"}]}))
+    await router.probe_once()
+    worker = router.worker(URLS[0])
+    assert not worker.probe_healthy and worker.launcher_status == "starting"
+    down.clear()
+    state.write_bytes(orjson.dumps({"workers": [{"url": URLS[0], "status": "ready"}]}))
+    router.apply_state_files()
+    assert worker.probe_healthy and worker.out_reason(0.0, 30.0) is None
+    # A worker the launcher always reported ready keeps the probes' verdict.
+    down.set()
+    await router.probe_once()
+    router.apply_state_files()
+    assert not worker.probe_healthy
+    await router.close()

@@ -27,11 +27,14 @@ from modelserver.clock import SystemClock
 from modelserver.config import Fleet, WorkerSpec, load_fleet
 from modelserver.errors import LaunchError
 from modelserver.launcher.backends import backend_for
-from modelserver.launcher.local import HttpProbe, detect_host, launch
+from modelserver.launcher.gpus import inventory_for
+from modelserver.launcher.local import HttpProbe, detect_host, gpu_view, launch
 from modelserver.launcher.log_commands import logs
 from modelserver.launcher.logfiles import keep_logs_capped
+from modelserver.launcher.placement import GpuView
 from modelserver.launcher.preflight import preflight
 from modelserver.launcher.processes import SubprocessSpawner, stop_groups, stop_unrecorded_engines
+from modelserver.launcher.reconcile import REQUEST_SIGNAL, Reconciler, plan_for, send_request
 from modelserver.launcher.secrets import fleet_secrets
 from modelserver.launcher.state import (
     LOG_MODE,
@@ -39,6 +42,7 @@ from modelserver.launcher.state import (
     SupervisorLock,
     WorkerRecord,
     check_state_dir,
+    create_time_of,
     log_tail,
     process_is,
     read_state,
@@ -61,7 +65,8 @@ HostOpt = Annotated[
 
 STATUS_STYLE = {
     "waiting": "yellow", "ready": "green", "starting": "yellow", "backoff": "yellow",
-    "failed": "red", "stopping": "yellow", "stopped": "dim", "gone": "red", "unreachable": "red",
+    "failed": "red", "stopping": "yellow", "draining": "yellow", "stopped": "dim", "gone": "red",
+    "unreachable": "red",
 }
 
 
@@ -82,17 +87,24 @@ def up(
         bool, typer.Option("--detach", help="Supervise in the background; return once ready.")
     ] = False,
     supervise: Annotated[bool, typer.Option("--supervise", hidden=True)] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print what would change; change nothing.")
+    ] = False,
 ) -> None:
-    """Start this host's workers, wait until they answer, and keep them alive."""
+    """Start this host's workers, wait until they answer, and keep them alive. On a running
+    fleet, apply the fleet file's changes: add, drain and remove, replace one at a time."""
     loaded = load_fleet(fleet)
     name = detect_host(loaded, host)
-    if not loaded.workers(name):
-        raise LaunchError(f"the fleet file has no workers on host {name!r}")
     check_state_dir(loaded)
+    running = not supervise and SupervisorLock(loaded, name).held_by_other()
+    if not loaded.workers(name) and not running:
+        raise LaunchError(f"the fleet file has no workers on host {name!r}")
     # Weights, GPUs, foreign ports: refuse before starting anything. What this machine lacks
     # (NVML, an engine) fails only the workers that need it.
     refused = preflight(loaded, name)
-    if detach:
+    if dry_run or running:
+        code = apply_to_running(fleet, loaded, name, dry_run=dry_run)
+    elif detach:
         code = _detach(fleet, loaded, name)
     else:
         # The background supervisor's stderr is its log file: there, say everything.
@@ -116,15 +128,19 @@ async def _serve(
     fleet: Fleet, host: str, refused: Mapping[str, str], progress: bool
 ) -> int:
     """Run the supervisor in this process until a stop signal; then stop every worker."""
-    lock = SupervisorLock(fleet, host)
-    lock.acquire()
-    probe = HttpProbe(fleet.launcher.probe_timeout_s)
     stop = asyncio.Event()
+    change_asked = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, stop.set)
+    # Before the lock: a second `up` signals its holder, and SIGUSR1 would otherwise kill.
+    loop.add_signal_handler(REQUEST_SIGNAL, change_asked.set)
+    lock = SupervisorLock(fleet, host)
+    lock.acquire()
+    probe = HttpProbe(fleet.launcher.probe_timeout_s)
     supervisor: Supervisor | None = None
     rotating: asyncio.Task[None] | None = None
+    changes: asyncio.Task[None] | None = None
     try:
         starting = asyncio.ensure_future(
             launch(fleet, host, spawner=SubprocessSpawner(), probe=probe, clock=SystemClock(),
@@ -161,15 +177,85 @@ async def _serve(
         if progress and not stop.is_set():
             console.print(f"supervising {len(supervisor.workers) - len(failed)} workers on"
                           f" {host}; Ctrl-C stops them")
+        reconciler = Reconciler(supervisor, fleet, host, clock=SystemClock(),
+                                preflight=preflight, wake=change_asked)
+        # Live workers adopted from a previous launcher may run with another file: apply it.
+        changes = asyncio.create_task(_reconcile_then_serve(reconciler, fleet))
         await stop.wait()
         return 0
     finally:
         if rotating is not None:
             rotating.cancel()
+        if changes is not None:
+            changes.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await changes
         if supervisor is not None:
             await supervisor.stop_all(keep_failed=True)
         await probe.close()
         lock.release()
+
+
+async def _reconcile_then_serve(reconciler: Reconciler, fleet: Fleet) -> None:
+    try:
+        problems = await reconciler.apply(fleet)
+    except Exception:  # never the end of supervising
+        logging.getLogger(__name__).exception("bringing adopted workers to the file failed")
+    else:
+        for problem in problems:
+            _log(problem)
+    await reconciler.serve()
+
+
+def apply_to_running(fleet_file: Path, fleet: Fleet, host: str, *, dry_run: bool) -> int:
+    """Print the plan for `fleet` on `host`; unless `dry_run`, have the running supervisor
+    carry it out (`launcher.reconcile`) and wait until it is done."""
+    path = state_path(fleet, host)
+    state = read_state(path)
+    lock = SupervisorLock(fleet, host)
+    holder = lock.holder() if lock.held_by_other() else None
+    records = list(state.workers) if state else []
+    if holder is None:  # nothing supervises: what would run is what still lives
+        records = [r for r in records if process_is(r.pid, r.create_time)]
+    needs_gpus = any(fleet.model(w.model).gpus_each for w in fleet.workers(host))
+    view = gpu_view(inventory_for(fleet.host(host))) if needs_gpus else GpuView()
+    plan = plan_for(fleet, host, records, view)
+    for line in plan.describe():
+        console.print(line, highlight=False, soft_wrap=True)
+    if dry_run:
+        console.print("dry run: nothing was changed", highlight=False)
+        return 0
+    if plan.empty:
+        return 0
+    assert holder is not None
+    request = send_request(fleet_file, fleet, host, holder)
+    state = None
+    try:
+        with console.status(f"the supervisor (pid {holder}) applies {fleet_file}…") as shown:
+            while True:
+                state = read_state(path)
+                applying = (state.applying or {}) if state else {}
+                if applying.get("request") == request and applying.get("status") != "applying":
+                    break
+                if not process_is(holder, create_time_of(holder)) or not lock.held_by_other():
+                    err_console.print(f"the supervisor (pid {holder}) exited before it applied"
+                                      f" the change; {supervisor_log_path(fleet, host)}")
+                    return 1
+                if state:
+                    shown.update(_progress(state, host))
+                time.sleep(0.2)
+    except KeyboardInterrupt:
+        err_console.print(f"the supervisor (pid {holder}) goes on applying it;"
+                          " `modelserver status` shows how far it got")
+        return 130
+    assert state is not None and state.applying is not None
+    console.print(_table(_state_rows(fleet, host, state)))
+    problems = state.applying.get("problems") or []
+    for problem in problems:
+        err_console.print(f"[red]{problem}[/]", highlight=False)
+    if not problems:
+        console.print(f"{host} runs as {fleet_file} says", highlight=False)
+    return 1 if problems else 0
 
 
 async def _first(work: asyncio.Future[Any], stop: asyncio.Event) -> bool:
@@ -423,6 +509,17 @@ def _state_rows(fleet: Fleet, host: str, state: HostState | None) -> list[dict[s
             if record.pid is not None and not process_is(record.pid, record.create_time):
                 row.update(status="gone", last_error="its process is no longer running")
         rows.append(row)
+    named = {row["name"] for row in rows}
+    for record in state.workers if state else []:
+        if record.name not in named and process_is(record.pid, record.create_time):
+            # Not in this file but still running: `up` is draining it away.
+            rows.append({
+                "name": record.name, "model": record.model, "kind": record.kind,
+                "backend": "", "host": record.host, "url": record.url,
+                "status": record.status, "pid": record.pid, "restarts": record.restarts,
+                "gpus": record.gpus, "last_error": "not in the fleet file: being removed",
+                "started_at": record.started_at, "waiting_for": None,
+            })
     return rows
 
 

@@ -10,6 +10,7 @@ Standard library only, so the rules can be read (and tested) without anything el
        └──> FAILED (cannot run here)
 
     STARTING, READY, BACKOFF ──stop──> STOPPING ──> STOPPED
+    READY ──drain (`up` removes or replaces it)──> DRAINING ──> STOPPING
     STARTING, READY ──no restarts left──> FAILED ──stop──> STOPPED
 """
 
@@ -22,6 +23,9 @@ class WorkerStatus(StrEnum):
     WAITING = "waiting"
     STARTING = "starting"
     READY = "ready"
+    DRAINING = "draining"
+    """Still running, but routers must send it nothing new: requests in flight finish,
+    then it stops (`up` on a changed fleet file removes or replaces it)."""
     BACKOFF = "backoff"
     FAILED = "failed"
     STOPPING = "stopping"
@@ -67,6 +71,12 @@ _EDGES: dict[tuple[WorkerStatus, WorkerStatus], str] = {
     (S.STARTING, S.STOPPING): "stop requested while starting",
     (S.READY, S.STOPPING): "stop requested",
     (S.BACKOFF, S.STOPPING): "stop requested during backoff",
+    # `up` applies a changed fleet file: a worker that goes is first drained (the state file
+    # says so, and the routers reading it stop picking it) ...
+    (S.READY, S.DRAINING): "drain requested: removed or replaced by a changed fleet file",
+    # ... then stopped once its requests in flight finished (or launcher.drain_timeout_s
+    # ran out), or at once if it died meanwhile.
+    (S.DRAINING, S.STOPPING): "drained; stopping",
     # Its process group is gone (SIGTERM, grace, SIGKILL).
     (S.STOPPING, S.STOPPED): "process group gone",
     # `down` on a failed worker: nothing runs, record it as stopped.

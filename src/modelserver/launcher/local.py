@@ -186,6 +186,7 @@ def worker_plan(fleet: Fleet, placement: Placement) -> WorkerPlan:
         ready_paths=backend.ready_paths,
         health_path=backend.health_path,
         log=log_path(fleet, placement.worker.name),
+        mem_fraction=placement.mem_fraction,
     )
 
 
@@ -277,7 +278,7 @@ async def _take_over(
         except ProcessLookupError:
             pass  # it died meanwhile: place it afresh
         else:
-            placement = Placement(spec, _recorded_gpus(record.gpus), _restart_fraction(fleet, spec))
+            placement = Placement(spec, recorded_gpus(record.gpus), _restart_fraction(fleet, spec))
             supervisor.add(worker_plan(fleet, placement), record).start(
                 adopted=proc, loading=loading
             )
@@ -295,13 +296,20 @@ def _pids_of(supervisor: Supervisor) -> frozenset[int]:
 
 
 async def place_waiting(
-    supervisor: Supervisor, fleet: Fleet, host: str, inventory: GpuInventory, clock: Clock
+    supervisor: Supervisor,
+    fleet: Fleet,
+    host: str,
+    inventory: GpuInventory,
+    clock: Clock,
+    wait_s: float | None = None,
 ) -> None:
     """Place every waiting worker that can be placed now and start it; tell the others why
-    they wait; again every `placement_poll_s` until none waits or `wait_for_gpus_s` ran out
-    (then they fail with the last reason). Bounded by design: the seed waited forever."""
+    they wait; again every `placement_poll_s` until none waits or `wait_s` (default
+    `wait_for_gpus_s`) ran out (then they fail with the last reason). Bounded by design:
+    the seed waited forever."""
     settings = fleet.launcher
-    deadline = clock.now() + settings.wait_for_gpus_s
+    patience = settings.wait_for_gpus_s if wait_s is None else wait_s
+    deadline = clock.now() + patience
     try:
         while True:
             waiting = {n for n, w in supervisor.workers.items() if w.status is S.WAITING}
@@ -321,8 +329,9 @@ async def place_waiting(
                 if worker.status is not S.WAITING:
                     continue
                 if blocked.final or out_of_time:
-                    waited = (f" within launcher.wait_for_gpus_s = {settings.wait_for_gpus_s:g} s"
-                              if settings.wait_for_gpus_s and not blocked.final else "")
+                    bound = (f"launcher.wait_for_gpus_s = {patience:g} s" if wait_s is None
+                             else f"{patience:g} s")
+                    waited = f" within {bound}" if patience and not blocked.final else ""
                     worker.fail_now(f"cannot be placed{waited}: {blocked.reason}")
                 else:
                     worker.wait(blocked.reason)
@@ -379,7 +388,7 @@ def _died_unwatched(record: WorkerRecord | None) -> WorkerRecord | None:
     return record
 
 
-def _recorded_gpus(ids: Sequence[str]) -> tuple[Gpu, ...]:
+def recorded_gpus(ids: Sequence[str]) -> tuple[Gpu, ...]:
     """GPUs of an adopted worker as its record names them (enough to restart it)."""
     return tuple(
         Gpu(index=int(i) if i.isdigit() else -1, uuid="" if i.isdigit() else i,

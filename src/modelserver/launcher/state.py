@@ -49,6 +49,10 @@ class WorkerRecord:
     log: str = ""
     waiting_for: str | None = None
     """While `waiting`: what it waits for ("port 30001 is in use by pid 81 (nginx)")."""
+    started_with: dict[str, Any] | None = None
+    """What its process was started with (`plan.Fingerprint.to_json`: command line, GPUs,
+    the environment the launcher set, keys masked), so `up` on a changed fleet file can tell
+    what changed. None: never started, or started by a launcher that did not record it."""
 
     @classmethod
     def from_json(cls, data: Any) -> WorkerRecord:
@@ -78,7 +82,7 @@ _WORKER_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "pid": (_INT + _NONE, False), "create_time": (_NUM + _NONE, False),
     "gpus": (_LIST, False), "restarts": (_INT, False), "last_error": (_STR + _NONE, False),
     "started_at": (_NUM + _NONE, False), "log": (_STR, False),
-    "waiting_for": (_STR + _NONE, False),
+    "waiting_for": (_STR + _NONE, False), "started_with": ((dict, *_NONE), False),
 }
 _SUPERVISOR_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "pid": (_INT, True), "started_at": (_NUM, True), "create_time": (_NUM, True),
@@ -115,6 +119,9 @@ class HostState:
     updated_at: float = 0.0
     supervisor: SupervisorRecord | None = None
     workers: list[WorkerRecord] = field(default_factory=list)
+    applying: dict[str, Any] | None = None
+    """The last change `up` asked the running supervisor to apply (`reconcile.Applying`):
+    its request id, the plan, whether it is under way, done or failed and why."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -123,6 +130,7 @@ class HostState:
             "updated_at": self.updated_at,
             "supervisor": asdict(self.supervisor) if self.supervisor else None,
             "workers": [asdict(w) for w in self.workers],
+            "applying": self.applying,
         }
 
     @classmethod
@@ -147,6 +155,7 @@ class HostState:
             updated_at=float(updated_at),
             supervisor=SupervisorRecord.from_json(sup) if sup is not None else None,
             workers=records,
+            applying=applying if isinstance(applying := data.get("applying"), dict) else None,
         )
 
     def worker(self, name: str) -> WorkerRecord | None:

@@ -12,6 +12,9 @@ Each worker is one asyncio task walking the lifecycle of `modelserver.launcher.l
               max_restarts times in a row; after that FAILED, with the last error and the
               log's tail (configured keys redacted). A worker that served for
               stable_after_s starts a new streak.
+    DRAINING: `up` on a changed fleet file removes or replaces it: no more restarts, the
+              state file tells the routers to send it nothing new, and it stops once its
+              engine reports no request in flight (bounded by drain_timeout_s).
 
 Nothing polls a process with sleeps: a child is awaited (`proc.wait()`), a process adopted
 from a previous launcher through a pidfd registered with the event loop. The process
@@ -27,7 +30,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +39,9 @@ from modelserver.clock import Clock
 from modelserver.config import LauncherConfig, WorkerSpec
 from modelserver.launcher.backends.base import LaunchSpec
 from modelserver.launcher.lifecycle import WorkerStatus, transition
-from modelserver.launcher.processes import ProcessHandle, Spawner
+from modelserver.launcher.plan import Fingerprint, keys_digest
+from modelserver.launcher.processes import STATE_FILE_ENV, WORKER_ENV, ProcessHandle, Spawner
+from modelserver.launcher.secrets import masked_argv, secret_values
 from modelserver.launcher.state import (
     HostState,
     SupervisorRecord,
@@ -53,6 +58,9 @@ S = WorkerStatus
 Probe = Callable[[str, Sequence[str], "str | None"], Awaitable["str | None"]]
 """probe(url, paths, api_key) -> None if every path answered 200, else why not."""
 
+InFlight = Callable[[], Awaitable["int | None"]]
+"""How many requests a worker's engine has running or queued now; None if it cannot say."""
+
 
 # -- one worker ----------------------------------------------------------------------------
 
@@ -67,6 +75,41 @@ class WorkerPlan:
     ready_paths: tuple[str, ...]
     health_path: str
     log: Path
+    mem_fraction: float | None = None
+    """The memory fraction placement gave it (also in `launch.argv`)."""
+
+
+NOT_FINGERPRINTED_ENV = frozenset({"CUDA_VISIBLE_DEVICES", STATE_FILE_ENV, WORKER_ENV})
+"""Set by the launcher but not part of what a worker runs with: its GPUs are compared on
+their own, and the engine mark names the state file and the worker, not the engine."""
+
+ALWAYS_FINGERPRINTED_ENV = frozenset({"CUDA_DEVICE_ORDER"})
+"""Set by the launcher for every engine: in the fingerprint even when the process building
+the command already had the same value (`up --dry-run` and the supervisor must agree)."""
+
+
+def fingerprint(
+    plan: WorkerPlan, secrets: Sequence[str] = (), parent: Mapping[str, str] | None = None
+) -> Fingerprint:
+    """What `plan` starts: its command line, GPUs and the environment the launcher sets on
+    top of `parent` (this process's), every key masked and only digested."""
+    inherited = os.environ if parent is None else parent
+    keys = [plan.spec.api_key or "", *secret_values(plan.launch.argv)]
+    hidden = [*secrets, *keys]
+    # What the launcher set: not what the engine inherited from the process that built its
+    # command (the supervisor's environment, or `up --dry-run`'s, which may differ).
+    env = {
+        name: redact(value, hidden) for name, value in plan.launch.env.items()
+        if name not in NOT_FINGERPRINTED_ENV and (
+            name in ALWAYS_FINGERPRINTED_ENV or value in keys or inherited.get(name) != value)
+    }
+    return Fingerprint(
+        command=tuple(redact(arg, hidden) for arg in masked_argv(plan.launch.argv)),
+        gpus=plan.gpus,
+        env=tuple(sorted(env.items())),
+        keys=keys_digest(keys),
+        mem_fraction=plan.mem_fraction,
+    )
 
 
 class Worker:
@@ -195,6 +238,7 @@ class Worker:
             return f"cannot start {self.plan.launch.argv[0]}: {exc.strerror or exc}"
         self._attach(proc)
         self.record.started_at = time.time()
+        self.record.started_with = fingerprint(self.plan, self.secrets).to_json()
         self._on_change(self)
         return await self._race_exit(self._until_ready(), "while starting")
 
@@ -263,21 +307,60 @@ class Worker:
     # -- stopping --
 
     async def stop(self) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._stop_lifecycle()
         if self.status in (S.FAILED, S.WAITING):
             self.record.waiting_for = None
             self._set(S.STOPPED)
         elif self.status is not S.STOPPED:
-            self._set(S.STOPPING)
+            if self.status is not S.STOPPING:  # else a stop cut short (cancelled): finish it
+                self._set(S.STOPPING)
             if self.proc is not None:
                 await self._terminate(self.proc)
             self.proc = None
             self.record.pid = None
             self.record.create_time = None
             self._set(S.STOPPED)
+
+    async def drain(self, notice_s: float, timeout_s: float, in_flight: InFlight) -> str:
+        """Take it out of service without dropping a request, then stop it; say how it went.
+
+        No more restarts; DRAINING in the state file (the routers reading it stop picking
+        it; `notice_s` gives them time to read it), then stopped once its engine reports
+        nothing in flight, or when `timeout_s` (from the start) ran out. A worker that was
+        not serving is stopped at once."""
+        await self._stop_lifecycle()
+        if self.status is not S.READY or self._exit is None:
+            await self.stop()
+            return "stopped (it was not serving)"
+        self._set(S.DRAINING)
+        started = self._clock.now()
+        outcome = await self._race_exit(
+            self._until_idle(started, notice_s, timeout_s, in_flight), "while draining"
+        )
+        await self.stop()
+        return outcome or "drained"
+
+    async def _until_idle(
+        self, started: float, notice_s: float, timeout_s: float, in_flight: InFlight
+    ) -> str | None:
+        await self._clock.sleep(min(notice_s, timeout_s))
+        while True:
+            count = await in_flight()
+            if count == 0:
+                return None
+            if count is None:
+                return "drained for the notice only: its engine does not report requests in flight"
+            left = started + timeout_s - self._clock.now()
+            if left <= 0:
+                return (f"{count} requests still in flight after launcher.drain_timeout_s ="
+                        f" {timeout_s:g} s: stopped anyway")
+            await self._clock.sleep(min(self.settings.ready_poll_s, left))
+
+    async def _stop_lifecycle(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
     def fail_now(self, reason: str) -> None:
         """A worker that cannot be placed or started at all (never spawned)."""
@@ -347,6 +430,8 @@ class Supervisor:
         self.listeners: list[Callable[[WorkerRecord], None]] = []
         """Called with a worker's record after each change (e.g. to log transitions)."""
         self._started_at = time.time()
+        self.applying: dict[str, Any] | None = None
+        """The change `up` asked for last and how it goes (`HostState.applying`)."""
 
     def add(self, plan: WorkerPlan, previous: WorkerRecord | None = None) -> Worker:
         worker = Worker(
@@ -357,9 +442,16 @@ class Supervisor:
         if previous is not None:
             worker.record.restarts = previous.restarts
             worker.record.started_at = previous.started_at
+            worker.record.started_with = previous.started_with
         self.carried.pop(plan.spec.name, None)
         self.workers[plan.spec.name] = worker
         return worker
+
+    def remove(self, name: str) -> None:
+        """Forget a stopped worker (no longer in the fleet file) and save the state."""
+        worker = self.workers.pop(name)
+        assert worker.status in (S.STOPPED, S.FAILED), worker.status
+        self.save()
 
     def carry(self, record: WorkerRecord) -> None:
         """Keep a previous launcher's record in the state file until `add` replaces it."""
@@ -393,6 +485,7 @@ class Supervisor:
         return HostState(
             host=self.host, fleet=self.fleet_name, supervisor=me,
             workers=[w.record for w in self.workers.values()] + list(self.carried.values()),
+            applying=self.applying,
         )
 
     def save(self, supervisor_gone: bool = False) -> None:

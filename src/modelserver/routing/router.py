@@ -576,13 +576,21 @@ class Router:
         )
 
     def apply_state_files(self) -> None:
-        """Take workers the launcher reports not ready (failed, stopped, ...) out of rotation
-        (reads `{state_dir}/state-*.json`; absent files change nothing)."""
+        """Take workers the launcher reports not ready (failed, stopped, draining, ...) out of
+        rotation, and back when it reports them ready again (reads
+        `{state_dir}/state-*.json`; absent files change nothing)."""
         if self.state_dir is None:
             return
         statuses = read_launcher_states(self.state_dir)
         for url, worker in self._by_url.items():
-            worker.launcher_status = statuses.get(url)
+            status = statuses.get(url)
+            if status == "ready" and worker.launcher_status not in (None, "ready"):
+                # The launcher just saw it pass its readiness probe (restarted, or replaced
+                # by `up`): back now, not after `success_threshold` probes of our own, which
+                # failed while it was down (`up` drains the next replica once it is back).
+                worker.probe_healthy = True
+                worker.probe_failures = 0
+            worker.launcher_status = status
 
     # -- admin (the gateway exposes these) -------------------------------------------------
 
