@@ -25,10 +25,11 @@ def register(app: typer.Typer) -> None:
             help=f"What to send: {', '.join(WORKLOADS)}.")] = "shared-prefix",
         contenders: Annotated[str, typer.Option(
             help="Comma-separated contenders or groups: ours:fastest, ours:round_robin, "
-                 "ours:least_load, ours:cache_aware, seed, sglang:cache_aware, "
-                 "sglang:power_of_two, sglang:round_robin, litellm:latency, "
-                 "litellm:shuffle, oracle; groups "
-                 "ours, sglang, litellm, peers, all.")] = "all",
+                 "ours:least_load, ours:cache_aware, seed, smg:cache_aware, "
+                 "smg:prefix_hash, smg:least_load, smg:power_of_two, smg:round_robin, "
+                 "sglang:cache_aware, sglang:power_of_two, sglang:round_robin, "
+                 "litellm:latency, litellm:shuffle, oracle; groups "
+                 "ours, smg, sglang, litellm, peers, all.")] = "all",
         requests: Annotated[int, typer.Option(
             help="Requests per contender (shared-prefix: 16 per prefix group).", min=1)] = 256,
         engines: Annotated[str, typer.Option(
@@ -56,7 +57,8 @@ def register(app: typer.Typer) -> None:
                  "timeout); a request fails after 3 times that.")] = 60.0,
         plots: Annotated[bool, typer.Option(help="Write latency.png and load.png.")] = True,
     ) -> None:
-        """Measure routing side by side: our policies, the seed's client, SGLang's router,
+        """Measure routing side by side: our policies, the seed's client, SGLang's gateway
+        (smg) and its older router,
         LiteLLM's Router and an oracle, in front of the same simulated engines."""
         settings = BenchSettings(
             workload=workload,
