@@ -40,7 +40,12 @@ def register(app: typer.Typer) -> None:
         max_running: Annotated[int, typer.Option(
             help="Most requests each engine decodes at once.", min=1)] = DEFAULT_MAX_RUNNING,
         cache_tokens: Annotated[int | None, typer.Option(
-            help="Each engine's KV pool in tokens (default: the sim's H100 figure).")] = None,
+            help="Each engine's KV pool in tokens (default: as SGLang sizes it for "
+                 "--model-size on --gpu; 451,647 for Llama-3.1-8B on an H100).")] = None,
+        gpu: Annotated[str, typer.Option(
+            help="GPU each engine simulates: h100, a100-80gb, a100-40gb, l4.")] = "h100",
+        model_size: Annotated[str, typer.Option(
+            help="Model each engine simulates: llama-3.1-8b, llama-3.2-3b.")] = "llama-3.1-8b",
         arrivals: Annotated[str, typer.Option(
             help="closed:N (N sessions in flight), poisson:0.8x (a share of the fleet's "
                  "estimated capacity) or poisson:R/s.")] = "closed:64",
@@ -64,7 +69,7 @@ def register(app: typer.Typer) -> None:
             workload=workload,
             contenders=resolve_names(contenders),
             requests=requests,
-            engines=parse_engines(engines, speed, max_running, cache_tokens),
+            engines=parse_engines(engines, speed, max_running, cache_tokens, gpu, model_size),
             arrivals=arrivals,
             stream_share=stream_share,
             faults=list(fault or []),

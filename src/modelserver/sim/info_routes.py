@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from modelserver.sim.perf import CHUNKED_PREFILL_SIZE, CONTEXT_LENGTH, MEM_FRACTION_STATIC
+from modelserver.sim.perf import CONTEXT_LENGTH
 from modelserver.sim.protocol import json_response
 
 if TYPE_CHECKING:
@@ -93,8 +93,8 @@ class InfoRoutes:
             "tp_size": 1,
             "dp_size": 1,
             "max_running_requests": self.server.engine.max_running,
-            "chunked_prefill_size": CHUNKED_PREFILL_SIZE,
-            "mem_fraction_static": MEM_FRACTION_STATIC,
+            "chunked_prefill_size": self.server.engine.config.chunked_prefill_size,
+            "mem_fraction_static": config.effective_mem_fraction_static,
             "context_length": CONTEXT_LENGTH,
             "api_key": None,
             "random_seed": config.seed,
@@ -106,15 +106,25 @@ class InfoRoutes:
             {
                 **self._server_args(),
                 "max_total_num_tokens": engine.cache.budget,
+                "max_req_input_len": engine.max_req_input_len,
                 "internal_states": [
                     {
                         "last_gen_throughput": engine.last_gen_throughput,
                         "num_running_reqs": len(engine.running),
                         "num_queue_reqs": len(engine.queue),
+                        # SchedulerStats names (python/sglang/srt/metrics/collector.py)
+                        "num_used_tokens": engine.used_tokens(),
+                        "token_usage": engine.token_usage(),
+                        "new_token_ratio": engine.new_token_ratio,
+                        "num_retracted_reqs": engine.last_retracted,
+                        "num_retracted_requests_total": engine.totals.retracted_requests,
+                        "evicted_tokens_total": engine.cache.evicted_total,
                     }
                 ],
                 "version": VERSION,
                 "sim": {
+                    "gpu": self.server.config.gpu_spec.name,
+                    "model_size": self.server.config.model_size,
                     "speed": self.server.config.speed,
                     "faults": self.server.faults.faults.describe(),
                 },
