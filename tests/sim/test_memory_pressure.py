@@ -176,3 +176,18 @@ async def test_a_prompt_larger_than_the_pool_is_a_400_with_sglangs_message(
     assert error["message"] == (
         "Input length (600 tokens) exceeds the maximum allowed length (494 tokens). "
         "Use a shorter input or enable --allow-auto-truncate.")
+
+
+async def test_loads_endpoint_reports_running_waiting_and_kv_use_as_sglang_does(
+    start_sim: StartSim, http: aiohttp.ClientSession
+) -> None:
+    sim = await start_sim(cache_tokens=6000, max_running=1, speed=0.01)
+    sim.engine.submit(Request(prompt(1, 500), 100, 0.0))
+    sim.engine.submit(Request(prompt(2, 500), 100, 0.0))
+    sim.engine.begin_step(0.0)  # admits the first; the second waits (max_running 1)
+    async with http.get(sim.url + "/v1/loads?include=core,disagg,queues,memory") as response:
+        assert response.status == 200
+        [load] = (await response.json())["loads"]
+    assert load["dp_rank"] == 0
+    assert (load["num_running_reqs"], load["num_waiting_reqs"]) == (1, 1)
+    assert load["max_total_num_tokens"] == 6000 and 0 <= load["token_usage"] <= 1

@@ -28,6 +28,7 @@ HEALTH_CHECK_TIMEOUT = 20.0
 class InfoRoutes:
     def __init__(self, server: SimServer) -> None:
         self.server = server
+        self.served_loads = 0  # how many times a gateway polled /v1/loads (for tests)
 
     def add_to(self, router: web.UrlDispatcher) -> None:
         router.add_get("/health", self.health)
@@ -42,6 +43,8 @@ class InfoRoutes:
         router.add_route("GET", "/flush_cache", self.flush_cache)
         router.add_route("POST", "/flush_cache", self.flush_cache)
         router.add_get("/metrics", self.prometheus)
+        router.add_get("/v1/loads", self.loads)
+        router.add_get("/get_load", self.loads)
 
     async def health(self, request: web.Request) -> web.Response:
         if self.server.faults.starting(self.server.fault_clock()):
@@ -130,6 +133,28 @@ class InfoRoutes:
                 },
             }
         )
+
+    async def loads(self, request: web.Request) -> web.Response:
+        """SGLang's `/v1/loads` (`/get_load` before it): one entry per data-parallel rank with
+        its running and waiting requests and KV use, what SGLang's gateway (smg) polls for
+        its load-aware policies (`/v1/loads?include=core,...` in smg 1.13). `include` is
+        accepted and the core figures are always given."""
+        engine = self.server.engine
+        self.served_loads += 1
+        return json_response({
+            "loads": [{
+                "dp_rank": 0,
+                "num_running_reqs": len(engine.running),
+                "num_waiting_reqs": len(engine.queue),
+                "num_reqs": len(engine.running) + len(engine.queue),
+                "num_used_tokens": engine.used_tokens(),
+                "num_tokens": engine.used_tokens(),
+                "max_total_num_tokens": engine.cache.budget,
+                "token_usage": engine.token_usage(),
+                "gen_throughput": engine.last_gen_throughput,
+                "cache_hit_rate": engine.last_hit_rate,
+            }],
+        })
 
     async def server_args(self, request: web.Request) -> web.Response:
         """SGLang 0.2.x-0.3.x `/get_server_args`: the server arguments alone."""
