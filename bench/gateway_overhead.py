@@ -10,7 +10,8 @@ the same two engines:
 - direct:          the load generator alternates between the engines itself (the floor);
 - modelserver:     `modelserver gateway` (policy round_robin, as cache-aware bookkeeping is
                    measured by bench/client_overhead.py);
-- sglang-router:   `python -m sglang_router.launch_router --policy round_robin`;
+- smg:             SGLang's gateway today, `smg launch --policy round_robin` (smg 1.13.0);
+- sglang-router:   `python -m sglang_router.launch_router --policy round_robin` (0.3.2, history);
 - litellm-router:  LiteLLM's Router in the load generator's process (simple-shuffle), as
                    its users call it; its CPU is then the load generator's.
 
@@ -228,6 +229,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         contenders = {
             "modelserver": [sys.executable, "-m", "modelserver", "gateway", str(fleet)],
         }
+        ports = {"modelserver": gateway_port}
+        if not args.skip_smg:
+            from modelserver.bench.contenders.smg_gateway import smg_executable
+
+            ports["smg"] = free_port_range(2)
+            contenders["smg"] = [
+                smg_executable(), "launch",
+                "--host", "127.0.0.1", "--port", str(ports["smg"]),
+                "--worker-urls", *engines,
+                "--policy", "round_robin",
+                "--prometheus-host", "127.0.0.1", "--prometheus-port", str(ports["smg"] + 1),
+                "--log-level", "warn",
+            ]
         if not args.skip_sglang:
             router_port = free_port_range(2)
             contenders["sglang-router"] = [
@@ -245,7 +259,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "--log-level",
                 "warn",
             ]
-        ports = {"modelserver": gateway_port}
         if "sglang-router" in contenders:
             ports["sglang-router"] = router_port
         for name, argv in contenders.items():
@@ -275,6 +288,7 @@ def main() -> None:
     parser.add_argument("--engine", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--requests", type=int, default=6000)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--skip-smg", action="store_true")
     parser.add_argument("--skip-sglang", action="store_true")
     parser.add_argument("--skip-litellm", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the figures here")

@@ -68,8 +68,13 @@ def test_contender_groups_expand_in_canonical_order() -> None:
     assert resolve_names("oracle,ours") == [
         "ours:fastest", "ours:round_robin", "ours:least_load", "ours:cache_aware", "oracle"]
     assert "sglang:round_robin" not in resolve_names("all")
+    assert "smg:round_robin" not in resolve_names("all")
     assert resolve_names("sglang:round_robin") == ["sglang:round_robin"]
-    assert set(resolve_names("all")) | {"sglang:round_robin"} == set(CONTENDERS)
+    assert set(resolve_names("all")) | {"sglang:round_robin", "smg:round_robin"} == set(
+        CONTENDERS)
+    assert resolve_names("smg") == [
+        "smg:cache_aware", "smg:prefix_hash", "smg:least_load", "smg:power_of_two"]
+    assert set(resolve_names("smg")) < set(resolve_names("all"))
 
 
 def test_unknown_contender_lists_the_valid_ones() -> None:

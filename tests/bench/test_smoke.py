@@ -90,4 +90,4 @@ def _first_turn(settings: BenchSettings) -> str:
 
 def test_contender_names_in_the_smoke_cover_every_family() -> None:
     assert {n.split(":")[0] for n in resolve_names("all")} == {
-        "ours", "seed", "sglang", "litellm", "oracle"}
+        "ours", "seed", "smg", "sglang", "litellm", "oracle"}

@@ -109,7 +109,7 @@ def test_identical_prompts_arriving_together_do_not_hit_kv_not_computed_yet() ->
     third = Request(list(tokens), 4, arrival=clock.now)
     drive_virtual(engine, clock, [third])
     assert third.cached_tokens == 2999  # computed by now: all but the token always recomputed
-    assert engine.reserved == 0 and engine.cache.locked_size == 0
+    assert engine.output_tokens_held() == 0 and engine.cache.locked_size == 0
 
 
 def test_a_chunked_prefill_caches_each_chunk_as_its_step_ends() -> None:
@@ -131,7 +131,7 @@ def test_a_chunked_prefill_caches_each_chunk_as_its_step_ends() -> None:
     assert first.done and second.done
     assert 2 * CHUNKED_PREFILL_SIZE <= second.cached_tokens < second.prompt_tokens - 1
     assert second.cached_tokens % CHUNKED_PREFILL_SIZE == 0  # whole chunks, as computed
-    assert engine.reserved == 0 and engine.cache.locked_size == 0
+    assert engine.output_tokens_held() == 0 and engine.cache.locked_size == 0
 
 
 def test_a_request_aborted_mid_prefill_gives_back_what_it_held() -> None:
@@ -142,7 +142,7 @@ def test_a_request_aborted_mid_prefill_gives_back_what_it_held() -> None:
     assert step is not None
     engine.complete_step(step, step.duration)
     engine.abort(request)
-    assert engine.reserved == 0 and engine.cache.locked_size == 0
+    assert engine.output_tokens_held() == 0 and engine.cache.locked_size == 0
     assert engine.cache.match(request.tokens) == CHUNKED_PREFILL_SIZE  # the computed chunk stays
 
 

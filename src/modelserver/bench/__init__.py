@@ -35,7 +35,8 @@ __all__ = [
 
 
 def parse_engines(spec: str, speed: float = 1.0, max_running: int | None = None,
-                  cache_tokens: int | None = None) -> list[EngineSpec]:
+                  cache_tokens: int | None = None, gpu: str = "h100",
+                  model_size: str = "llama-3.1-8b") -> list[EngineSpec]:
     """`1,1,1,0.5` -> four engines, the last at half the speed of the others; each relative
     speed is multiplied by `speed` (the time scale of the whole fleet)."""
     try:
@@ -46,7 +47,14 @@ def parse_engines(spec: str, speed: float = 1.0, max_running: int | None = None,
         raise BenchError(f"--engines {spec!r}: give one positive relative speed per engine")
     if speed <= 0:
         raise BenchError(f"--speed must be positive, got {speed}")
-    return [EngineSpec(speed=r * speed, max_running=max_running, cache_tokens=cache_tokens)
+    from modelserver.sim.perf import GPUS, MODELS
+
+    if gpu not in GPUS:
+        raise BenchError(f"--gpu {gpu!r} unknown; valid: {', '.join(GPUS)}")
+    if model_size not in MODELS:
+        raise BenchError(f"--model-size {model_size!r} unknown; valid: {', '.join(MODELS)}")
+    return [EngineSpec(speed=r * speed, max_running=max_running, cache_tokens=cache_tokens,
+                       gpu=gpu, model_size=model_size)
             for r in relative]
 
 

@@ -25,10 +25,11 @@ def register(app: typer.Typer) -> None:
             help=f"What to send: {', '.join(WORKLOADS)}.")] = "shared-prefix",
         contenders: Annotated[str, typer.Option(
             help="Comma-separated contenders or groups: ours:fastest, ours:round_robin, "
-                 "ours:least_load, ours:cache_aware, seed, sglang:cache_aware, "
-                 "sglang:power_of_two, sglang:round_robin, litellm:latency, "
-                 "litellm:shuffle, oracle; groups "
-                 "ours, sglang, litellm, peers, all.")] = "all",
+                 "ours:least_load, ours:cache_aware, seed, smg:cache_aware, "
+                 "smg:prefix_hash, smg:least_load, smg:power_of_two, smg:round_robin, "
+                 "sglang:cache_aware, sglang:power_of_two, sglang:round_robin, "
+                 "litellm:latency, litellm:shuffle, oracle; groups "
+                 "ours, smg, sglang, litellm, peers, all.")] = "all",
         requests: Annotated[int, typer.Option(
             help="Requests per contender (shared-prefix: 16 per prefix group).", min=1)] = 256,
         engines: Annotated[str, typer.Option(
@@ -39,7 +40,12 @@ def register(app: typer.Typer) -> None:
         max_running: Annotated[int, typer.Option(
             help="Most requests each engine decodes at once.", min=1)] = DEFAULT_MAX_RUNNING,
         cache_tokens: Annotated[int | None, typer.Option(
-            help="Each engine's KV pool in tokens (default: the sim's H100 figure).")] = None,
+            help="Each engine's KV pool in tokens (default: as SGLang sizes it for "
+                 "--model-size on --gpu; 451,647 for Llama-3.1-8B on an H100).")] = None,
+        gpu: Annotated[str, typer.Option(
+            help="GPU each engine simulates: h100, a100-80gb, a100-40gb, l4.")] = "h100",
+        model_size: Annotated[str, typer.Option(
+            help="Model each engine simulates: llama-3.1-8b, llama-3.2-3b.")] = "llama-3.1-8b",
         arrivals: Annotated[str, typer.Option(
             help="closed:N (N sessions in flight), poisson:0.8x (a share of the fleet's "
                  "estimated capacity) or poisson:R/s.")] = "closed:64",
@@ -56,13 +62,14 @@ def register(app: typer.Typer) -> None:
                  "timeout); a request fails after 3 times that.")] = 60.0,
         plots: Annotated[bool, typer.Option(help="Write latency.png and load.png.")] = True,
     ) -> None:
-        """Measure routing side by side: our policies, the seed's client, SGLang's router,
+        """Measure routing side by side: our policies, the seed's client, SGLang's gateway
+        (smg) and its older router,
         LiteLLM's Router and an oracle, in front of the same simulated engines."""
         settings = BenchSettings(
             workload=workload,
             contenders=resolve_names(contenders),
             requests=requests,
-            engines=parse_engines(engines, speed, max_running, cache_tokens),
+            engines=parse_engines(engines, speed, max_running, cache_tokens, gpu, model_size),
             arrivals=arrivals,
             stream_share=stream_share,
             faults=list(fault or []),

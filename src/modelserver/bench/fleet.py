@@ -36,6 +36,9 @@ class EngineSpec:
     speed: float
     max_running: int | None = None
     cache_tokens: int | None = None
+    gpu: str = "h100"
+    """The GPU simulated (`modelserver sim --gpu`): its speed and, with the model, its pool."""
+    model_size: str = "llama-3.1-8b"
 
 
 def free_port(host: str = HOST) -> int:
@@ -98,6 +101,7 @@ class SimFleet:
             cmd += ["--max-running", str(engine.spec.max_running)]
         if engine.spec.cache_tokens is not None:
             cmd += ["--cache-tokens", str(engine.spec.cache_tokens)]
+        cmd += ["--gpu", engine.spec.gpu, "--model-size", engine.spec.model_size]
         return cmd
 
     async def __aenter__(self) -> SimFleet:

@@ -37,7 +37,7 @@ from modelserver.bench.sampler import LoadSampler
 from modelserver.bench.stats import ContenderFigures, skipped, summarize
 from modelserver.bench.workloads import Session, Workload, build_workload
 from modelserver.errors import BenchError
-from modelserver.sim.perf import DEFAULT_MAX_RUNNING, PerfModel
+from modelserver.sim.perf import DEFAULT_MAX_RUNNING, GPUS, MODELS, PerfModel
 
 MODEL_NAME = "llama-8b"
 
@@ -92,7 +92,7 @@ def capacity_rps(engines: list[EngineSpec], workload: Workload) -> float:
     out = max(s.max_tokens for s in workload.sessions)
     total = 0.0
     for spec in engines:
-        perf = PerfModel(spec.speed)
+        perf = PerfModel(spec.speed, GPUS[spec.gpu], MODELS[spec.model_size])
         batch = spec.max_running or DEFAULT_MAX_RUNNING
         prefill = batch * perf.prefill_time(int(prompt), int(prompt))
         decode = out * perf.decode_time(batch, int(batch * (prompt + out / 2)))

@@ -81,8 +81,16 @@ def register(app: typer.Typer) -> None:
             int | None, typer.Option(help="Most requests decoding at once.", min=1)
         ] = None,
         cache_tokens: Annotated[
-            int | None, typer.Option(help="KV pool size in tokens (prefix cache + running).")
+            int | None, typer.Option(help="KV pool size in tokens (prefix cache + running); "
+                                          "default: as SGLang sizes it for --model-size on "
+                                          "--gpu.")
         ] = None,
+        gpu: Annotated[str, typer.Option(
+            help="GPU simulated: h100, a100-80gb, a100-40gb, l4.")] = "h100",
+        model_size: Annotated[str, typer.Option(
+            help="Model simulated: llama-3.1-8b, llama-3.2-3b, llama-3.1-70b.")] = "llama-3.1-8b",
+        mem_fraction_static: Annotated[float | None, typer.Option(
+            help="Share of GPU memory for weights + KV pool (SGLang's; default 0.88).")] = None,
         api_key: Annotated[
             str | None,
             typer.Option(
@@ -100,6 +108,9 @@ def register(app: typer.Typer) -> None:
                 faults=",".join(fault or []),
                 max_running=max_running,
                 cache_tokens=cache_tokens,
+                gpu=gpu,
+                model_size=model_size,
+                mem_fraction_static=mem_fraction_static,
                 seed=seed,
                 api_key=api_key,
                 model_path=model_path,

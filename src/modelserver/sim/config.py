@@ -5,8 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from modelserver.sim.engine import SchedulerConfig
 from modelserver.sim.faults import parse_faults
-from modelserver.sim.perf import DEFAULT_MAX_RUNNING, KV_POOL_TOKENS
+from modelserver.sim.perf import (
+    DEFAULT_MAX_RUNNING,
+    GPUS,
+    MEM_FRACTION_STATIC,
+    MODELS,
+    Gpu,
+    ModelSpec,
+    PerfModel,
+    chunked_prefill_size,
+    kv_pool_tokens,
+)
 
 Kind = Literal["chat", "embedding"]
 
@@ -15,9 +26,11 @@ Kind = Literal["chat", "embedding"]
 class SimConfig:
     """One simulated SGLang engine.
 
-    `max_running` defaults to `perf.DEFAULT_MAX_RUNNING`, `cache_tokens` (the KV pool, shared
-    by the prefix cache and running requests) to `perf.KV_POOL_TOKENS`; `model_path` is what
-    /model_info reports (default: the model name).
+    `max_running` defaults to `perf.DEFAULT_MAX_RUNNING`; `cache_tokens` (the KV pool, shared
+    by the prefix cache and running requests) to what SGLang would size for `model_size` on
+    `gpu` at `mem_fraction_static` (default SGLang's 0.88 at tp_size 1): 451,647 tokens for
+    Llama-3.1-8B on an H100; `model_path` is what /model_info reports (default: the model
+    name).
     """
 
     model: str
@@ -29,8 +42,18 @@ class SimConfig:
     seed: int = 0
     api_key: str | None = None
     model_path: str | None = None
+    gpu: str = "h100"
+    model_size: str = "llama-3.1-8b"
+    mem_fraction_static: float | None = None
 
     def __post_init__(self) -> None:
+        if self.gpu not in GPUS:
+            raise ValueError(f"gpu {self.gpu!r} unknown; valid: {', '.join(GPUS)}")
+        if self.model_size not in MODELS:
+            raise ValueError(f"model size {self.model_size!r} unknown; "
+                             f"valid: {', '.join(MODELS)}")
+        if self.cache_tokens is None:
+            self.effective_cache_tokens  # noqa: B018 - fails now if the model does not fit
         if not self.model:
             raise ValueError("model must be a non-empty name")
         if self.kind not in ("chat", "embedding"):
@@ -48,8 +71,31 @@ class SimConfig:
         return self.max_running if self.max_running is not None else DEFAULT_MAX_RUNNING
 
     @property
+    def gpu_spec(self) -> Gpu:
+        return GPUS[self.gpu]
+
+    @property
+    def model_spec(self) -> ModelSpec:
+        return MODELS[self.model_size]
+
+    @property
+    def effective_mem_fraction_static(self) -> float:
+        return (self.mem_fraction_static if self.mem_fraction_static is not None
+                else MEM_FRACTION_STATIC)
+
+    @property
     def effective_cache_tokens(self) -> int:
-        return self.cache_tokens if self.cache_tokens is not None else KV_POOL_TOKENS
+        if self.cache_tokens is not None:
+            return self.cache_tokens
+        return kv_pool_tokens(self.gpu_spec, self.model_spec, self.effective_mem_fraction_static)
+
+    @property
+    def perf(self) -> PerfModel:
+        return PerfModel(self.speed, self.gpu_spec, self.model_spec)
+
+    @property
+    def scheduler(self) -> SchedulerConfig:
+        return SchedulerConfig(chunked_prefill_size=chunked_prefill_size(self.gpu_spec))
 
     @property
     def effective_model_path(self) -> str:

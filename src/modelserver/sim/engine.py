@@ -5,15 +5,37 @@ each step is either a prefill batch or a decode batch, and prefill wins when a w
 request can be admitted:
 
 - waiting requests sit in a FIFO queue; the head is admitted while fewer than `max_running`
-  run and the KV pool has room for its uncached prompt plus its `max_new_tokens` (unlocked
-  cache entries are evicted, least recently used first, to make room);
-- a prefill step takes at most `CHUNKED_PREFILL_SIZE` uncached prompt tokens; a longer
-  prompt is prefilled in chunks over several steps; it yields each request's first token;
+  run and SGLang's admission estimate has room for it (`PrefillAdder`,
+  python/sglang/srt/managers/schedule_policy.py): the free plus evictable KV tokens, minus
+  what the running requests will still need, counted as their remaining `max_new_tokens`
+  (clipped at 4,096) times the *new-token ratio*, must exceed the head's uncached prompt
+  plus its clipped `max_new_tokens`. The ratio starts at 0.7, falls by (0.7 - 0.7 x 0.14) /
+  600 after every decode step down to 0.7 x 0.14, and is back at 0.7 when nothing runs
+  (python/sglang/global_config.py and scheduler.py, v0.4). So the engine admits more than
+  it could finish if every request ran to its `max_new_tokens`;
+- KV tokens are taken when a step needs them, as SGLang's `alloc_token_slots`: a prefill
+  step's new prompt tokens, one token per running request for a decode step. When the
+  free pool is short, unlocked cache entries are evicted, least recently used first
+  (radix_cache.py `evict`), counted as `sglang:evicted_tokens_total`;
+- when a decode step still cannot get its tokens, requests are *retracted*
+  (schedule_batch.py `retract_decode`): the one with the fewest output tokens (the longest
+  prompt among equals) first, until the rest can decode 20 more steps; a retracted request
+  frees its output's KV, its prompt stays cached but unlocked (evictable), it goes back to
+  the queue and later prefills its prompt and output again. The new-token ratio is then
+  reset to (tokens decoded + 20 x running) / their `max_new_tokens` (at most 1);
+- a prefill step takes at most `chunked_prefill_size` uncached prompt tokens (8,192, or
+  2,048 on a GPU under 25 GB); a longer prompt is prefilled in chunks over several steps;
+  it yields each request's first token;
 - the prompt tokens a prefill step computed join the cache when that step ends, as SGLang's
   `cache_unfinished_req` after the forward pass: a request arriving meanwhile with the same
   prefix reuses only what is computed already;
 - a decode step gives every running request one more token;
 - a finished request's prompt and output stay in the cache, unlocked.
+
+A prompt SGLang would refuse (at least `max_req_input_len` = min(context length - 1, pool
+- 1) - 5 tokens; managers/tp_worker.py, managers/utils.py `validate_input_length`) raises
+`RequestTooLarge` with SGLang's message; a longer `max_new_tokens` than the pool leaves is
+cut to what fits (scheduler.py `handle_generate_request`).
 
 The engine keeps no clock: `begin_step(now)` plans a step and says how long it takes,
 `complete_step(step, now)` applies it. The server calls them on the asyncio clock;
@@ -28,7 +50,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from modelserver.sim.perf import CHUNKED_PREFILL_SIZE, PerfModel
+from modelserver.sim.perf import CHUNKED_PREFILL_SIZE, CONTEXT_LENGTH, PerfModel
 from modelserver.sim.radix import Node, RadixCache
 from modelserver.sim.tokenizer import output_ids
 
@@ -38,7 +60,33 @@ DECODE_LOG_INTERVAL = 40
 
 
 class RequestTooLarge(ValueError):
-    """The request can never fit in the KV pool, however empty."""
+    """The prompt is at least SGLang's `max_req_input_len` (its 400 Bad Request)."""
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """SGLang's scheduler constants the simulated engine follows (v0.4 defaults; sources in
+    the module docstring)."""
+
+    chunked_prefill_size: int = CHUNKED_PREFILL_SIZE
+    context_length: int = CONTEXT_LENGTH
+    init_new_token_ratio: float = 0.7  # global_config.default_init_new_token_ratio
+    min_new_token_ratio_factor: float = 0.14  # default_min_new_token_ratio_factor
+    new_token_ratio_decay_steps: int = 600  # default_new_token_ratio_decay_steps
+    clip_max_new_tokens: int = 4096  # schedule_policy.CLIP_MAX_NEW_TOKENS_ESTIMATION
+    retract_decode_steps: int = 20  # global_config.retract_decode_steps
+    estimate_new_tokens: bool = True
+    """False: reserve every request's whole `max_new_tokens` at admission (never retracts;
+    the simulator before issue 14)."""
+
+    @property
+    def min_new_token_ratio(self) -> float:
+        return self.init_new_token_ratio * self.min_new_token_ratio_factor
+
+    @property
+    def new_token_ratio_decay(self) -> float:
+        return (self.init_new_token_ratio - self.min_new_token_ratio) / (
+            self.new_token_ratio_decay_steps)
 
 
 @dataclass(eq=False)
@@ -56,7 +104,8 @@ class Request:
     cached_tokens: int = 0
     prefill_left: int = 0
     generated: int = 0
-    held: int = 0  # KV tokens promised to it beyond the cache: prompt still to compute, output
+    retractions: int = 0
+    context: list[int] = field(default_factory=list)  # what it prefills: prompt (+ output)
     admitted_at: float | None = None
     first_token_at: float | None = None
     finished_at: float | None = None
@@ -85,18 +134,28 @@ class EngineTotals:
     prompt_tokens: int = 0
     generation_tokens: int = 0
     cached_tokens: int = 0
+    retracted_requests: int = 0
+    retracted_input_tokens: int = 0
+    retracted_output_tokens: int = 0
 
 
 class Engine:
-    def __init__(self, perf: PerfModel, max_running: int, cache_tokens: int) -> None:
+    def __init__(self, perf: PerfModel, max_running: int, cache_tokens: int,
+                 scheduler: SchedulerConfig | None = None) -> None:
         if max_running < 1:
             raise ValueError(f"max_running must be at least 1, got {max_running}")
         self.perf = perf
         self.max_running = max_running
+        self.config = scheduler or SchedulerConfig()
         self.cache = RadixCache(cache_tokens)
+        # tp_worker.py: max_req_len = min(context_len - 1, max_total_num_tokens - 1),
+        # max_req_input_len = max_req_len - 5.
+        self.max_req_len = min(self.config.context_length - 1, cache_tokens - 1)
+        self.max_req_input_len = self.max_req_len - 5
         self.queue: deque[Request] = deque()
         self.running: list[Request] = []
-        self.reserved = 0  # KV tokens promised to running requests, not in the cache yet
+        self.new_token_ratio = self.config.init_new_token_ratio
+        self.last_retracted = 0  # requests retracted by the last decode step: the gauge
         self.totals = EngineTotals()
         self.last_hit_rate = 0.0  # of the last prefill batch, as sglang:cache_hit_rate
         self.last_gen_throughput = 0.0  # tokens/s, as sglang:gen_throughput
@@ -108,14 +167,16 @@ class Engine:
     # --- requests in and out -------------------------------------------------------------
 
     def submit(self, request: Request) -> None:
-        need = request.prompt_tokens + request.max_new_tokens
-        if need > self.cache.budget:
-            raise RequestTooLarge(
-                f"the request needs {need} KV tokens ({request.prompt_tokens} prompt + "
-                f"{request.max_new_tokens} new) but the KV pool holds {self.cache.budget}"
-            )
         if request.prompt_tokens == 0:
             raise ValueError("the prompt is empty")
+        if request.prompt_tokens >= self.max_req_input_len:
+            raise RequestTooLarge(
+                f"Input length ({request.prompt_tokens} tokens) exceeds the maximum allowed "
+                f"length ({self.max_req_input_len} tokens). Use a shorter input or enable "
+                "--allow-auto-truncate."
+            )
+        request.max_new_tokens = min(request.max_new_tokens,
+                                     self.max_req_len - request.prompt_tokens - 1)
         self.queue.append(request)
 
     def abort(self, request: Request) -> None:
@@ -133,13 +194,21 @@ class Engine:
     def has_work(self) -> bool:
         return bool(self.queue or self.running)
 
+    def output_tokens_held(self) -> int:
+        """KV of running requests' outputs (not in the cache until they finish)."""
+        return sum(r.generated for r in self.running)
+
+    def free_tokens(self) -> int:
+        """KV tokens neither cached nor held: SGLang's `available_size()`."""
+        return self.cache.budget - self.cache.size - self.output_tokens_held()
+
     def used_tokens(self) -> int:
         """KV tokens that cannot be freed: running requests' prompts and outputs so far.
 
         As SGLang's `max_total_num_tokens - (available + evictable)` (scheduler
         `_get_token_info`): cached tokens no request holds count as free.
         """
-        return self.cache.locked_size + sum(r.generated for r in self.running)
+        return self.cache.locked_size + self.output_tokens_held()
 
     def token_usage(self) -> float:
         """`used_tokens` over the pool size: sglang:token_usage."""
@@ -158,18 +227,23 @@ class Engine:
         """Plan the next step at time `now`; None when there is nothing to do."""
         if self._last_log_at is None:
             self._last_log_at = now  # SGLang starts its decode-stats clock with the scheduler
-        budget = CHUNKED_PREFILL_SIZE
+        if not self.running:
+            self.new_token_ratio = self.config.init_new_token_ratio  # idle: scheduler.py
+        budget = self.config.chunked_prefill_size
         prefill: list[tuple[Request, int]] = []
         for request in self.running:  # chunked prefills carry on first
             if request.prefill_left and budget:
                 take = min(request.prefill_left, budget)
                 prefill.append((request, take))
                 budget -= take
+        room = self._admission_room()
         admitted_hits = admitted_new = 0
         while self.queue and budget and len(self.running) < self.max_running:
             request = self.queue[0]
-            if not self._admit(request, now):
+            need = self._admit(request, now, room)
+            if need is None:
                 break  # FIFO: the head waits for room, nobody overtakes it
+            room -= need
             self.queue.popleft()
             self.running.append(request)
             take = min(request.prefill_left, budget)
@@ -181,11 +255,15 @@ class Engine:
             self.last_hit_rate = admitted_hits / (admitted_hits + admitted_new)
         if prefill:
             new_tokens = sum(take for _, take in prefill)
-            context = sum(r.prompt_tokens - r.prefill_left + take for r, take in prefill)
+            self._make_room(new_tokens)
+            context = sum(len(r.context) - r.prefill_left + take for r, take in prefill)
             return Step(self.perf.prefill_time(new_tokens, context), prefill, [])
         decode = [r for r in self.running if not r.prefill_left]
         if not decode:
             return None
+        self.last_retracted = 0
+        if self._make_room(len(decode)) < len(decode):
+            decode = self._retract(decode)
         context = sum(r.prompt_tokens + r.generated for r in decode)
         return Step(self.perf.decode_time(len(decode), context), [], decode)
 
@@ -197,12 +275,13 @@ class Engine:
             if request.done:
                 continue
             request.prefill_left -= take
-            self._cache_computed_prompt(request, take, now)
+            self._cache_computed_prompt(request, now)
             if request.prefill_left:
                 continue
-            request.first_token_at = now
-            if request.max_new_tokens:
-                request.generated = 1
+            if request.first_token_at is None:
+                request.first_token_at = now
+            if request.generated < request.max_new_tokens:
+                request.generated += 1
             if request.generated >= request.max_new_tokens:
                 self._finish(request, now)
                 finished = True
@@ -210,6 +289,10 @@ class Engine:
                 request.notify(request)
         if step.decode:
             self._count_decode_step(step, now)
+            config = self.config
+            if config.estimate_new_tokens and not self.last_retracted:
+                self.new_token_ratio = max(self.new_token_ratio - config.new_token_ratio_decay,
+                                           config.min_new_token_ratio)
         for request in step.decode:
             if request.done:
                 continue
@@ -235,45 +318,83 @@ class Engine:
         self._last_log_at = now
         self._decoded_since_log = 0
 
-    def _admit(self, request: Request, now: float) -> bool:
-        cache = self.cache
-        matched = cache.match(request.tokens)
-        # Hold the cached prefix while making room, so eviction cannot take it.
-        prefix_node, _ = cache.insert(request.tokens[:matched], now)
-        cache.lock(prefix_node)
-        # At least one prompt token is computed, to get the logits of the first output token.
-        cached = min(matched, request.prompt_tokens - 1)
-        need = request.prompt_tokens - cached + request.max_new_tokens
-        shortfall = need - (cache.budget - cache.size - self.reserved)
-        if shortfall > 0 and cache.evict(shortfall) < shortfall:
-            cache.unlock(prefix_node)
-            return False
-        request._node = prefix_node
-        request.held = need
-        request.cached_tokens = cached
-        request.prefill_left = request.prompt_tokens - cached
-        request.admitted_at = now
-        self.reserved += need
-        return True
+    def _estimate(self, request: Request) -> int:
+        return min(request.max_new_tokens - request.generated, self.config.clip_max_new_tokens)
 
-    def _cache_computed_prompt(self, request: Request, computed: int, now: float) -> None:
-        """Put the prompt computed so far in the cache; its `computed` new tokens move out of
-        the request's promise (fewer join the tree if another request computed them too)."""
+    def _admission_room(self) -> float:
+        """SGLang's `rem_total_tokens` at the start of a round: free plus evictable tokens,
+        minus the running requests' prompt still to compute and their estimated output."""
+        ratio = self.new_token_ratio if self.config.estimate_new_tokens else 1.0
+        pending = sum(r.prefill_left + self._estimate(r) * ratio for r in self.running)
+        return self.cache.budget - self.cache.locked_size - self.output_tokens_held() - pending
+
+    def _admit(self, request: Request, now: float, room: float) -> int | None:
+        """Admit the head if `room` allows; returns what it takes from the room, or None."""
+        cache = self.cache
+        request.context = request.tokens + output_ids(request.words[: request.generated])
+        matched = cache.match(request.context)
+        # At least one token is computed, to get the logits of the next output token.
+        cached = min(matched, len(request.context) - 1)
+        need = len(request.context) - cached + self._estimate(request)
+        if need >= room:
+            return None
+        prefix_node, _ = cache.insert(request.context[:cached], now)
+        cache.lock(prefix_node)  # a running request's prefix is not evictable
+        request._node = prefix_node
+        if not request.retractions:
+            request.cached_tokens = cached
+        request.prefill_left = len(request.context) - cached
+        request.admitted_at = now
+        return need
+
+    def _make_room(self, tokens: int) -> int:
+        """Free pool tokens for a step, evicting unlocked cache LRU; how many are free."""
+        short = tokens - self.free_tokens()
+        if short > 0:
+            self.cache.evict(short)
+        return self.free_tokens()
+
+    def _retract(self, decode: list[Request]) -> list[Request]:
+        """Decode is out of KV: send requests back to the queue until the rest can decode
+        `retract_decode_steps` more steps (schedule_batch.py `retract_decode`)."""
+        config = self.config
+        order = sorted(decode, key=lambda r: (r.generated, -r.prompt_tokens), reverse=True)
+        retracted: list[Request] = []
+        while len(order) > 1 and self.free_tokens() < len(order) * config.retract_decode_steps:
+            request = order.pop()
+            retracted.append(request)
+            self.running.remove(request)
+            self.totals.retracted_requests += 1
+            self.totals.retracted_input_tokens += request.prompt_tokens
+            self.totals.retracted_output_tokens += request.generated
+            self._release(request)  # its output's KV is freed with it
+            request.retractions += 1
+            request.prefill_left = 0
+            short = len(order) * config.retract_decode_steps - self.free_tokens()
+            if short > 0:
+                self.cache.evict(short)
+        self.queue.extend(retracted)
+        self.last_retracted = len(retracted)
+        if retracted:
+            decoded = sum(r.generated for r in order)
+            wanted = sum(r.max_new_tokens for r in order)
+            self.new_token_ratio = min(
+                1.0, (decoded + config.retract_decode_steps * len(order)) / max(wanted, 1))
+        return order
+
+    def _cache_computed_prompt(self, request: Request, now: float) -> None:
+        """Put the prompt computed so far in the cache, locked for the request."""
         assert request._node is not None
-        done = request.prompt_tokens - request.prefill_left
-        node, _ = self.cache.insert(request.tokens[:done], now)
+        done = len(request.context) - request.prefill_left
+        node, _ = self.cache.insert(request.context[:done], now)
         self.cache.lock(node)
         self.cache.unlock(request._node)
         request._node = node
-        request.held -= computed
-        self.reserved -= computed
 
     def _release(self, request: Request) -> None:
         assert request._node is not None
         self.cache.unlock(request._node)
         request._node = None
-        self.reserved -= request.held
-        request.held = 0
 
     def _finish(self, request: Request, now: float) -> None:
         request.done = True

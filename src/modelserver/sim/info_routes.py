@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from modelserver.sim.perf import CHUNKED_PREFILL_SIZE, CONTEXT_LENGTH, MEM_FRACTION_STATIC
+from modelserver.sim.perf import CONTEXT_LENGTH
 from modelserver.sim.protocol import json_response
 
 if TYPE_CHECKING:
@@ -28,6 +28,7 @@ HEALTH_CHECK_TIMEOUT = 20.0
 class InfoRoutes:
     def __init__(self, server: SimServer) -> None:
         self.server = server
+        self.served_loads = 0  # how many times a gateway polled /v1/loads (for tests)
 
     def add_to(self, router: web.UrlDispatcher) -> None:
         router.add_get("/health", self.health)
@@ -42,6 +43,8 @@ class InfoRoutes:
         router.add_route("GET", "/flush_cache", self.flush_cache)
         router.add_route("POST", "/flush_cache", self.flush_cache)
         router.add_get("/metrics", self.prometheus)
+        router.add_get("/v1/loads", self.loads)
+        router.add_get("/get_load", self.loads)
 
     async def health(self, request: web.Request) -> web.Response:
         if self.server.faults.starting(self.server.fault_clock()):
@@ -93,8 +96,8 @@ class InfoRoutes:
             "tp_size": 1,
             "dp_size": 1,
             "max_running_requests": self.server.engine.max_running,
-            "chunked_prefill_size": CHUNKED_PREFILL_SIZE,
-            "mem_fraction_static": MEM_FRACTION_STATIC,
+            "chunked_prefill_size": self.server.engine.config.chunked_prefill_size,
+            "mem_fraction_static": config.effective_mem_fraction_static,
             "context_length": CONTEXT_LENGTH,
             "api_key": None,
             "random_seed": config.seed,
@@ -106,20 +109,52 @@ class InfoRoutes:
             {
                 **self._server_args(),
                 "max_total_num_tokens": engine.cache.budget,
+                "max_req_input_len": engine.max_req_input_len,
                 "internal_states": [
                     {
                         "last_gen_throughput": engine.last_gen_throughput,
                         "num_running_reqs": len(engine.running),
                         "num_queue_reqs": len(engine.queue),
+                        # SchedulerStats names (python/sglang/srt/metrics/collector.py)
+                        "num_used_tokens": engine.used_tokens(),
+                        "token_usage": engine.token_usage(),
+                        "new_token_ratio": engine.new_token_ratio,
+                        "num_retracted_reqs": engine.last_retracted,
+                        "num_retracted_requests_total": engine.totals.retracted_requests,
+                        "evicted_tokens_total": engine.cache.evicted_total,
                     }
                 ],
                 "version": VERSION,
                 "sim": {
+                    "gpu": self.server.config.gpu_spec.name,
+                    "model_size": self.server.config.model_size,
                     "speed": self.server.config.speed,
                     "faults": self.server.faults.faults.describe(),
                 },
             }
         )
+
+    async def loads(self, request: web.Request) -> web.Response:
+        """SGLang's `/v1/loads` (`/get_load` before it): one entry per data-parallel rank with
+        its running and waiting requests and KV use, what SGLang's gateway (smg) polls for
+        its load-aware policies (`/v1/loads?include=core,...` in smg 1.13). `include` is
+        accepted and the core figures are always given."""
+        engine = self.server.engine
+        self.served_loads += 1
+        return json_response({
+            "loads": [{
+                "dp_rank": 0,
+                "num_running_reqs": len(engine.running),
+                "num_waiting_reqs": len(engine.queue),
+                "num_reqs": len(engine.running) + len(engine.queue),
+                "num_used_tokens": engine.used_tokens(),
+                "num_tokens": engine.used_tokens(),
+                "max_total_num_tokens": engine.cache.budget,
+                "token_usage": engine.token_usage(),
+                "gen_throughput": engine.last_gen_throughput,
+                "cache_hit_rate": engine.last_hit_rate,
+            }],
+        })
 
     async def server_args(self, request: web.Request) -> web.Response:
         """SGLang 0.2.x-0.3.x `/get_server_args`: the server arguments alone."""

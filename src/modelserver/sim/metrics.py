@@ -1,10 +1,12 @@
 """Prometheus metrics under SGLang's names, one registry per simulated engine.
 
 Names, help texts and histogram buckets follow python/sglang/srt/metrics/collector.py
-(SchedulerMetricsCollector for the gauges, TokenizerMetricsCollector for the counters and
-latency histograms), each labelled with `model_name` as SGLang labels them. Gauges and
-counters are read from the engine at scrape time; the histograms are observed as requests
-finish. A registry per server lets several simulated engines share one process.
+(SchedulerMetricsCollector for the gauges and the retraction counters,
+TokenizerMetricsCollector for the token counters and latency histograms,
+RadixCacheMetricsCollector for `sglang:evicted_tokens_total`), each labelled with
+`model_name` as SGLang labels them. Gauges and counters are read from the engine at scrape
+time; the histograms are observed as requests finish. A registry per server lets several
+simulated engines share one process.
 """
 
 from __future__ import annotations
@@ -73,7 +75,23 @@ class _EngineCollector(Collector):
             "Maximum total number of tokens in the KV cache pool.",
             cache.budget,
         )
+        yield self._gauge("sglang:new_token_ratio", "The new token ratio.",
+                          engine.new_token_ratio)
+        yield self._gauge("sglang:num_retracted_reqs", "The number of retracted requests.",
+                          engine.last_retracted)
         totals = engine.totals
+        yield self._counter("sglang:num_retracted_requests_total",
+                            "Total number of retracted requests.", totals.retracted_requests)
+        yield self._counter("sglang:num_retracted_input_tokens_total",
+                            "Total number of retracted input tokens.",
+                            totals.retracted_input_tokens)
+        yield self._counter("sglang:num_retracted_output_tokens_total",
+                            "Total number of retracted output tokens.",
+                            totals.retracted_output_tokens)
+        # RadixCacheMetricsCollector's name; SGLang counts tokens its radix cache evicts.
+        yield self._counter("sglang:evicted_tokens_total",
+                            "The number of tokens evicted from GPU to CPU.",
+                            cache.evicted_total)
         yield self._counter(
             "sglang:prompt_tokens_total",
             "Number of prefill tokens processed.",

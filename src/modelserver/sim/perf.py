@@ -37,6 +37,36 @@ CONTEXT_LENGTH = 131_072  # config.json max_position_embeddings
 KV_BYTES_PER_TOKEN = 2 * NUM_LAYERS * NUM_KV_HEADS * HEAD_DIM * 2
 WEIGHT_BYTES = PARAMETERS * BYTES_PER_PARAMETER  # 16.06 GB
 
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the performance model and the KV pool need to know of a model (bf16)."""
+
+    name: str
+    parameters: float
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+
+    @property
+    def weight_bytes(self) -> float:
+        return self.parameters * BYTES_PER_PARAMETER
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """K and V of every layer and KV head, bf16."""
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * 2
+
+
+LLAMA_3_1_8B = ModelSpec("llama-3.1-8b", PARAMETERS, NUM_LAYERS, NUM_KV_HEADS, HEAD_DIM)
+# meta-llama/Llama-3.2-3B-Instruct config.json: 28 layers, 8 KV heads, hidden 3072 / 24 heads
+# = head_dim 128; 3,212,749,824 parameters (model card). Less weight memory, a larger pool.
+LLAMA_3_2_3B = ModelSpec("llama-3.2-3b", 3.21e9, 28, 8, 128)
+# meta-llama/Llama-3.1-70B-Instruct config.json: 80 layers, 8 KV heads, head_dim 128; 70.6e9
+# parameters. Its 141 GB of weights fit no single GPU below: a clear error, not a pool.
+LLAMA_3_1_70B = ModelSpec("llama-3.1-70b", 70.6e9, 80, 8, 128)
+MODELS = {m.name: m for m in (LLAMA_3_1_8B, LLAMA_3_2_3B, LLAMA_3_1_70B)}
+
 # --- the GPUs: NVIDIA datasheets ---------------------------------------------------------
 
 
@@ -50,9 +80,14 @@ class Gpu:
 
 # H100 SXM5 80GB: HBM3 3.35 TB/s, 989.4 TFLOP/s dense bf16, 81,559 MiB in NVML.
 H100_SXM = Gpu("H100 SXM5 80GB", 3.35e12, 989.4e12, 81_559 * 2**20)
-# A100 SXM4 80GB: HBM2e 2,039 GB/s, 312 TFLOP/s dense bf16, 81,920 MiB in NVML. Only for the
-# calibration: SGLang's published Llama-3.1-8B figures are on this GPU (see below).
+# A100 SXM4 80GB: HBM2e 2,039 GB/s, 312 TFLOP/s dense bf16, 81,920 MiB in NVML. SGLang's
+# published Llama-3.1-8B figures used for the calibration are on this GPU (see below).
 A100_SXM_80GB = Gpu("A100 SXM4 80GB", 2.039e12, 312e12, 81_920 * 2**20)
+# A100 SXM4 40GB: HBM2 1,555 GB/s, 312 TFLOP/s dense bf16, 40,960 MiB.
+A100_SXM_40GB = Gpu("A100 SXM4 40GB", 1.555e12, 312e12, 40_960 * 2**20)
+# L4: GDDR6 300 GB/s, 121 TFLOP/s dense bf16 (242 "with sparsity"), 23,034 MiB in NVML.
+L4 = Gpu("L4 24GB", 300e9, 121e12, 23_034 * 2**20)
+GPUS = {"h100": H100_SXM, "a100-80gb": A100_SXM_80GB, "a100-40gb": A100_SXM_40GB, "l4": L4}
 
 # --- achieved fractions of peak: fitted to published SGLang figures -----------------------
 # Fitted on SGLang's own published run of Llama-3.1-8B-Instruct (bf16, SGLang v0.3.0,
@@ -68,21 +103,43 @@ HBM_EFFICIENCY = 0.68
 # SGLang TTFT of Llama-3.1-8B on one H100 was found to fit it on directly.
 PREFILL_MFU = 0.50
 
-# --- SGLang defaults: python/sglang/srt/server_args.py (v0.4-v0.5, tp_size 1, >60 GB GPU) --
+# --- SGLang defaults: python/sglang/srt/server_args.py `__post_init__` as of v0.4 (Nov 2024,
+# the version of the published router benchmark): mem_fraction_static by tensor-parallel size
+# (0.88 at tp_size 1, 0.87 at 2, 0.85 at 4, 0.81 at 8); chunked_prefill_size 2048 on a GPU
+# under 25,000 MB, else 8192. Later versions reserve a fixed amount per GPU class instead.
 MEM_FRACTION_STATIC = 0.88  # share of GPU memory for weights + KV pool at tp_size 1
 CHUNKED_PREFILL_SIZE = 8192  # most prompt tokens one prefill step takes (large GPUs)
+SMALL_GPU_CHUNKED_PREFILL_SIZE = 2048
+SMALL_GPU_BYTES = 25_000 * 2**20
+
+
+def chunked_prefill_size(gpu: Gpu) -> int:
+    return SMALL_GPU_CHUNKED_PREFILL_SIZE if gpu.memory_bytes < SMALL_GPU_BYTES else (
+        CHUNKED_PREFILL_SIZE)
 # SGLang sizes its own cap on running requests from the KV pool (`--max-running-requests`
 # overrides it). The simulator's default is a round 256, an assumption, not SGLang's
 # figure: high enough that a fleet benchmark runs batched, low enough that overload queues.
 DEFAULT_MAX_RUNNING = 256
 
-_FLOPS_PER_TOKEN = 2 * PARAMETERS
 
-
-def kv_pool_tokens(gpu: Gpu) -> int:
-    """SGLang's `max_total_num_tokens` for this model on `gpu` at tp_size 1: the memory SGLang
-    may use, minus the weights, over the bytes one token's KV takes."""
-    return int((gpu.memory_bytes * MEM_FRACTION_STATIC - WEIGHT_BYTES) / KV_BYTES_PER_TOKEN)
+def kv_pool_tokens(gpu: Gpu, model: ModelSpec = LLAMA_3_1_8B,
+                   mem_fraction_static: float = MEM_FRACTION_STATIC) -> int:
+    """SGLang's `max_total_num_tokens` for `model` on `gpu` at tp_size 1: the memory SGLang
+    may use, minus the weights, over the bytes one token's KV takes
+    (python/sglang/srt/model_executor/model_runner.py `profile_max_num_token`: available
+    memory after loading weights minus (1 - mem_fraction_static) x total, over
+    `cell_size`, the per-token K and V bytes of every layer). Raises ValueError when the
+    weights leave no room, as SGLang stops with "Not enough memory"."""
+    if not 0 < mem_fraction_static <= 1:
+        raise ValueError(f"mem_fraction_static must be in (0, 1], got {mem_fraction_static}")
+    room = gpu.memory_bytes * mem_fraction_static - model.weight_bytes
+    tokens = int(room / model.kv_bytes_per_token)
+    if tokens < 16:
+        raise ValueError(
+            f"not enough memory: {model.name} ({model.weight_bytes / 1e9:.1f} GB of weights) "
+            f"leaves no KV pool on {gpu.name} at mem_fraction_static {mem_fraction_static}"
+        )
+    return tokens
 
 
 # (81,559 MiB * 0.88 - 16.06 GB) / 131,072 B = 451,647 tokens. SGLang logs this number as
@@ -97,6 +154,7 @@ class PerfModel:
 
     speed: float = 1.0
     gpu: Gpu = H100_SXM
+    model: ModelSpec = LLAMA_3_1_8B
 
     def __post_init__(self) -> None:
         if not self.speed > 0:
@@ -108,9 +166,9 @@ class PerfModel:
         `context_tokens` counts every token whose KV the step reads: the cached prefix and
         the new tokens of a prefill, the whole sequence of each request in a decode step.
         """
-        gpu = self.gpu
-        compute = new_tokens * _FLOPS_PER_TOKEN / (gpu.peak_bf16_flops * PREFILL_MFU)
-        memory = (WEIGHT_BYTES + context_tokens * KV_BYTES_PER_TOKEN) / (
+        gpu, model = self.gpu, self.model
+        compute = new_tokens * 2 * model.parameters / (gpu.peak_bf16_flops * PREFILL_MFU)
+        memory = (model.weight_bytes + context_tokens * model.kv_bytes_per_token) / (
             gpu.hbm_bandwidth * HBM_EFFICIENCY
         )
         return max(compute, memory) / self.speed

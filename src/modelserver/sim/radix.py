@@ -46,6 +46,7 @@ class RadixCache:
         self.root.lock = 1  # the root is never evicted
         self.size = 0  # tokens held in the tree
         self.locked_size = 0  # tokens on paths some running request holds
+        self.evicted_total = 0  # tokens evicted since start: sglang:evicted_tokens_total
 
     @property
     def evictable_size(self) -> int:
@@ -140,6 +141,7 @@ class RadixCache:
             del parent.children[leaf.key[0]]
             freed += len(leaf.key)
             self.size -= len(leaf.key)
+            self.evicted_total += len(leaf.key)
             if parent is not self.root and not parent.children and parent.lock == 0:
                 heapq.heappush(heap, (parent.last_access, next(order), parent))
         return freed

@@ -41,7 +41,6 @@ from modelserver.sim.generation_routes import GenerationRoutes
 from modelserver.sim.info_routes import InfoRoutes
 from modelserver.sim.metrics import SimMetrics
 from modelserver.sim.oracle_routes import OracleRoutes
-from modelserver.sim.perf import PerfModel
 from modelserver.sim.protocol import BadRequest, EngineDied, error_response, json_response
 from modelserver.sim.tokenizer import OUTPUT_WORDS
 
@@ -166,9 +165,10 @@ class SimServer:
 
     def _new_engine(self) -> Engine:
         return Engine(
-            PerfModel(self.config.speed),
+            self.config.perf,
             self.config.effective_max_running,
             self.config.effective_cache_tokens,
+            self.config.scheduler,
         )
 
     async def _listen(self) -> None:

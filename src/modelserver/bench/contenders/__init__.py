@@ -1,5 +1,5 @@
-"""The contenders, by name, and the groups `--contenders` accepts (`ours`, `sglang`,
-`litellm`, `peers`, `all`). A peer whose package is not installed is left out with the
+"""The contenders, by name, and the groups `--contenders` accepts (`ours`, `smg`,
+`sglang`, `litellm`, `peers`, `all`). A peer whose package is not installed is left out with the
 reason (see `unavailable`)."""
 
 from __future__ import annotations
@@ -16,10 +16,15 @@ __all__ = ["CONTENDERS", "GROUPS", "Contender", "ContenderOptions", "Target", "m
            "resolve_names", "unavailable"]
 
 OUR_POLICIES = ("fastest", "round_robin", "least_load", "cache_aware")
+# SGLang's gateway today (`smg`); `sglang:*` below is its older `sglang-router` 0.3.2 wheel,
+# kept as history.
+SMG_POLICIES = ("cache_aware", "prefix_hash", "least_load", "power_of_two")
 
 CONTENDERS: tuple[str, ...] = (
     *(f"ours:{p}" for p in OUR_POLICIES),
     "seed",
+    *(f"smg:{p}" for p in SMG_POLICIES),
+    "smg:round_robin",
     "sglang:cache_aware",
     "sglang:power_of_two",
     "sglang:round_robin",
@@ -28,18 +33,21 @@ CONTENDERS: tuple[str, ...] = (
     "oracle",
 )
 
-# `sglang:round_robin` is only for reproducing SGLang's published cache-aware vs round-robin
-# result; name it explicitly (`ours:round_robin` is the round-robin baseline otherwise).
+# `smg:round_robin` and `sglang:round_robin` are only for reproducing SGLang's published
+# cache-aware vs round-robin result; name them explicitly (`ours:round_robin` is the
+# round-robin baseline otherwise).
+_ONLY_BY_NAME = ("smg:round_robin", "sglang:round_robin")
 GROUPS: dict[str, tuple[str, ...]] = {
-    "all": tuple(c for c in CONTENDERS if c != "sglang:round_robin"),
+    "all": tuple(c for c in CONTENDERS if c not in _ONLY_BY_NAME),
     "ours": tuple(f"ours:{p}" for p in OUR_POLICIES),
+    "smg": tuple(f"smg:{p}" for p in SMG_POLICIES),
     "sglang": ("sglang:cache_aware", "sglang:power_of_two"),
     "litellm": ("litellm:latency", "litellm:shuffle"),
-    "peers": ("seed", "sglang:cache_aware", "sglang:power_of_two", "litellm:latency",
-              "litellm:shuffle"),
+    "peers": ("seed", *(f"smg:{p}" for p in SMG_POLICIES), "sglang:cache_aware",
+              "sglang:power_of_two", "litellm:latency", "litellm:shuffle"),
 }
 
-_PACKAGES = {"sglang": "sglang_router", "litellm": "litellm"}
+_PACKAGES = {"smg": "smg", "sglang": "sglang_router", "litellm": "litellm"}
 
 
 @dataclass(frozen=True)
@@ -88,6 +96,7 @@ def make_contender(name: str, options: ContenderOptions) -> Contender:
     factories: dict[str, Callable[[], Contender]] = {
         "ours": lambda: _ours(variant),
         "seed": lambda: _seed(options),
+        "smg": lambda: _smg(variant, options),
         "sglang": lambda: _sglang(variant, options),
         "litellm": lambda: _litellm(variant),
         "oracle": lambda: _oracle(options),
@@ -107,6 +116,12 @@ def _seed(options: ContenderOptions) -> Contender:
     from modelserver.bench.contenders.seed import SeedContender
 
     return SeedContender(time_scale=options.time_scale)
+
+
+def _smg(policy: str, options: ContenderOptions) -> Contender:
+    from modelserver.bench.contenders.smg_gateway import SmgContender
+
+    return SmgContender(policy, log_dir=options.log_dir)
 
 
 def _sglang(policy: str, options: ContenderOptions) -> Contender:

@@ -50,14 +50,16 @@ def router_command(policy: str, port: int, metrics_port: int, urls: list[str],
 
 class SglangRouterContender(Contender):
     family = "sglang"
+    policies: tuple[str, ...] = POLICIES
+    label = "sglang router"
 
     def __init__(self, policy: str, log_dir: Path | None = None,
                  ready_timeout_s: float = 60.0) -> None:
-        if policy not in POLICIES:
-            raise BenchError(f"sglang router policy {policy!r} unknown; "
-                             f"valid: {', '.join(POLICIES)}")
+        if policy not in self.policies:
+            raise BenchError(f"{self.label} policy {policy!r} unknown; "
+                             f"valid: {', '.join(self.policies)}")
         self.policy = policy
-        self.name = f"sglang:{policy}"
+        self.name = f"{self.family}:{policy}"
         self.log_dir = log_dir
         self.ready_timeout_s = ready_timeout_s
         self._process: subprocess.Popen[bytes] | None = None
@@ -69,9 +71,9 @@ class SglangRouterContender(Contender):
     async def start(self, target: Target) -> None:
         self._target = target
         port = free_port()
-        cmd = router_command(self.policy, port, free_port(), list(target.urls),
-                             target.attempt_timeout_s)
-        log = self.log_dir / f"sglang-{self.policy}.log" if self.log_dir is not None else None
+        cmd = self.command(port, free_port(), list(target.urls), target.attempt_timeout_s)
+        log = (self.log_dir / f"{self.family}-{self.policy}.log"
+               if self.log_dir is not None else None)
         self._process, self._log = spawn(cmd, log)
         self._base = f"http://{HOST}:{port}"
         self._session = client_session()
@@ -81,13 +83,17 @@ class SglangRouterContender(Contender):
             await self.stop()
             raise
 
+    def command(self, port: int, metrics_port: int, urls: list[str],
+                attempt_timeout_s: float) -> list[str]:
+        return router_command(self.policy, port, metrics_port, urls, attempt_timeout_s)
+
     async def _wait_ready(self, workers: int) -> None:
         """Up when `/workers` lists every worker (its `/health` answers before that)."""
         assert self._session is not None and self._process is not None
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise BenchError(f"sglang router exited with {self._process.returncode} "
+                raise BenchError(f"{self.label} exited with {self._process.returncode} "
                                  "while starting (see its log in the output directory)")
             try:
                 async with self._session.get(f"{self._base}/workers",
@@ -97,7 +103,7 @@ class SglangRouterContender(Contender):
             except (aiohttp.ClientError, TimeoutError, ValueError):
                 pass
             await asyncio.sleep(0.2)
-        raise BenchError(f"sglang router not ready after {self.ready_timeout_s:.0f} s")
+        raise BenchError(f"{self.label} not ready after {self.ready_timeout_s:.0f} s")
 
     async def chat(self, messages: list[dict[str, str]], max_tokens: int, stream: bool) -> Outcome:
         assert self._session is not None and self._target is not None

@@ -1,0 +1,65 @@
+"""SGLang's gateway as it is today, the Shepherd Model Gateway (`smg` 1.13.0), as a real
+process in front of the engines.
+
+Started as users start it: `smg launch --host 127.0.0.1 --port P --worker-urls URL...
+--policy P` (the console script of the `smg` wheel; flags as `smg launch --help` lists them
+in 1.13.0). Every setting that decides routing (cache threshold, balance thresholds, tree
+size, load monitoring), retries, circuit breaking and health is left at its default; only
+what must differ on a shared machine or in this benchmark is set, as for the older
+`sglang-router` contender beside it: its Prometheus listener on 127.0.0.1 and a free port,
+warn-level logs, a 1 s worker start-up check interval, and its request timeout set to the
+benchmark's per-attempt timeout. It is up when `GET /workers` lists every worker (the
+gateway answers `/health` before its workers are registered).
+
+The gateway process's CPU time counts as this contender's client-side CPU.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from modelserver.bench.contenders.sglang_router import SglangRouterContender
+from modelserver.bench.fleet import HOST
+from modelserver.errors import BenchError
+
+# The four policies the benchmark runs by default (smg `--policy` accepts more:
+# random, round_robin, passthrough, manual, consistent_hashing); round_robin is there for
+# the reproduction of SGLang's published cache-aware vs round-robin result.
+POLICIES = ("cache_aware", "prefix_hash", "least_load", "power_of_two", "round_robin")
+
+
+def smg_executable() -> str:
+    """The `smg` console script of this interpreter's environment, else the one on PATH."""
+    beside = Path(sys.executable).parent / "smg"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("smg")
+    if found is None:
+        raise BenchError("the `smg` command is not installed (pip install '.[bench]')")
+    return found
+
+
+def smg_command(policy: str, port: int, metrics_port: int, urls: list[str],
+                attempt_timeout_s: float) -> list[str]:
+    return [
+        smg_executable(), "launch",
+        "--host", HOST, "--port", str(port),
+        "--worker-urls", *urls,
+        "--policy", policy,
+        "--prometheus-host", HOST, "--prometheus-port", str(metrics_port),
+        "--worker-startup-check-interval", "1",
+        "--request-timeout-secs", str(max(1, round(attempt_timeout_s))),
+        "--log-level", "warn",
+    ]
+
+
+class SmgContender(SglangRouterContender):
+    family = "smg"
+    policies = POLICIES
+    label = "smg gateway"
+
+    def command(self, port: int, metrics_port: int, urls: list[str],
+                attempt_timeout_s: float) -> list[str]:
+        return smg_command(self.policy, port, metrics_port, urls, attempt_timeout_s)
