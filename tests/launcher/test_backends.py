@@ -293,3 +293,18 @@ def test_engines_that_are_not_installed_say_so_and_how_to_fix_it(
         f"SGLang is not installed for {python} (no module named 'sglang'); install it there,"
         " or set models[2].options.python to a Python that has it")
     assert backend_for("sim").engine_problem(0, sglang) is None
+
+
+def test_a_sim_worker_stands_in_for_the_gpu_and_model_its_options_name() -> None:
+    spec = _command({"name": "big", "backend": "sim", "options": {
+        "gpu": "a100-40gb", "model_size": "llama-3.1-8b", "mem_fraction_static": 0.8}})
+    argv = list(spec.argv)
+    for flag, value in (("--gpu", "a100-40gb"), ("--model-size", "llama-3.1-8b"),
+                        ("--mem-fraction-static", "0.8")):
+        assert argv[argv.index(flag) + 1] == value
+
+
+def test_a_sim_gpu_the_simulator_does_not_know_is_refused_with_its_list() -> None:
+    refused = r"models\[0\]\.options\.gpu: gpu 'h200' unknown; valid"
+    with pytest.raises(FleetFileError, match=refused):
+        _fleet({"name": "big", "backend": "sim", "options": {"gpu": "h200"}})

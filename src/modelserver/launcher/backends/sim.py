@@ -20,6 +20,10 @@ _OPTION_FLAGS = {
     "max_running": "--max-running",
     "cache_tokens": "--cache-tokens",
     "seed": "--seed",
+    # The GPU and model it stands in for, which size its KV pool as SGLang would.
+    "gpu": "--gpu",
+    "model_size": "--model-size",
+    "mem_fraction_static": "--mem-fraction-static",
 }
 # options key -> SimConfig field, where the names differ
 _CONFIG_FIELDS = {"fault": "faults"}
