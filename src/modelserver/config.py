@@ -2,7 +2,8 @@
 
 A fleet file is TOML with the sections `[fleet]`, `[[hosts]]`, `[[models]]`, `[launcher]`,
 `[router]`, `[gateway]` and, for a fleet run on a Ray cluster, `[cluster]`. `load_fleet(path)`
-returns a `Fleet`; every mistake becomes one `FleetFileError` listing each problem as `models[2].backend: ... ; allowed: ...`.
+returns a `Fleet`; every mistake becomes one `FleetFileError` listing each problem as
+`models[2].backend: ... ; allowed: ...`.
 
 Counting rule: `replicas` is the number of workers of a model on *each* of its hosts; replica
 `i` on a host listens on `port + i`. In cluster mode (`[cluster]`) there are no hosts:
