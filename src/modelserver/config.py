@@ -289,7 +289,7 @@ class GatewayConfig(Section):
     """How long a caller may take to send its request body (a stalled one holds a handler)."""
 
 
-CLUSTER_ADDRESS_FORMS = '"auto", "local" or "ray://HOST:PORT"'
+CLUSTER_ADDRESS_FORMS = '"auto", "local", "HOST:PORT" or "ray://HOST:PORT"'
 CLUSTER_HOST = "cluster"
 """The host name of every worker of a cluster-mode fleet (Ray, not the file, picks its node)."""
 
@@ -299,8 +299,9 @@ class ClusterConfig(Section):
 
     engine: Literal["ray"] = "ray"
     address: str = "auto"
-    """"auto": the running cluster this machine belongs to (`ray start` ran here);
-    "ray://HOST:PORT": a cluster's Ray Client server; "local": a private single-machine Ray
+    """"auto": the running cluster this machine belongs to (`ray start` ran here, or
+    RAY_ADDRESS names it); "HOST:PORT": the head's GCS address (from a machine of the
+    cluster); "ray://HOST:PORT": a cluster's Ray Client server; "local": a private single-machine Ray
     that `up` starts and `down` stops (for trying cluster mode)."""
     local_gpus: int | None = Field(default=None, ge=0, le=1024)
     """With address = "local": the GPUs the private Ray declares (default: Ray detects them)."""
@@ -310,8 +311,14 @@ class ClusterConfig(Section):
     inventory: list[StaticGpuConfig] | None = None
     """Every node's GPUs, written out instead of asking NVML there (machines without NVML,
     tests). The check that a replica's GPUs are free runs on its node either way."""
+    cpus_per_replica: float = Field(default=1.0, gt=0)
+    """Ray CPUs each replica's placement group holds besides its GPUs (its actor and the
+    engine's own processes run on them)."""
     ready_wait_s: float = Field(default=900.0, gt=0)
     """How long `up` waits for every replica to be ready, failed or waiting for room."""
+    discovery_interval_s: float = Field(default=0.5, gt=0)
+    """How often the router reads the replicas' records from the cluster (a replica that
+    moved is routed to at its new address within this plus one read after it is ready)."""
 
     @field_validator("address")
     @classmethod
@@ -320,7 +327,7 @@ class ClusterConfig(Section):
             return value
         rest = value.removeprefix("ray://")
         host, _, port = rest.rpartition(":")
-        if rest == value or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"must be {CLUSTER_ADDRESS_FORMS} (got {value!r})")
         return value
 

@@ -278,7 +278,7 @@ CASES: list[tuple[str, str, str, list[str]]] = [
     ("cluster engine not ray", CLUSTER.replace('"ray"', '"k8s"') + CSIM, "cluster.engine",
      ["'ray'", "k8s"]),
     ("cluster address of no known form", CLUSTER + 'address = "10.0.0.1"\n' + CSIM,
-     "cluster.address", ['"auto", "local" or "ray://HOST:PORT"', "10.0.0.1"]),
+     "cluster.address", ['"HOST:PORT" or "ray://HOST:PORT"', "10.0.0.1"]),
     ("cluster address with a port that is no number",
      CLUSTER + 'address = "ray://head:x"\n' + CSIM, "cluster.address", ["ray://head:x"]),
     ("unknown key in cluster", CLUSTER + 'adress = "auto"\n' + CSIM, "cluster.adress",

@@ -69,6 +69,15 @@ def register(app: typer.Typer) -> None:
     app.command()(logs)
 
 
+def _cluster_commands(host: str | None) -> Any:
+    """The cluster-mode commands (a fleet with [cluster]); imported only then, as Ray is."""
+    if host is not None:
+        raise LaunchError("--host: not used in cluster mode; Ray places the replicas")
+    from modelserver.launcher.cluster import commands as cluster_commands
+
+    return cluster_commands
+
+
 # -- up ------------------------------------------------------------------------------------
 
 
@@ -82,6 +91,8 @@ def up(
 ) -> None:
     """Start this host's workers, wait until they answer, and keep them alive."""
     loaded = load_fleet(fleet)
+    if loaded.cluster is not None:
+        sys.exit(_cluster_commands(host).up(loaded))
     name = detect_host(loaded, host)
     if not loaded.workers(name):
         raise LaunchError(f"the fleet file has no workers on host {name!r}")
@@ -289,6 +300,8 @@ def _launch_done(state: HostState, supervisor_pid: int, expected: set[str]) -> b
 def down(fleet: FleetArg, host: HostOpt = None) -> None:
     """Stop this host's supervisor and every worker it started; nothing is left running."""
     loaded = load_fleet(fleet)
+    if loaded.cluster is not None:
+        sys.exit(_cluster_commands(host).down(loaded))
     name = detect_host(loaded, host)
     path = state_path(loaded, name)
     grace = loaded.launcher.stop_grace_s
@@ -370,6 +383,8 @@ def status(
 ) -> None:
     """Every worker of the fleet: this host's from its state file, the others' by probing."""
     loaded = load_fleet(fleet)
+    if loaded.cluster is not None:
+        sys.exit(_cluster_commands(host).status(loaded, json_out))
     try:
         local: str | None = detect_host(loaded, host)
     except LaunchError:
@@ -470,6 +485,8 @@ def logs(
 ) -> None:
     """Print a worker's log (its engine's stdout and stderr)."""
     loaded = load_fleet(fleet)
+    if loaded.cluster is not None:
+        sys.exit(_cluster_commands(None).logs(loaded, worker, follow, lines))
     spec = resolve_worker(loaded, worker)
     path = log_path(loaded, spec.name)
     if not path.exists():
