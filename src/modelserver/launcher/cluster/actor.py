@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 from modelserver.clock import SystemClock
-from modelserver.config import Fleet, WorkerSpec, parse_fleet
+from modelserver.config import Fleet, parse_fleet
 from modelserver.errors import NoGpuInventory
 from modelserver.launcher.backends import backend_for
 from modelserver.launcher.backends.base import LaunchSpec

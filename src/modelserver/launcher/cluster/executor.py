@@ -134,21 +134,23 @@ def reconcile(fleet: Fleet) -> Reconciled:
     name = fleet.fleet.name
     publish_fleet(fleet)
     live = _live_actors(name)
+    groups = _groups(name).keys()
     records = read_records(name)
     done = Reconciled()
     wanted = {spec.name: spec for spec in fleet.workers()}
-    stale = sorted(live - wanted.keys())
+    stale = sorted((live | groups) - wanted.keys())
+    done.removed = list(stale)
     for worker, spec in wanted.items():
         if worker in live:
             if records.get(worker, {}).get("fingerprint") == fingerprint(fleet, spec):
                 done.kept.append(worker)
                 continue
-            stale.append(worker)
             done.replaced.append(worker)
         else:
             done.added.append(worker)
+        if worker in live or worker in groups:  # what is left of it goes first
+            stale.append(worker)
     remove(fleet, stale)
-    done.removed = [w for w in stale if w not in wanted]
     for worker in done.added + done.replaced:
         _create(fleet, wanted[worker])
     return done
