@@ -301,8 +301,8 @@ class ClusterConfig(Section):
     address: str = "auto"
     """"auto": the running cluster this machine belongs to (`ray start` ran here, or
     RAY_ADDRESS names it); "HOST:PORT": the head's GCS address (from a machine of the
-    cluster); "ray://HOST:PORT": a cluster's Ray Client server; "local": a private single-machine Ray
-    that `up` starts and `down` stops (for trying cluster mode)."""
+    cluster); "ray://HOST:PORT": a cluster's Ray Client server; "local": a private
+    single-machine Ray that `up` starts and `down` stops (for trying cluster mode)."""
     local_gpus: int | None = Field(default=None, ge=0, le=1024)
     """With address = "local": the GPUs the private Ray declares (default: Ray detects them)."""
     dashboard_host: str = "127.0.0.1"

@@ -104,7 +104,7 @@ class ReplicaActor:
         self._gpu_ids = [str(g) for g in ray.get_gpu_ids()]
         self._fleet = read_fleet(fleet_name)
         spec = next(w for w in self._fleet.workers() if w.name == worker)
-        address = ray.util.get_node_ip_address()
+        address: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
         self._spec = dataclasses.replace(
             spec, address=address, port=spec.port or free_port(address)
         )
@@ -142,7 +142,7 @@ class ReplicaActor:
             fraction = mem_fraction_for(model, gpus, fleet) if why is None else None
             if isinstance(fraction, str):
                 why = fraction
-            if why is None:
+            elif why is None:
                 placement = Placement(spec, tuple(gpus), fraction)
                 backend = backend_for(spec.backend)
                 launch = backend.command(placement, fleet)

@@ -58,9 +58,9 @@ def refusals(fleet: Fleet, nodes: Sequence[NodeView]) -> list[str]:
         fitting = [n for n in nodes if _carries(n, model)]
         largest = max((n.total.get("GPU", 0.0) for n in fitting), default=0.0)
         if fitting and model.gpus_each > largest:
+            may_use = " it may use" if model.node_labels or model.resources else ""
             problems.append(f"models[{index}].gpus_per_replica: {model.gpus_each} GPUs, but the"
-                            f" largest node{' it may use' if model.node_labels or model.resources else ''}"
-                            f" has {largest:g}; a replica runs on one node")
+                            f" largest node{may_use} has {largest:g}; a replica runs on one node")
     return problems
 
 

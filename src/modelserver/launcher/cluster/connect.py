@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -58,7 +59,7 @@ def connect(fleet: Fleet, *, start_local: bool = False) -> None:
         _answers(fleet, address.removeprefix("ray://"))
     try:
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=False,
-                 logging_level="WARNING", configure_logging=False)
+                 logging_level=logging.WARNING, configure_logging=False)
     except ConnectionError as exc:
         raise ClusterError(f"{_key(fleet)}: no Ray cluster answers ({_first_line(exc)});"
                            " start one with `ray start --head`, or give its address") from None

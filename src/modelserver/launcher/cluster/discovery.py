@@ -48,7 +48,7 @@ class ClusterDiscovery:
             router.remove_worker(url)
         wanted = {m.name for m in self.fleet.models}
         for record in records.values():
-            url = record.get("url")
+            url = str(record.get("url") or "")
             if record.get("status") != "ready" or not url or url in self._routed \
                     or record.get("model") not in wanted:
                 continue

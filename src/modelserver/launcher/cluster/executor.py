@@ -15,6 +15,7 @@ a new one added. The fingerprint of a replica's model settings travels with its 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -52,11 +53,13 @@ SETTLED = ("ready", "failed")
 def nodes_now() -> list[NodeView]:
     from ray._private.state import available_resources_per_node
 
-    available = available_resources_per_node()
+    per_node = available_resources_per_node  # untyped in Ray
+    available: dict[str, dict[str, float]] = per_node()  # type: ignore[no-untyped-call]
+    nodes: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
     return [
         NodeView(n["NodeID"], dict(n.get("Labels") or {}), dict(n["Resources"]),
                  dict(available.get(n["NodeID"], {})))
-        for n in ray.nodes() if n["Alive"]
+        for n in nodes if n["Alive"]
     ]
 
 
@@ -175,7 +178,7 @@ def _create(fleet: Fleet, spec: WorkerSpec) -> None:
         lifetime="detached",
         bundle_label_selector=[dict(model.node_labels)] if model.node_labels else None,
     )
-    ray.remote(ReplicaActor).options(  # type: ignore[attr-defined]
+    ray.remote(ReplicaActor).options(
         name=actor_name(name, spec.name), namespace=NAMESPACE, lifetime="detached",
         max_restarts=-1, max_concurrency=4, num_cpus=fleet.cluster.cpus_per_replica,
         num_gpus=model.gpus_each, resources=dict(model.resources or {}),
@@ -259,8 +262,8 @@ def log_chunk(fleet: Fleet, worker: str, offset: int, max_bytes: int) -> tuple[i
         actor = ray.get_actor(actor_name(fleet.fleet.name, worker), namespace=NAMESPACE)
     except ValueError:
         raise ClusterError(f"{worker} has no supervising actor in the cluster") from None
-    result: tuple[int, bytes] = ray.get(actor.log_chunk.remote(offset, max_bytes), timeout=30)
-    return result
+    answer: Any = ray.get(actor.log_chunk.remote(offset, max_bytes), timeout=30)
+    return int(answer[0]), bytes(answer[1])
 
 
 # -- down ----------------------------------------------------------------------------------
@@ -279,17 +282,15 @@ def remove(fleet: Fleet, workers: Iterable[str]) -> None:
         except ValueError:
             continue
     # An actor whose group is not placed never runs: nothing to stop, and no answer to wait for.
-    stops = [h.stop.remote() for w, h in handles.items()
+    stops: list[Any] = [h.stop.remote() for w, h in handles.items()
              if groups.get(w, {}).get("state") == "CREATED"]
     if stops:
         ray.wait(stops, num_returns=len(stops), timeout=fleet.launcher.stop_grace_s + 30)
     for handle in handles.values():
         ray.kill(handle, no_restart=True)
     for worker in workers:
-        try:
+        with contextlib.suppress(ValueError):
             remove_placement_group(get_placement_group(placement_group_name(name, worker)))
-        except ValueError:
-            pass
         internal_kv._internal_kv_del(record_key(name, worker), namespace=NAMESPACE)
     deadline = time.monotonic() + 60
     while _live_actors(name) & set(workers) and time.monotonic() < deadline:
