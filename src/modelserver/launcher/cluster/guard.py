@@ -20,6 +20,7 @@ Standard library only: it starts before anything else and must not fail to impor
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import select
@@ -65,8 +66,9 @@ def run(parent: int, argv: list[str]) -> int:
                 os.kill(os.getpid(), -code)
             return code
         if parent_fd in readable:
-            print("modelserver guard: the supervising actor is gone; stopping the engine",
-                  flush=True)
+            with contextlib.suppress(OSError):  # the log may be gone with the actor
+                print("modelserver guard: the supervising actor is gone; stopping the engine",
+                      flush=True)
             _kill_group()
 
 
