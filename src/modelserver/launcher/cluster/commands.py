@@ -14,7 +14,6 @@ from rich.table import Table
 
 from modelserver.config import Fleet
 from modelserver.errors import ClusterError, LaunchError
-from modelserver.launcher.cluster import require_ray
 from modelserver.launcher.cluster.connect import connect, stop_local
 from modelserver.launcher.secrets import fleet_secrets
 from modelserver.launcher.state import redact
@@ -29,7 +28,6 @@ STYLE = {"ready": "green", "waiting": "yellow", "starting": "yellow", "backoff":
 def up(fleet: Fleet) -> int:
     """Place every replica (adopting live ones), wait until each is ready, failed or waiting
     for room, print the table. The replicas live on under their actors after `up` exits."""
-    require_ray()
     connect(fleet, start_local=True)
     from modelserver.launcher.cluster import executor
 
@@ -63,24 +61,27 @@ def _progress(rows: list[dict[str, Any]]) -> str:
 
 def down(fleet: Fleet) -> int:
     """Stop every replica of the fleet in the whole cluster; nothing of it is left."""
-    require_ray()
     assert fleet.cluster is not None
     if fleet.cluster.address == "local":
         try:
             connect(fleet)
-        except ClusterError:
-            console.print(f"nothing runs for fleet {fleet.fleet.name!r} (no private Ray)")
+        except ClusterError:  # none runs, or it does not answer: its processes go anyway
+            stopped = stop_local(fleet)
+            console.print(f"nothing runs for fleet {fleet.fleet.name!r}"
+                          + (" (stopped its private Ray)" if stopped else " (no private Ray)"))
             return 0
     else:
         connect(fleet)
     from modelserver.launcher.cluster import executor
 
-    removed = executor.down(fleet)
-    if fleet.cluster.address == "local":
-        import ray
+    try:
+        removed = executor.down(fleet)
+    finally:
+        if fleet.cluster.address == "local":
+            import ray
 
-        ray.shutdown()
-        stop_local(fleet)
+            ray.shutdown()
+            stop_local(fleet)
     if removed:
         console.print(f"stopped {len(removed)} replica{'s' if len(removed) != 1 else ''} of"
                       f" {fleet.fleet.name!r} in the cluster")
@@ -90,7 +91,6 @@ def down(fleet: Fleet) -> int:
 
 
 def status(fleet: Fleet, json_out: bool) -> int:
-    require_ray()
     connect(fleet)
     from modelserver.launcher.cluster import executor
 
@@ -104,7 +104,6 @@ def status(fleet: Fleet, json_out: bool) -> int:
 
 
 def logs(fleet: Fleet, worker: str, follow: bool, lines: int) -> int:
-    require_ray()
     connect(fleet)
     from modelserver.launcher.cluster import executor
 

@@ -46,16 +46,16 @@ def _key(fleet: Fleet) -> str:
 def connect(fleet: Fleet, *, start_local: bool = False) -> None:
     """Connect this process to the fleet's cluster as a driver in namespace `modelserver`.
     Raises ClusterError (naming `cluster.address` and what was found) when it cannot."""
+    assert fleet.cluster is not None
+    address = fleet.cluster.address
+    if address == "local":  # before Ray is imported: it reads its settings from the environment
+        address = _local_address(fleet, start=start_local)
     require_ray()
     import ray
 
     if ray.is_initialized():
         return
-    assert fleet.cluster is not None
-    address = fleet.cluster.address
-    if address == "local":
-        address = _local_address(fleet, start=start_local)
-    elif address != "auto":
+    if fleet.cluster.address not in ("auto", "local"):
         _answers(fleet, address.removeprefix("ray://"))
     try:
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=False,
@@ -116,10 +116,20 @@ def _read_local(fleet: Fleet) -> dict[str, Any] | None:
     return data
 
 
+LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+"""Ray's switch for a cluster of one machine: its address look-ups give 127.0.0.1, so the
+private Ray and its drivers talk over loopback (ray/_private/services.py,
+get_node_ip_address)."""
+
+
+def _local_env(fleet: Fleet) -> dict[str, str]:
+    """Token authentication with the token `up` wrote for this fleet, loopback addresses."""
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(local_token_path(fleet)),
+            **LOOPBACK_ONLY}
+
+
 def _use_token(fleet: Fleet) -> None:
-    """This process authenticates to the private Ray with the token `up` wrote for it."""
-    os.environ["RAY_AUTH_MODE"] = "token"
-    os.environ["RAY_AUTH_TOKEN_PATH"] = str(local_token_path(fleet))
+    os.environ.update(_local_env(fleet))
     os.environ.pop("RAY_AUTH_TOKEN", None)
 
 
@@ -142,16 +152,15 @@ def _start_local(fleet: Fleet) -> dict[str, Any]:
     fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(secrets.token_hex(32))
-    with socket.socket() as sock:  # a free port for the GCS
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port, dashboard, client = _free_ports(3)  # no fixed port: several private Rays may run
     temp_dir = tempfile.mkdtemp(prefix="msray-")  # short: Ray's socket paths live here
     argv = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
             "--node-ip-address=127.0.0.1", f"--port={port}", f"--temp-dir={temp_dir}",
-            f"--dashboard-host={fleet.cluster.dashboard_host}", "--disable-usage-stats"]
+            f"--dashboard-host={fleet.cluster.dashboard_host}", f"--dashboard-port={dashboard}",
+            f"--ray-client-server-port={client}", "--disable-usage-stats"]
     if fleet.cluster.local_gpus is not None:
         argv.append(f"--num-gpus={fleet.cluster.local_gpus}")
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    env = {**os.environ, **_local_env(fleet)}
     env.pop("RAY_AUTH_TOKEN", None)
     log = os.open(state / "ray-local.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
     try:
@@ -172,6 +181,17 @@ def _start_local(fleet: Fleet) -> dict[str, Any]:
     stop_local(fleet)
     raise ClusterError(f"{_key(fleet)}: the private Ray did not answer within"
                        f" {LOCAL_START_S:g} s; see {state / 'ray-local.log'}")
+
+
+def _free_ports(count: int) -> list[int]:
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def stop_local(fleet: Fleet) -> bool:
