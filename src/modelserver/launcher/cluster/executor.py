@@ -18,8 +18,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -178,12 +179,33 @@ def _create(fleet: Fleet, spec: WorkerSpec) -> None:
         lifetime="detached",
         bundle_label_selector=[dict(model.node_labels)] if model.node_labels else None,
     )
+    # Ray warns that a restartable detached actor dies with its placement group when the
+    # group is removed: here that is the point (`remove` kills both together).
+    with _quiet("ray.actor"):
+        _start_actor(fleet, spec, group, fp)
+
+
+def _start_actor(fleet: Fleet, spec: WorkerSpec, group: Any, fp: str) -> None:
+    assert fleet.cluster is not None
+    model = fleet.model(spec.model)
+    name = fleet.fleet.name
     ray.remote(ReplicaActor).options(
         name=actor_name(name, spec.name), namespace=NAMESPACE, lifetime="detached",
         max_restarts=-1, max_concurrency=4, num_cpus=fleet.cluster.cpus_per_replica,
         num_gpus=model.gpus_each, resources=dict(model.resources or {}),
         scheduling_strategy=PlacementGroupSchedulingStrategy(group, 0),
     ).remote(name, spec.name, fp)
+
+
+@contextlib.contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    target = logging.getLogger(logger)
+    level = target.level
+    target.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        target.setLevel(level)
 
 
 def _put_record(fleet_name: str, worker: str, record: dict[str, Any]) -> None:
