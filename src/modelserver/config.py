@@ -348,6 +348,9 @@ class WorkerSpec:
 
     @property
     def url(self) -> str:
+        """Empty in cluster mode until placed: the node the replica lands on gives it."""
+        if not self.address:
+            return ""
         address = f"[{self.address}]" if ":" in self.address else self.address
         return f"http://{address}:{self.port}"
 

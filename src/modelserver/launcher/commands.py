@@ -26,6 +26,7 @@ from modelserver.clock import SystemClock
 from modelserver.config import Fleet, WorkerSpec, load_fleet
 from modelserver.errors import LaunchError
 from modelserver.launcher.backends import backend_for
+from modelserver.launcher.executor import Executor, executor_for
 from modelserver.launcher.local import HttpProbe, detect_host, launch
 from modelserver.launcher.preflight import preflight
 from modelserver.launcher.processes import SubprocessSpawner, stop_groups, stop_unrecorded_engines
@@ -69,13 +70,13 @@ def register(app: typer.Typer) -> None:
     app.command()(logs)
 
 
-def _cluster_commands(host: str | None) -> Any:
-    """The cluster-mode commands (a fleet with [cluster]); imported only then, as Ray is."""
+def _cluster_executor(fleet: Fleet, host: str | None) -> Executor:
+    """The executor of a fleet with [cluster] (its module, and Ray, imported only then)."""
     if host is not None:
         raise LaunchError("--host: not used in cluster mode; Ray places the replicas")
-    from modelserver.launcher.cluster import commands as cluster_commands
-
-    return cluster_commands
+    executor = executor_for(fleet)
+    assert executor is not None
+    return executor
 
 
 # -- up ------------------------------------------------------------------------------------
@@ -92,7 +93,7 @@ def up(
     """Start this host's workers, wait until they answer, and keep them alive."""
     loaded = load_fleet(fleet)
     if loaded.cluster is not None:
-        sys.exit(_cluster_commands(host).up(loaded))
+        sys.exit(_cluster_executor(loaded, host).up(loaded))
     name = detect_host(loaded, host)
     if not loaded.workers(name):
         raise LaunchError(f"the fleet file has no workers on host {name!r}")
@@ -301,7 +302,7 @@ def down(fleet: FleetArg, host: HostOpt = None) -> None:
     """Stop this host's supervisor and every worker it started; nothing is left running."""
     loaded = load_fleet(fleet)
     if loaded.cluster is not None:
-        sys.exit(_cluster_commands(host).down(loaded))
+        sys.exit(_cluster_executor(loaded, host).down(loaded))
     name = detect_host(loaded, host)
     path = state_path(loaded, name)
     grace = loaded.launcher.stop_grace_s
@@ -384,7 +385,7 @@ def status(
     """Every worker of the fleet: this host's from its state file, the others' by probing."""
     loaded = load_fleet(fleet)
     if loaded.cluster is not None:
-        sys.exit(_cluster_commands(host).status(loaded, json_out))
+        sys.exit(_cluster_executor(loaded, host).status(loaded, json_out))
     try:
         local: str | None = detect_host(loaded, host)
     except LaunchError:
@@ -486,7 +487,7 @@ def logs(
     """Print a worker's log (its engine's stdout and stderr)."""
     loaded = load_fleet(fleet)
     if loaded.cluster is not None:
-        sys.exit(_cluster_commands(None).logs(loaded, worker, follow, lines))
+        sys.exit(_cluster_executor(loaded, None).logs(loaded, worker, follow, lines))
     spec = resolve_worker(loaded, worker)
     path = log_path(loaded, spec.name)
     if not path.exists():

@@ -27,6 +27,8 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 import ray
 from ray.cluster_utils import Cluster
+from ray.experimental import internal_kv
+from ray.util.placement_group import placement_group_table
 
 ADMIN_KEY = "sk-cluster-admin-key-0042"
 API_KEY = "sk-cluster-api-key-0043"
@@ -138,6 +140,15 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
     left = [p for p in psutil.process_iter(["pid", "cmdline"]) if p.info["pid"] in started
             and p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not left, f"processes of the test cluster still run: {left}"
+
+
+def leftovers(fleet_name: str) -> dict[str, Any]:
+    """What the cluster still holds of a fleet: actors, placement groups, records."""
+    actors = [n for n in ray.util.list_named_actors() if n.startswith(f"{fleet_name}/")]
+    groups = [e["name"] for e in placement_group_table().values()
+              if str(e.get("name", "")).startswith(f"{fleet_name}/") and e["state"] != "REMOVED"]
+    keys = internal_kv._internal_kv_list(f"{fleet_name}/", namespace="modelserver")
+    return {k: v for k, v in (("actors", actors), ("groups", groups), ("keys", keys)) if v}
 
 
 def wait_rows(fleet: Path, done: Any, what: str, timeout_s: float = 120) -> list[dict[str, Any]]:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from ray.experimental import internal_kv
 
-from tests.launcher.cluster.conftest import RayCluster, cli, free_port
-from tests.launcher.cluster.test_replicas_on_the_cluster import leftovers, sims
+from tests.launcher.cluster.conftest import RayCluster, cli, free_port, leftovers
+from tests.launcher.cluster.test_replicas_on_the_cluster import sims
 
 
 def _refused(fleet: Path) -> str:

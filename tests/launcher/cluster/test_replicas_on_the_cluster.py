@@ -12,7 +12,6 @@ from typing import Any
 import ray
 import requests
 from ray.experimental import internal_kv
-from ray.util.placement_group import placement_group_table
 
 from tests.launcher.cluster.conftest import (
     ADMIN_KEY,
@@ -22,6 +21,7 @@ from tests.launcher.cluster.conftest import (
     cli,
     gateway,
     group_alive,
+    leftovers,
     rows,
     wait_rows,
 )
@@ -52,15 +52,6 @@ def routed(base: str) -> dict[str, dict[str, Any]]:
                           headers={"Authorization": f"Bearer {ADMIN_KEY}"})
     assert answer.status_code == 200, answer.text
     return {w["url"]: w for w in answer.json()["workers"]}
-
-
-def leftovers(fleet_name: str) -> dict[str, Any]:
-    """What the cluster still holds of a fleet: actors, placement groups, records."""
-    actors = [n for n in ray.util.list_named_actors() if n.startswith(f"{fleet_name}/")]
-    groups = [e["name"] for e in placement_group_table().values()
-              if str(e.get("name", "")).startswith(f"{fleet_name}/") and e["state"] != "REMOVED"]
-    keys = internal_kv._internal_kv_list(f"{fleet_name}/", namespace="modelserver")
-    return {k: v for k, v in (("actors", actors), ("groups", groups), ("keys", keys)) if v}
 
 
 def test_four_replicas_spread_over_the_nodes_and_the_gateway_reaches_each(
@@ -161,7 +152,7 @@ def test_killing_the_supervising_actor_kills_its_engine_group(ray_cluster: RayCl
                          "m-1 to be ready under its restarted actor")
         assert group_alive(back[1]["pid"])
         assert "1 added, 1 kept" in cli("up", str(fleet)).stdout  # `up` brings m-0 back
-        assert all_ready(2)(rows(fleet))
+        wait_rows(fleet, all_ready(2), "m-0 to be back")
     finally:
         cli("down", str(fleet))
     assert leftovers("kill") == {}

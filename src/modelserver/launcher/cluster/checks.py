@@ -80,4 +80,8 @@ def why_waiting(model: ModelConfig, cpus: float, nodes: Sequence[NodeView]) -> s
         return f"no node{pinned} has {need} free GPU{'s' if need != 1 else ''} (free: {free})"
     if all(n.available.get("CPU", 0.0) < cpus for n in fitting):
         return f"no node{pinned} has {cpus:g} free CPUs (cluster.cpus_per_replica)"
-    return "waiting for Ray to place its placement group"
+    return PLACING
+
+
+PLACING = "waiting for Ray to place its placement group"
+"""Room seems free: Ray has not placed the group yet (resources just freed, or in transit)."""

@@ -136,6 +136,22 @@ def logs(fleet: Fleet, worker: str, follow: bool, lines: int) -> int:
     return 0
 
 
+class RayExecutor:
+    """The `ray` executor (launcher.executor.Executor): the commands above."""
+
+    def up(self, fleet: Fleet) -> int:
+        return up(fleet)
+
+    def down(self, fleet: Fleet) -> int:
+        return down(fleet)
+
+    def status(self, fleet: Fleet, json_out: bool) -> int:
+        return status(fleet, json_out)
+
+    def logs(self, fleet: Fleet, worker: str, follow: bool, lines: int) -> int:
+        return logs(fleet, worker, follow, lines)
+
+
 def table(rows: list[dict[str, Any]]) -> Table:
     shown = Table()
     for column in ("worker", "url", "status", "node", "pid", "restarts", "gpus", "why"):

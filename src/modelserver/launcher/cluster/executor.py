@@ -37,7 +37,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from modelserver.config import Fleet, WorkerSpec
 from modelserver.errors import ClusterError
 from modelserver.launcher.cluster.actor import ReplicaActor
-from modelserver.launcher.cluster.checks import NodeView, refusals, why_waiting
+from modelserver.launcher.cluster.checks import PLACING, NodeView, refusals, why_waiting
 from modelserver.launcher.cluster.names import (
     NAMESPACE,
     actor_name,
@@ -261,9 +261,11 @@ def status_rows(fleet: Fleet) -> list[dict[str, Any]]:
         if group["state"] != "CREATED":
             nodes = nodes if nodes is not None else nodes_now()
             model = fleet.model(spec.model)
-            row.update(status="waiting", url="", waiting_for=why_waiting(
-                model, fleet.cluster.cpus_per_replica, nodes))
-            row["_placing_tried"] = group["stats"]["scheduling_attempt"] >= 1
+            why = why_waiting(model, fleet.cluster.cpus_per_replica, nodes)
+            row.update(status="waiting", url="", waiting_for=why)
+            # Settled for `up` once Ray tried and no node has room: then only a node joining
+            # or GPUs freeing up places it.
+            row["_placing_tried"] = group["stats"]["scheduling_attempt"] >= 1 and why != PLACING
         elif record.get("node") == placed_on and record.get("status"):
             row.update(status=record["status"], pid=record.get("pid"), node=placed_on,
                        waiting_for=record.get("waiting_for"))
