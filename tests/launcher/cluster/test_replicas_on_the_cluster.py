@@ -1,6 +1,6 @@
 """A fleet on a real multi-node Ray cluster: spread over the nodes and served through the
-gateway, adopted by a second `up`, reconciled when the file changes, stopped from another
-driver with nothing left, and no engine outliving its supervising actor."""
+gateway, adopted by a second `up`, its logs read from its node, stopped from another driver
+with nothing left; reconciled when the file changes; no engine outliving its actor."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def routed(base: str) -> dict[str, dict[str, Any]]:
     return {w["url"]: w for w in answer.json()["workers"]}
 
 
-def test_four_replicas_spread_over_the_nodes_and_the_gateway_reaches_each(
+def test_four_replicas_spread_reach_the_gateway_are_adopted_and_down_elsewhere_ends_all(
     ray_cluster: RayCluster,
 ) -> None:
     fleet = ray_cluster.fleet("spread", sims(replicas=4) + ROUND_ROBIN)
@@ -76,10 +76,15 @@ def test_four_replicas_spread_over_the_nodes_and_the_gateway_reaches_each(
         again = cli("up", str(fleet)).stdout
         assert "4 kept" in again, again
         assert [r["pid"] for r in rows(fleet)] == [r["pid"] for r in first]  # adopted
+        log = cli("logs", str(fleet), "m-0").stdout  # read on the replica's node
+        assert f"sim: m (chat, speed 50) on {first[0]['url']}" in log, log
     finally:
-        cli("down", str(fleet))
+        # `down` is one more driver process: neither the one that ran `up` nor this test.
+        out = cli("down", str(fleet)).stdout
+    assert "stopped 4 replicas" in out, out
     assert leftovers("spread") == {}
     assert not any(group_alive(r["pid"]) for r in first)
+    assert "nothing runs" in cli("down", str(fleet)).stdout
 
 
 def test_up_with_a_changed_file_adds_removes_and_replaces(ray_cluster: RayCluster) -> None:
@@ -106,20 +111,6 @@ def test_up_with_a_changed_file_adds_removes_and_replaces(ray_cluster: RayCluste
     finally:
         cli("down", str(fleet))
     assert leftovers("change") == {}
-
-
-def test_down_from_another_driver_leaves_no_actor_group_or_engine(
-    ray_cluster: RayCluster,
-) -> None:
-    fleet = ray_cluster.fleet("other", sims(replicas=3))
-    cli("up", str(fleet))  # one driver process...
-    pids = [r["pid"] for r in rows(fleet)]
-    assert all(pids) and all(group_alive(p) for p in pids)
-    out = cli("down", str(fleet)).stdout  # ...and another
-    assert "stopped 3 replicas" in out, out
-    assert leftovers("other") == {}
-    assert not any(group_alive(p) for p in pids)
-    assert "nothing runs" in cli("down", str(fleet)).stdout
 
 
 def _record(fleet: str, worker: str) -> dict[str, Any]:
@@ -156,14 +147,3 @@ def test_killing_the_supervising_actor_kills_its_engine_group(ray_cluster: RayCl
     finally:
         cli("down", str(fleet))
     assert leftovers("kill") == {}
-
-
-def test_logs_come_from_the_replica_s_node(ray_cluster: RayCluster) -> None:
-    fleet = ray_cluster.fleet("logs", sims(replicas=1))
-    try:
-        cli("up", str(fleet))
-        url = rows(fleet)[0]["url"]
-        out = cli("logs", str(fleet), "m-0").stdout
-        assert f"sim: m (chat, speed 50) on {url}" in out, out
-    finally:
-        cli("down", str(fleet))
