@@ -9,8 +9,9 @@
     discovery.py  the router's workers, read from the cluster
     commands.py   the CLI's cluster-mode `up`, `down`, `status`, `logs`
 
-Ray is optional: nothing here imports it at module level but actor.py, executor.py and
-discovery.py, which only `require_ray()`-guarded code imports.
+Ray is optional: only executor.py imports it at module level, and only code that joined
+the cluster first (`connect`, which raises ClusterError naming the `cluster` extra when Ray
+is missing) imports executor.py. Without `[cluster]`, nothing here is imported at all.
 """
 
 from __future__ import annotations
