@@ -18,6 +18,10 @@ from tests.launcher.cluster.conftest import (
 from tests.launcher.cluster.test_replicas_on_the_cluster import AUTH, routed
 from tests.waiting import wait_until_sync
 
+# Real Ray on a shared 2-core machine: the session's cluster starts in the first test that
+# needs it, and a node's death or a private Ray takes a while. Generous; no timing assertion.
+pytestmark = pytest.mark.timeout(480)
+
 
 def test_a_llamacpp_replica_serves_through_the_gateway(
     ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory

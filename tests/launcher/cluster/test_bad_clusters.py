@@ -14,6 +14,10 @@ from ray.experimental import internal_kv
 from tests.launcher.cluster.conftest import RayCluster, cli, free_port, leftovers
 from tests.launcher.cluster.test_replicas_on_the_cluster import sims
 
+# Real Ray on a shared 2-core machine: the session's cluster starts in the first test that
+# needs it, and a node's death or a private Ray takes a while. Generous; no timing assertion.
+pytestmark = pytest.mark.timeout(480)
+
 
 def _refused(fleet: Path) -> str:
     done = cli("up", str(fleet), check=False)

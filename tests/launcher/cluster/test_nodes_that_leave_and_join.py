@@ -9,6 +9,7 @@ import threading
 from collections import Counter
 from typing import Any
 
+import pytest
 import ray
 import requests
 from ray.util.placement_group import placement_group, remove_placement_group
@@ -21,6 +22,10 @@ from tests.launcher.cluster.test_replicas_on_the_cluster import (
     sims,
 )
 from tests.waiting import wait_until_sync
+
+# Real Ray on a shared 2-core machine: the session's cluster starts in the first test that
+# needs it, and a node's death or a private Ray takes a while. Generous; no timing assertion.
+pytestmark = pytest.mark.timeout(480)
 
 
 class Traffic(threading.Thread):

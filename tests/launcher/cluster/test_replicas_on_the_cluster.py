@@ -9,6 +9,7 @@ import os
 import signal
 from typing import Any
 
+import pytest
 import ray
 import requests
 from ray.experimental import internal_kv
@@ -26,6 +27,10 @@ from tests.launcher.cluster.conftest import (
     wait_rows,
 )
 from tests.waiting import wait_until_sync
+
+# Real Ray on a shared 2-core machine: the session's cluster starts in the first test that
+# needs it, and a node's death or a private Ray takes a while. Generous; no timing assertion.
+pytestmark = pytest.mark.timeout(480)
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 ROUND_ROBIN = '[router]\npolicy = "round_robin"\n'

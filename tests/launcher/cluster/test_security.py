@@ -9,12 +9,17 @@ import stat
 from pathlib import Path
 
 import psutil
+import pytest
 import ray
 from ray.experimental import internal_kv
 
 from tests.launcher.cluster.conftest import ADMIN_KEY, API_KEY, RayCluster, cli, rows
 from tests.launcher.cluster.test_replicas_on_the_cluster import sims
 from tests.waiting import wait_until_sync
+
+# Real Ray on a shared 2-core machine: the session's cluster starts in the first test that
+# needs it, and a node's death or a private Ray takes a while. Generous; no timing assertion.
+pytestmark = pytest.mark.timeout(480)
 
 ENGINE_KEY = "sk-engine-secret-0099"
 
