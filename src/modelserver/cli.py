@@ -49,7 +49,8 @@ COMMAND_MODULES: tuple[str, ...] = (
 def validate(fleet: FleetArg) -> None:
     """Check a fleet file and list the workers it describes."""
     loaded = load_fleet(fleet)
-    rows = [(w.name, w.model, w.kind, w.backend, w.url) for w in loaded.workers()]
+    rows = [(w.name, w.model, w.kind, w.backend, w.url or "(its node, placed by Ray)")
+            for w in loaded.workers()]
     table = Table(title=Text(f"fleet {loaded.fleet.name!r}: {len(rows)} workers"))
     # A URL cut short hides its port: names fold instead, and a terminal too narrow even for
     # the URLs gets lines as wide as they need.

@@ -1,11 +1,15 @@
 """The fleet file: typed, validated, with errors that name the file, the key and what is allowed.
 
 A fleet file is TOML with the sections `[fleet]`, `[[hosts]]`, `[[models]]`, `[launcher]`,
-`[router]` and `[gateway]`. `load_fleet(path)` returns a `Fleet`; every mistake becomes one
-`FleetFileError` listing each problem as `models[2].backend: ... ; allowed: ...`.
+`[router]`, `[gateway]` and, for a fleet run on a Ray cluster, `[cluster]`. `load_fleet(path)`
+returns a `Fleet`; every mistake becomes one `FleetFileError` listing each problem as
+`models[2].backend: ... ; allowed: ...`.
 
 Counting rule: `replicas` is the number of workers of a model on *each* of its hosts; replica
-`i` on a host listens on `port + i`.
+`i` on a host listens on `port + i`. In cluster mode (`[cluster]`) there are no hosts:
+`replicas` counts the model's workers in the whole cluster, Ray places each on a node (a
+model may be pinned by `node_labels` or `resources`), and a model without `port` gets a free
+port on its node for each placement.
 
 Validation is strict (`_fleet_values`): `true` is no port and `"5"` no timeout.
 """
@@ -105,11 +109,19 @@ class ModelConfig(Section):
     gpus: list[GpuRef] | None = None
     """Explicit GPUs for this model on each host, split in order into groups of
     `gpus_per_replica`; when absent the launcher chooses among free GPUs."""
-    port: int = Field(ge=1, le=65535)
+    port: int | None = Field(default=None, ge=1, le=65535)
+    """Replica i listens on port + i; required but in cluster mode, where a model without it
+    gets a free port on its node each time it is placed."""
     args: list[str] = Field(default_factory=list)
     options: dict[str, Any] = Field(default_factory=dict)
     api_key: str | None = None
     """The engine's own API key: passed to the engine and sent by the router."""
+    node_labels: dict[str, str] | None = None
+    """Cluster mode: only nodes carrying every one of these Ray node labels (`ray start
+    --labels`) may run this model's replicas."""
+    resources: dict[str, float] | None = None
+    """Cluster mode: Ray custom resources each replica takes besides its GPUs (`ray start
+    --resources`), e.g. {"a100" = 1} to pin a model to the nodes that declare it."""
 
     @property
     def gpus_each(self) -> int:
@@ -119,7 +131,7 @@ class ModelConfig(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:
-        if self.port + self.replicas - 1 > 65535:
+        if self.port is not None and self.port + self.replicas - 1 > 65535:
             raise ValueError(f"ports {self.port}..{self.port + self.replicas - 1} run past 65535")
         if self.backend != "sim" and not self.path:
             raise ValueError(f"backend {self.backend!r} needs `path` (the model weights)")
@@ -292,6 +304,49 @@ class GatewayConfig(Section):
     """How long a caller may take to send its request body (a stalled one holds a handler)."""
 
 
+CLUSTER_ADDRESS_FORMS = '"auto", "local", "HOST:PORT" or "ray://HOST:PORT"'
+CLUSTER_HOST = "cluster"
+"""The host name of every worker of a cluster-mode fleet (Ray, not the file, picks its node)."""
+
+
+class ClusterConfig(Section):
+    """`[cluster]`: run the fleet on a Ray cluster (docs/CLUSTER.md)."""
+
+    engine: Literal["ray"] = "ray"
+    address: str = "auto"
+    """"auto": the running cluster this machine belongs to (`ray start` ran here, or
+    RAY_ADDRESS names it); "HOST:PORT": the head's GCS address (from a machine of the
+    cluster); "ray://HOST:PORT": a cluster's Ray Client server; "local": a private
+    single-machine Ray that `up` starts and `down` stops (for trying cluster mode)."""
+    local_gpus: int | None = Field(default=None, ge=0, le=1024)
+    """With address = "local": the GPUs the private Ray declares (default: Ray detects them)."""
+    dashboard_host: str = "127.0.0.1"
+    """With address = "local": where Ray's dashboard listens; loopback unless asked (anyone
+    who reaches it can run code on the cluster)."""
+    inventory: list[StaticGpuConfig] | None = None
+    """Every node's GPUs, written out instead of asking NVML there (machines without NVML,
+    tests). The check that a replica's GPUs are free runs on its node either way."""
+    cpus_per_replica: float = Field(default=1.0, gt=0)
+    """Ray CPUs each replica's placement group holds besides its GPUs (its actor and the
+    engine's own processes run on them)."""
+    ready_wait_s: float = Field(default=900.0, gt=0)
+    """How long `up` waits for every replica to be ready, failed or waiting for room."""
+    discovery_interval_s: float = Field(default=0.5, gt=0)
+    """How often the router reads the replicas' records from the cluster (a replica that
+    moved is routed to at its new address within this plus one read after it is ready)."""
+
+    @field_validator("address")
+    @classmethod
+    def _address_form(cls, value: str) -> str:
+        if value in ("auto", "local"):
+            return value
+        rest = value.removeprefix("ray://")
+        host, _, port = rest.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"must be {CLUSTER_ADDRESS_FORMS} (got {value!r})")
+        return value
+
+
 @dataclass(frozen=True)
 class WorkerSpec:
     """One replica of one model on one host, as the fleet file implies it."""
@@ -308,6 +363,9 @@ class WorkerSpec:
 
     @property
     def url(self) -> str:
+        """Empty in cluster mode until placed: the node the replica lands on gives it."""
+        if not self.address:
+            return ""
         address = f"[{self.address}]" if ":" in self.address else self.address
         return f"http://{address}:{self.port}"
 
@@ -319,6 +377,7 @@ class Fleet(Section):
     launcher: LauncherConfig = Field(default_factory=LauncherConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    cluster: ClusterConfig | None = None
     source: str = Field(default="<memory>", exclude=True)
     """The file this fleet was read from (not a key of the file)."""
     base_dir: str = Field(default=".", exclude=True)
@@ -327,6 +386,19 @@ class Fleet(Section):
     def _cross_checks(self) -> Fleet:
         _check_unique("hosts", [h.name for h in self.hosts])
         _check_unique("models", [m.name for m in self.models])
+        if self.cluster is not None:
+            self._check_cluster_mode()
+            return self
+        for index, model in enumerate(self.models):
+            if model.port is None:
+                raise KeyProblem(f"models[{index}].port",
+                                 "required key is missing (only a [cluster] fleet may leave it"
+                                 " out)")
+            for key in ("node_labels", "resources"):
+                if getattr(model, key) is not None:
+                    raise KeyProblem(f"models[{index}].{key}",
+                                     "pins a model to Ray nodes, so it needs a [cluster] table"
+                                     ' (engine = "ray"); without one, list the model\'s hosts')
         known_hosts = {h.name for h in self.hosts}
         for index, model in enumerate(self.models):
             for host in model.hosts or []:
@@ -344,6 +416,39 @@ class Fleet(Section):
         self._check_machines_shared()
         self._check_ports()
         return self
+
+    def _check_cluster_mode(self) -> None:
+        """Ray places the replicas: no hosts, no explicit GPUs; fixed ports must not clash
+        (any two replicas may land on one node)."""
+        if self.hosts:
+            raise KeyProblem("hosts", "a [cluster] fleet has no [[hosts]]: Ray places the"
+                             " replicas; pin a model with models[i].node_labels or"
+                             " models[i].resources")
+        taken: dict[int, str] = {}
+        for index, model in enumerate(self.models):
+            if model.hosts is not None:
+                raise KeyProblem(f"models[{index}].hosts",
+                                 "not used in a [cluster] fleet; pin the model with node_labels"
+                                 " or resources")
+            if model.gpus is not None:
+                raise KeyProblem(f"models[{index}].gpus",
+                                 "not used in a [cluster] fleet: Ray assigns each replica its"
+                                 " GPUs on its node; give gpus_per_replica")
+            for name, amount in (model.resources or {}).items():
+                if name in ("GPU", "CPU", "memory") or amount <= 0:
+                    raise KeyProblem(f"models[{index}].resources.{name}",
+                                     "must be a custom resource (not GPU, CPU or memory) with"
+                                     f" a positive amount (got {amount!r})")
+            if model.port is None:
+                continue
+            for replica in range(model.replicas):
+                port = model.port + replica
+                if port in taken:
+                    raise KeyProblem(f"models[{index}].port",
+                                     f"{worker_name(model.name, replica, CLUSTER_HOST)} would"
+                                     f" listen on port {port}, already taken by {taken[port]}"
+                                     " (any two replicas may land on one node)")
+                taken[port] = worker_name(model.name, replica, CLUSTER_HOST)
 
     def _check_machines_shared(self) -> None:
         """Two [[hosts]] that are one machine (both loopback, or one address) must not both
@@ -421,8 +526,21 @@ class Fleet(Section):
         return [self.host(name) for name in model.hosts]
 
     def workers(self, host: str | None = None) -> list[WorkerSpec]:
-        """Every replica the file implies, optionally only those of one host."""
+        """Every replica the file implies, optionally only those of one host. In cluster
+        mode the host is CLUSTER_HOST, the address empty and the port 0 where the model has
+        none: the node the replica lands on fills them in."""
         specs: list[WorkerSpec] = []
+        if self.cluster is not None:
+            return [
+                WorkerSpec(
+                    name=worker_name(model.name, replica, CLUSTER_HOST), model=model.name,
+                    kind=model.kind, backend=model.backend, host=CLUSTER_HOST, address="",
+                    port=model.port + replica if model.port is not None else 0,
+                    replica=replica, api_key=model.api_key,
+                )
+                for model in self.models for replica in range(model.replicas)
+                if host in (None, CLUSTER_HOST)
+            ]
         for model in self.models:
             for host_cfg in self.hosts_of(model):
                 if host is not None and host_cfg.name != host:
@@ -437,7 +555,7 @@ class Fleet(Section):
                             backend=model.backend,
                             host=host_cfg.name,
                             address=address,
-                            port=model.port + replica,
+                            port=(model.port or 0) + replica,
                             replica=replica,
                             api_key=model.api_key,
                         )

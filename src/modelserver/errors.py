@@ -4,7 +4,9 @@
     ├── FleetFileError            the fleet file is missing, unreadable or invalid
     ├── LaunchError               an engine could not be placed, started or stopped
     │   ├── NoGpuInventory        NVML is not there, but a GPU backend was asked for
-    │   └── PlacementError        a replica cannot get the GPUs or port it needs
+    │   ├── PlacementError        a replica cannot get the GPUs or port it needs
+    │   └── ClusterError          the Ray cluster cannot run the fleet: unreachable, another
+    │                             Ray version, too few GPUs, a label no node has, no `cluster` extra
     ├── UnknownPolicy             no routing policy by that name; lists the valid ones
     ├── BenchError                a benchmark cannot run as asked (bad workload, flag, peer)
     ├── ModelPrepareError         `models prepare` cannot write the local CPU models; says the fix
@@ -58,6 +60,10 @@ class NoGpuInventory(LaunchError):
 
 class PlacementError(LaunchError):
     """A replica cannot be given the GPUs or the port it needs."""
+
+
+class ClusterError(LaunchError):
+    """The Ray cluster of a `[cluster]` fleet cannot run it (the message names the key)."""
 
 
 class UnknownPolicy(ModelServerError):

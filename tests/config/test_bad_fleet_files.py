@@ -14,6 +14,8 @@ from modelserver import AsyncModelServer, FleetFileError, load_fleet
 HOST = '[[hosts]]\nname = "h"\n'
 SIM = '[[models]]\nname = "m"\nbackend = "sim"\nport = 31000\n'
 GPUS = HOST + "gpus = "
+CLUSTER = '[cluster]\nengine = "ray"\n'
+CSIM = '[[models]]\nname = "m"\nbackend = "sim"\n'
 SGLANG = '[[models]]\nname = "m"\nbackend = "sglang"\npath = "/w"\nport = 30000\n'
 
 # (case id, file text, key the message must name, words the message must contain)
@@ -271,6 +273,34 @@ CASES: list[tuple[str, str, str, list[str]]] = [
         "hosts[0].address",
         ["'0.0.0.0'", '"auto"'],
     ),
+    ("model without port outside cluster mode", HOST + SIM.replace("port = 31000\n", ""),
+     "models[0].port", ["required", "[cluster]"]),
+    ("cluster engine not ray", CLUSTER.replace('"ray"', '"k8s"') + CSIM, "cluster.engine",
+     ["'ray'", "k8s"]),
+    ("cluster address of no known form", CLUSTER + 'address = "10.0.0.1"\n' + CSIM,
+     "cluster.address", ['"HOST:PORT" or "ray://HOST:PORT"', "10.0.0.1"]),
+    ("cluster address with a port that is no number",
+     CLUSTER + 'address = "ray://head:x"\n' + CSIM, "cluster.address", ["ray://head:x"]),
+    ("unknown key in cluster", CLUSTER + 'adress = "auto"\n' + CSIM, "cluster.adress",
+     ["allowed keys", "address"]),
+    ("hosts in a cluster fleet", CLUSTER + HOST + CSIM, "hosts", ["node_labels"]),
+    ("model pinned to hosts in a cluster fleet", CLUSTER + CSIM + 'hosts = ["h"]\n',
+     "models[0].hosts", ["node_labels", "resources"]),
+    ("explicit gpus in a cluster fleet",
+     CLUSTER + SGLANG.replace("port = 30000\n", "") + "gpus = [0]\n", "models[0].gpus",
+     ["Ray assigns", "gpus_per_replica"]),
+    ("node labels without a cluster", HOST + SIM + 'node_labels = {zone = "a"}\n',
+     "models[0].node_labels", ["[cluster]"]),
+    ("resources without a cluster", HOST + SIM + "resources = {a100 = 1}\n",
+     "models[0].resources", ["[cluster]"]),
+    ("cluster resource named GPU", CLUSTER + CSIM + "resources = {GPU = 1}\n",
+     "models[0].resources.GPU", ["custom resource"]),
+    ("cluster node label not text", CLUSTER + CSIM + "node_labels = {zone = 1}\n",
+     "models[0].node_labels.zone", ["string"]),
+    ("fixed ports of cluster replicas clash",
+     CLUSTER + CSIM + "port = 31000\nreplicas = 2\n"
+     + CSIM.replace('"m"', '"n"') + "port = 31001\n",
+     "models[1].port", ["31001", "m-1@cluster", "one node"]),
 ]
 
 

@@ -172,3 +172,27 @@ def test_hosts_of_one_machine_may_share_it_when_no_port_or_gpu_is_given_twice() 
         }
     )
     assert [w.url for w in fleet.workers()] == ["http://127.0.0.1:5000", "http://localhost:5001"]
+
+
+def test_a_cluster_fleet_needs_no_hosts_and_no_ports(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.toml"
+    path.write_text(
+        '[cluster]\naddress = "ray://head:10001"\n'
+        '[[models]]\nname = "big"\nbackend = "sim"\nreplicas = 2\ngpus_per_replica = 2\n'
+        'node_labels = {zone = "a"}\nresources = {a100 = 1}\n'
+        '[[models]]\nname = "fixed"\nbackend = "sim"\nport = 31000\n'
+    )
+    fleet = load_fleet(path)
+    assert fleet.cluster is not None and fleet.cluster.address == "ray://head:10001"
+    assert [(w.name, w.host, w.port) for w in fleet.workers()] == [
+        ("big-0@cluster", "cluster", 0), ("big-1@cluster", "cluster", 0),
+        ("fixed-0@cluster", "cluster", 31000),
+    ]
+    assert fleet.model("big").node_labels == {"zone": "a"}
+    assert fleet.model("big").resources == {"a100": 1.0}
+
+
+def test_the_same_fleet_without_cluster_has_no_cluster_table(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.toml"
+    path.write_text('[[hosts]]\nname = "h"\n[[models]]\nname = "m"\nbackend = "sim"\nport = 1\n')
+    assert load_fleet(path).cluster is None

@@ -27,6 +27,7 @@ from modelserver.clock import SystemClock
 from modelserver.config import Fleet, WorkerSpec, load_fleet
 from modelserver.errors import LaunchError
 from modelserver.launcher.backends import backend_for
+from modelserver.launcher.executor import cluster_executor
 from modelserver.launcher.gpus import inventory_for
 from modelserver.launcher.local import HttpProbe, detect_host, gpu_view, launch
 from modelserver.launcher.log_commands import logs
@@ -94,6 +95,8 @@ def up(
     """Start this host's workers, wait until they answer, and keep them alive. On a running
     fleet, apply the fleet file's changes: add, drain and remove, replace one at a time."""
     loaded = load_fleet(fleet)
+    if loaded.cluster is not None:
+        sys.exit(cluster_executor(loaded, host).up(loaded))
     name = detect_host(loaded, host)
     check_state_dir(loaded)
     running = not supervise and SupervisorLock(loaded, name).held_by_other()
@@ -389,6 +392,8 @@ def _launch_done(state: HostState, supervisor_pid: int, expected: set[str]) -> b
 def down(fleet: FleetArg, host: HostOpt = None) -> None:
     """Stop this host's supervisor and every worker it started; nothing is left running."""
     loaded = load_fleet(fleet)
+    if loaded.cluster is not None:
+        sys.exit(cluster_executor(loaded, host).down(loaded))
     name = detect_host(loaded, host)
     path = state_path(loaded, name)
     grace = loaded.launcher.stop_grace_s
@@ -470,6 +475,8 @@ def status(
 ) -> None:
     """Every worker of the fleet: this host's from its state file, the others' by probing."""
     loaded = load_fleet(fleet)
+    if loaded.cluster is not None:
+        sys.exit(cluster_executor(loaded, host).status(loaded, json_out))
     try:
         local: str | None = detect_host(loaded, host)
     except LaunchError:

@@ -13,6 +13,7 @@ import typer
 
 from modelserver.config import Fleet, WorkerSpec, load_fleet
 from modelserver.errors import LaunchError
+from modelserver.launcher.executor import cluster_executor
 from modelserver.launcher.local import detect_host
 from modelserver.launcher.logfiles import read_last_lines
 from modelserver.launcher.secrets import fleet_secrets
@@ -49,6 +50,11 @@ def logs(
             param_hint="WORKER",
         )
     loaded = load_fleet(fleet)
+    if loaded.cluster is not None:
+        if worker is None:  # no launcher process runs the replicas: their actors do
+            raise LaunchError("--supervisor: in cluster mode each replica's supervisor is its"
+                              " Ray actor; give the worker's name to read its log")
+        sys.exit(cluster_executor(loaded, host).logs(loaded, worker, follow, lines))
     if worker is not None:
         spec = resolve_worker(loaded, worker)
         path = log_path(loaded, spec.name)

@@ -237,3 +237,7 @@ def _mem_fraction(model: ModelConfig, gpus: Sequence[Gpu], fleet: Fleet) -> floa
             f" (memory fraction would be {fraction:.2f})"
         )
     return round(fraction, 3)
+
+
+mem_fraction_for = _mem_fraction
+"""The memory-fraction rule, for executors that place elsewhere (cluster mode's actors)."""

@@ -42,6 +42,7 @@ from modelserver.errors import (
 )
 from modelserver.routing.availability import Availability
 from modelserver.routing.closing import STOPPED, InFlight
+from modelserver.routing.discovery import Discovery
 from modelserver.routing.entries import WorkerEntry, entries_from_mapping
 from modelserver.routing.events import AttemptResult, RouterObserver
 from modelserver.routing.health import probe_round, read_launcher_states
@@ -81,8 +82,11 @@ class Router:
         wall_clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
+        discovery: Discovery | None = None,
     ) -> None:
         self.config = config or RouterConfig()
+        self._discovery = discovery
+        """Where workers come from besides `entries` (cluster mode: the Ray cluster)."""
         self._rng = rng or random.Random()
         if isinstance(policy, Policy):
             self.policy = policy
@@ -102,6 +106,7 @@ class Router:
         """model -> the engine API key its workers were given, for workers added later."""
         self._probe_task: asyncio.Task[None] | None = None
         self._state_task: asyncio.Task[None] | None = None
+        self._discovery_task: asyncio.Task[None] | None = None
         self._in_flight = InFlight()
         self._streams: set[StreamRelay] = set()
         """Streams handed to callers and not ended yet (closed with the router)."""
@@ -123,6 +128,11 @@ class Router:
         ]
         kwargs.setdefault("config", fleet.router)
         kwargs.setdefault("state_dir", fleet.state_dir())
+        if fleet.cluster is not None:  # cluster mode: the workers are read from the cluster
+            from modelserver.launcher.cluster.discovery import ClusterDiscovery
+
+            kwargs.setdefault("discovery", ClusterDiscovery(fleet))
+            entries = []
         return cls(entries, **kwargs)
 
     @classmethod
@@ -541,6 +551,11 @@ class Router:
         if self._closing is not None:
             raise ClientClosed("the router is closed; it cannot start again")
         if self._probe_task is None:
+            if self._discovery is not None:
+                await self._discovery.refresh(self)
+                self._discovery_task = asyncio.create_task(
+                    self._discovery.run(self), name="router-discovery"
+                )
             await self.probe_once()
             self._probe_task = asyncio.create_task(self._probe_loop(), name="router-probes")
             if self.state_dir is not None:
@@ -706,12 +721,12 @@ class Router:
         await asyncio.shield(self._closing)
 
     async def _close(self) -> None:
-        for task in (self._probe_task, self._state_task):
+        for task in (self._probe_task, self._state_task, self._discovery_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._probe_task = self._state_task = None
+        self._probe_task = self._state_task = self._discovery_task = None
         await self._in_flight.stop()
         # Streams handed out but not being read at this moment.
         for relay in list(self._streams):

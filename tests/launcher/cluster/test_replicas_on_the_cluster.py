@@ -1,0 +1,154 @@
+"""A fleet on a real multi-node Ray cluster: spread over the nodes and served through the
+gateway, adopted by a second `up`, its logs read from its node, stopped from another driver
+with nothing left; reconciled when the file changes; no engine outliving its actor."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from typing import Any
+
+import pytest
+import ray
+import requests
+from ray.experimental import internal_kv
+
+from tests.launcher.cluster.conftest import (
+    ADMIN_KEY,
+    API_KEY,
+    RayCluster,
+    all_ready,
+    cli,
+    gateway,
+    group_alive,
+    leftovers,
+    rows,
+    wait_rows,
+)
+from tests.waiting import wait_until_sync
+
+# Real Ray on a shared 2-core machine: the session's cluster starts in the first test that
+# needs it, and a node's death or a private Ray takes a while. Generous; no timing assertion.
+pytestmark = pytest.mark.timeout(480)
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+ROUND_ROBIN = '[router]\npolicy = "round_robin"\n'
+
+
+def sims(name: str = "m", replicas: int = 4, gpus: int = 1, more: str = "") -> str:
+    return (f'[[models]]\nname = "{name}"\nbackend = "sim"\nreplicas = {replicas}\n'
+            f"gpus_per_replica = {gpus}\noptions = {{speed = 50.0}}\n{more}")
+
+
+def chat(base: str, model: str = "m") -> dict[str, Any]:
+    answer = requests.post(f"{base}/v1/chat/completions", timeout=60, headers=AUTH, json={
+        "model": model, "messages": [{"role": "user", "content": "hello there"}],
+        "max_tokens": 4,
+    })
+    assert answer.status_code == 200, answer.text
+    result: dict[str, Any] = answer.json()
+    return result
+
+
+def routed(base: str) -> dict[str, dict[str, Any]]:
+    """The gateway router's workers by URL (its admin list)."""
+    answer = requests.get(f"{base}/admin/workers", timeout=30,
+                          headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert answer.status_code == 200, answer.text
+    return {w["url"]: w for w in answer.json()["workers"]}
+
+
+def test_four_replicas_spread_reach_the_gateway_are_adopted_and_down_elsewhere_ends_all(
+    ray_cluster: RayCluster,
+) -> None:
+    fleet = ray_cluster.fleet("spread", sims(replicas=4) + ROUND_ROBIN)
+    try:
+        cli("up", str(fleet))
+        first = rows(fleet)
+        assert all_ready(4)(first), first
+        alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+        # Two GPUs a node, one a replica: Ray had to use both nodes.
+        assert len({r["node"] for r in first}) == 2 and {r["node"] for r in first} <= alive
+        with gateway(fleet) as base:
+            wait_until_sync(lambda: len(routed(base)) == 4, "the gateway to find 4 workers", 30)
+            for _ in range(16):
+                chat(base)
+            served = routed(base)
+        assert set(served) == {r["url"] for r in first}
+        assert all(w["requests"] > 0 for w in served.values()), served
+
+        again = cli("up", str(fleet)).stdout
+        assert "4 kept" in again, again
+        assert [r["pid"] for r in rows(fleet)] == [r["pid"] for r in first]  # adopted
+        log = cli("logs", str(fleet), "m-0").stdout  # read on the replica's node
+        assert f"sim: m (chat, speed 50) on {first[0]['url']}" in log, log
+    finally:
+        # `down` is one more driver process: neither the one that ran `up` nor this test.
+        out = cli("down", str(fleet)).stdout
+    assert "stopped 4 replicas" in out, out
+    assert leftovers("spread") == {}
+    assert not any(group_alive(r["pid"]) for r in first)
+    assert "nothing runs" in cli("down", str(fleet)).stdout
+
+
+def test_up_with_a_changed_file_adds_removes_and_replaces(ray_cluster: RayCluster) -> None:
+    fleet = ray_cluster.fleet("change", sims(replicas=2) + sims("n", replicas=1, gpus=0))
+    try:
+        cli("up", str(fleet))
+        before = {r["name"]: r for r in rows(fleet)}
+        fleet.write_text(fleet.read_text().replace("replicas = 2", "replicas = 3")
+                         .replace('name = "n"\nbackend = "sim"',
+                                  'name = "n"\nbackend = "sim"\nargs = ["--seed", "7"]'))
+        out = cli("up", str(fleet)).stdout
+        assert "1 added" in out and "2 kept" in out and "1 replaced" in out, out
+        after = {r["name"]: r for r in rows(fleet)}
+        assert all(r["status"] == "ready" for r in after.values()), after
+        assert after["m-0@cluster"]["pid"] == before["m-0@cluster"]["pid"]
+        assert after["n-0@cluster"]["pid"] != before["n-0@cluster"]["pid"]
+        assert not group_alive(before["n-0@cluster"]["pid"])
+
+        fleet.write_text(fleet.read_text().replace("replicas = 3", "replicas = 1"))
+        out = cli("up", str(fleet)).stdout
+        assert "2 removed" in out, out
+        assert not group_alive(after["m-2@cluster"]["pid"])
+        assert not [n for n in ray.util.list_named_actors() if n.startswith("change/m-2")]
+    finally:
+        cli("down", str(fleet))
+    assert leftovers("change") == {}
+
+
+def _record(fleet: str, worker: str) -> dict[str, Any]:
+    raw = internal_kv._internal_kv_get(f"{fleet}/workers/{worker}", namespace="modelserver")
+    assert raw is not None
+    result: dict[str, Any] = json.loads(raw)
+    return result
+
+
+def test_killing_the_supervising_actor_kills_its_engine_group(ray_cluster: RayCluster) -> None:
+    fleet = ray_cluster.fleet("kill", sims(replicas=2))
+    try:
+        cli("up", str(fleet))
+        first = {r["name"]: r for r in rows(fleet)}
+        # Killed for good (ray.kill): its engine goes with it, nothing restarts it.
+        ray.kill(ray.get_actor("kill/m-0@cluster"), no_restart=True)
+        wait_until_sync(lambda: not group_alive(first["m-0@cluster"]["pid"]),
+                        "the killed actor's engine group to be gone", 60)
+        gone = {r["name"]: r for r in rows(fleet)}["m-0@cluster"]
+        assert gone["status"] == "stopped" and "actor is gone" in gone["last_error"]
+
+        # Its process killed (SIGKILL, as a crash or the OOM killer would): Ray restarts the
+        # actor, the old engine is gone and a new one serves.
+        actor_pid = _record("kill", "m-1@cluster")["actor_pid"]
+        os.kill(actor_pid, signal.SIGKILL)
+        wait_until_sync(lambda: not group_alive(first["m-1@cluster"]["pid"]),
+                        "the crashed actor's engine group to be gone", 60)
+        back = wait_rows(fleet, lambda rs: rs[1]["status"] == "ready"
+                         and rs[1]["pid"] != first["m-1@cluster"]["pid"],
+                         "m-1 to be ready under its restarted actor")
+        assert group_alive(back[1]["pid"])
+        assert "1 added, 1 kept" in cli("up", str(fleet)).stdout  # `up` brings m-0 back
+        wait_rows(fleet, all_ready(2), "m-0 to be back")
+    finally:
+        cli("down", str(fleet))
+    assert leftovers("kill") == {}
