@@ -200,7 +200,7 @@ def test_unknown_option_names_the_key_and_the_allowed_ones() -> None:
         parse_fleet(document)  # it checks each model's options against its backend
     assert info.value.problems == [
         "models[1].options.sped: unknown option for backend 'sim'; allowed: cache_tokens,"
-        " fault, max_running, seed, speed, speeds"
+        " fault, gpu, max_running, mem_fraction_static, model_size, seed, speed, speeds"
     ]
 
 
