@@ -47,11 +47,12 @@ from modelserver.routing.answers import (
 from modelserver.routing.availability import Availability
 from modelserver.routing.closing import STOPPED, InFlight
 from modelserver.routing.entries import WorkerEntry, entries_from_mapping
-from modelserver.routing.events import RouterObserver
+from modelserver.routing.events import ResumeRecord, RouterObserver
 from modelserver.routing.health import probe_round, read_launcher_states
 from modelserver.routing.policies import Policy, make_policy, usable_workers
 from modelserver.routing.request_key import RequestInfo, kind_of_path, render_text
 from modelserver.routing.response import RoutedResponse
+from modelserver.routing.resume import PayloadFor, ResumingStream
 from modelserver.routing.retry import AttemptBudget, backoff_delay, error_for_status
 from modelserver.routing.stream import StreamRelay, looks_like_json, looks_like_sse, no_chunks
 from modelserver.routing.transport import AiohttpTransport, Transport, TransportResponse
@@ -61,6 +62,7 @@ from modelserver.routing.worker import Worker
 log = logging.getLogger(__name__)
 
 __all__ = ["RoutedResponse", "Router", "WorkerEntry", "entries_from_mapping"]
+
 
 class Router(Verdicts):
     """Routes requests for the models of a fleet to their workers.
@@ -110,7 +112,12 @@ class Router(Verdicts):
         self._closing: asyncio.Future[None] | None = None
         for entry in entries:
             self.add_worker(
-                entry.model, entry.url, entry.kind, name=entry.name, api_key=entry.api_key
+                entry.model,
+                entry.url,
+                entry.kind,
+                name=entry.name,
+                api_key=entry.api_key,
+                backend=entry.backend,
             )
 
     # -- construction --------------------------------------------------------------------
@@ -120,7 +127,7 @@ class Router(Verdicts):
         """Workers from the fleet file; `[router]` settings; state dir for the launcher's
         state files and `availability.json`."""
         entries = [
-            WorkerEntry(w.model, w.url, w.kind, name=w.name, api_key=w.api_key)
+            WorkerEntry(w.model, w.url, w.kind, name=w.name, api_key=w.api_key, backend=w.backend)
             for w in fleet.workers()
         ]
         kwargs.setdefault("config", fleet.router)
@@ -175,7 +182,9 @@ class Router(Verdicts):
         Failover: connection refused or reset, timeouts, HTTP 408, 429 and 5xx are retried
         on a different worker within `[router] max_attempts` and `request_timeout_s`;
         backoff with jitter only when the worker that just failed is the only one left.
-        A stream fails over only before its first chunk.
+        A stream that breaks or stalls after its first chunk is resumed on another worker
+        (`[router.resume]`, resume.py): the caller reads one stream; one that cannot be
+        resumed raises `StreamBroken` from its iterator, saying why.
 
         Raises:
             UnknownModel: no such model in the fleet.
@@ -187,8 +196,38 @@ class Router(Verdicts):
                 `url: error` per failed attempt.
             ClientClosed: `close()` was called before, or while the request ran.
         """
+        deadline = self._clock() + self.config.request_timeout_s
         with self._in_flight.guard():
-            return await self._route(model, path, body, stream, headers, parsed)
+            response = await self._route(model, path, body, stream, headers, parsed, deadline)
+        relay = response.chunks
+        if isinstance(relay, StreamRelay) and relay.sse and self.config.resume.enabled:
+            response.chunks = ResumingStream(
+                model,
+                path,
+                response,
+                functools.partial(_request_body, body, parsed),
+                functools.partial(self._resume_stream, model, path, headers, deadline),
+                self.config.resume,
+                self._notify_resume,
+                self._clock,
+            )
+        return response
+
+    async def _resume_stream(
+        self,
+        model: str,
+        path: str,
+        headers: Mapping[str, str] | None,
+        deadline: float,
+        body: dict[str, Any],
+        payload_for: PayloadFor,
+        never: frozenset[str],
+    ) -> RoutedResponse:
+        """A broken stream's request, continued, to a worker that has not failed it."""
+        with self._in_flight.guard():
+            return await self._route(
+                model, path, body, True, headers, body, deadline, never, payload_for
+            )
 
     async def _route(
         self,
@@ -198,10 +237,17 @@ class Router(Verdicts):
         stream: bool,
         headers: Mapping[str, str] | None,
         parsed: dict[str, Any] | None,
+        deadline: float,
+        never: frozenset[str] = frozenset(),
+        payload_for: PayloadFor | None = None,
     ) -> RoutedResponse:
         workers = self._models.get(model)
         if workers is None:
             raise UnknownModel(model, list(self._models))
+        if never:
+            workers = [w for w in workers if w.url not in never]
+            if not workers:
+                raise NoHealthyWorker(model, dict.fromkeys(never, "failed this request"))
         wanted = kind_of_path(path)
         if wanted is not None and wanted != self._kinds[model]:
             raise WrongModelKind(model, self._kinds[model], wanted)
@@ -222,9 +268,7 @@ class Router(Verdicts):
                 text = render_text(parsed_body)
         request = RequestInfo(model, path, text)
         config = self.config
-        budget = AttemptBudget(
-            config.max_attempts, self._clock() + config.request_timeout_s, self._clock
-        )
+        budget = AttemptBudget(config.max_attempts, deadline, self._clock)
         readmit = config.latency.readmit_after_s
         tried: set[str] = set()
         last_failed: Worker | None = None
@@ -258,9 +302,10 @@ class Router(Verdicts):
             if budget.remaining_s() <= 0:
                 raise deadline_error(model, budget)
             worker = self.policy.select(candidates, request)
+            data = payload if payload_for is None else payload_for(worker.backend)
             try:
                 response = await self._attempt(
-                    worker, request, payload, stream, headers, len(budget.attempts) + 1, budget
+                    worker, request, data, stream, headers, len(budget.attempts) + 1, budget
                 )
             except RetryableWorkerError as exc:
                 budget.failed(worker.url, exc)
@@ -418,6 +463,18 @@ class Router(Verdicts):
         for observer in self._observers:
             safely(observer.on_retry, model, url, error, len(budget.attempts) + 1, backoff_s)
 
+    def _notify_resume(self, record: ResumeRecord) -> None:
+        log.info(
+            "stream of %s resumed on %s after %s (%s), %d tokens delivered",
+            record.model,
+            record.worker,
+            record.failed_worker,
+            record.error,
+            record.delivered_tokens,
+        )
+        for observer in self._observers:
+            safely(observer.on_resume, record)
+
     async def _no_healthy_worker(
         self, model: str, workers: Sequence[Worker], now: float, budget: AttemptBudget
     ) -> NoHealthyWorker:
@@ -514,6 +571,18 @@ class Router(Verdicts):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def _request_body(body: bytes | dict[str, Any], parsed: dict[str, Any] | None) -> Any:
+    """The request as JSON, decoded only when a stream must be resumed."""
+    if isinstance(body, dict):
+        return body
+    if parsed is not None:
+        return parsed
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
 
 
 def _last_resort(workers: Sequence[Worker], now: float, readmit: float) -> list[Worker]:
