@@ -33,6 +33,7 @@ from modelserver.errors import (
     UnknownModel,
     WorkerBadAnswer,
     WorkerRefused,
+    WorkerTimeout,
     WorkerUnreachable,
     WrongModelKind,
 )
@@ -54,6 +55,7 @@ from modelserver.routing.request_key import RequestInfo, kind_of_path, render_te
 from modelserver.routing.response import RoutedResponse
 from modelserver.routing.resume import PayloadFor, ResumingStream
 from modelserver.routing.retry import AttemptBudget, backoff_delay, error_for_status
+from modelserver.routing.stalls import stall_bound
 from modelserver.routing.stream import StreamRelay, looks_like_json, looks_like_sse, no_chunks
 from modelserver.routing.transport import AiohttpTransport, Transport, TransportResponse
 from modelserver.routing.verdicts import Verdicts, take_out_until_probed
@@ -342,6 +344,9 @@ class Router(Verdicts):
         for observer in self._observers:
             safely(observer.on_attempt, request.model, worker.url, attempt, request.path)
         timeout_s = min(self.config.attempt_timeout_s, budget.remaining_s())
+        stall = stall_bound(worker, self.config.resume, timeout_s) if stream else None
+        if stall is not None:
+            timeout_s = stall.seconds
         send_headers = self._headers[worker.url]
         if headers:
             send_headers = {**send_headers, **headers}
@@ -363,7 +368,13 @@ class Router(Verdicts):
                 return await self._start_stream(worker, request, answer, attempt, start)
             data = await answer.read()
             parsed = json_answer(worker.url, answer.headers, data)
-        except RetryableWorkerError as exc:
+        except RetryableWorkerError as original:
+            exc = original
+            if stall is not None and isinstance(exc, WorkerTimeout):
+                exc = WorkerTimeout(
+                    worker.url,
+                    f"stalled: no first chunk within {stall.seconds:.2f} s ({stall.basis})",
+                )
             # While closing, a failure may be the closing itself: no verdict then.
             verdict = None if self._in_flight.closing else False
             self._finish(
@@ -372,7 +383,9 @@ class Router(Verdicts):
             if isinstance(exc, WorkerRefused) and self._probe_task is not None:
                 # Only while probes run: they are what brings the worker back.
                 take_out_until_probed(worker, short(exc))
-            raise
+            if exc is original:
+                raise
+            raise exc from original
         except EngineRejected as exc:
             # The request was wrong, not the worker: no mark against its circuit.
             self._finish(
