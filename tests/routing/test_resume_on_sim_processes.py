@@ -10,6 +10,9 @@ import pytest
 
 from modelserver import AsyncModelServer
 from modelserver.config import RouterConfig
+from modelserver.errors import StreamBroken
+from modelserver.routing.resume import MANY_CHOICES
+from tests.reliability.fake_engine import FakeEngine
 from tests.routing.broken_streams import (
     FAULTS,
     MAX_TOKENS,
@@ -53,3 +56,16 @@ async def test_a_client_stream_broken_after_its_5th_chunk_ends_as_the_unbroken_a
     assert record.delivered_tokens == 5
     if fault == "hang":
         assert record.error.startswith("stream stalled")
+
+
+async def test_a_client_stream_with_n_2_that_breaks_fails_with_the_documented_message() -> None:
+    async with FakeEngine("cut_after_first") as breaking, FakeEngine("good") as good:
+        client = AsyncModelServer({MODEL: [breaking.url]}, probe=False)
+        async with client:
+            with pytest.raises(StreamBroken) as caught:
+                async for _ in client.stream(MODEL, MESSAGES, n=2):
+                    # One that could continue, were it allowed.
+                    client.router.add_worker(MODEL, good.url)
+    assert MANY_CHOICES.format(n=2) in str(caught.value)
+    assert "not resumed" in str(caught.value)
+    assert good.posts == 0
