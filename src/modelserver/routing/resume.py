@@ -300,6 +300,8 @@ class ResumingStream:
         self._delivered: list[bytes] = []
         self._failed: set[str] = set()
         self._resumes = 0
+        self.records: list[ResumeRecord] = []
+        """This stream's resumes so far."""
         self._last_event_at = clock()
         # The concrete type, for `ag_running`.
         self._gen = cast(AsyncGeneratorType[bytes, None], self._run())
@@ -390,16 +392,16 @@ class ResumingStream:
         assert response.chunks is not None
         self._chunks = response.chunks
         self.worker = response.worker
-        self._on_resume(
-            ResumeRecord(
-                model=self._model,
-                failed_worker=failed,
-                worker=response.worker,
-                error=exc.reason,
-                delivered_tokens=delivered.tokens,
-                gap_s=self._clock() - self._last_event_at,
-            )
+        record = ResumeRecord(
+            model=self._model,
+            failed_worker=failed,
+            worker=response.worker,
+            error=exc.reason,
+            delivered_tokens=delivered.tokens,
+            gap_s=self._clock() - self._last_event_at,
         )
+        self.records.append(record)
+        self._on_resume(record)
         return None, _Rewriter(delivered)
 
 
