@@ -48,17 +48,17 @@ from modelserver.routing.answers import (
 from modelserver.routing.availability import Availability
 from modelserver.routing.closing import STOPPED, InFlight
 from modelserver.routing.entries import WorkerEntry, entries_from_mapping
-from modelserver.routing.events import ResumeRecord, RouterObserver
-from modelserver.routing.health import probe_round, read_launcher_states
+from modelserver.routing.events import RouterObserver
 from modelserver.routing.policies import Policy, make_policy, usable_workers
+from modelserver.routing.probing import Probing
 from modelserver.routing.request_key import RequestInfo, kind_of_path, render_text
 from modelserver.routing.response import RoutedResponse
 from modelserver.routing.resume import PayloadFor, ResumingStream
 from modelserver.routing.retry import AttemptBudget, backoff_delay, error_for_status
 from modelserver.routing.stalls import stall_bound
 from modelserver.routing.stream import StreamRelay, looks_like_json, looks_like_sse, no_chunks
-from modelserver.routing.transport import AiohttpTransport, Transport, TransportResponse
-from modelserver.routing.verdicts import Verdicts, take_out_until_probed
+from modelserver.routing.transport import Transport, TransportResponse
+from modelserver.routing.verdicts import take_out_until_probed
 from modelserver.routing.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ log = logging.getLogger(__name__)
 __all__ = ["RoutedResponse", "Router", "WorkerEntry", "entries_from_mapping"]
 
 
-class Router(Verdicts):
+class Router(Probing):
     """Routes requests for the models of a fleet to their workers.
 
     Build it with `Router.from_fleet(fleet)`, `Router.from_mapping({model: [url, ...]})`
@@ -140,24 +140,6 @@ class Router(Verdicts):
     def from_mapping(cls, mapping: Mapping[str, Any], **kwargs: Any) -> Router:
         """Workers from `{model: [url, ...]}` or `{model: {"kind": ..., "urls": [...]}}`."""
         return cls(entries_from_mapping(mapping), **kwargs)
-
-    @property
-    def state_dir(self) -> Path | None:
-        """Where the launcher's state files are read and `availability.json` is written."""
-        return self._availability.state_dir
-
-    @state_dir.setter
-    def state_dir(self, value: Path | None) -> None:
-        self._availability.state_dir = value
-
-    @property
-    def transport(self) -> Transport:
-        if self._closing is not None:
-            raise ClientClosed("the router is closed")
-        if self._transport is None:
-            # Created lazily: aiohttp binds its session to the running event loop.
-            self._transport = AiohttpTransport(self.config.connect_timeout_s)
-        return self._transport
 
     # -- the request path ------------------------------------------------------------------
 
@@ -465,92 +447,6 @@ class Router(Verdicts):
         if ok is False and self._in_flight.closing:
             ok = None  # broken by the closing itself
         self._finish(worker, request, attempt, ok, status, error, start, ttft, tokens, True)
-
-    def _notify_retry(
-        self, model: str, worker: Worker | None, budget: AttemptBudget, backoff_s: float
-    ) -> None:
-        if not self._observers:
-            return
-        error = budget.attempts[-1] if budget.attempts else ""
-        url = worker.url if worker is not None else ""
-        for observer in self._observers:
-            safely(observer.on_retry, model, url, error, len(budget.attempts) + 1, backoff_s)
-
-    def _notify_resume(self, record: ResumeRecord) -> None:
-        log.info(
-            "stream of %s resumed on %s after %s (%s), %d tokens delivered",
-            record.model,
-            record.worker,
-            record.failed_worker,
-            record.error,
-            record.delivered_tokens,
-        )
-        for observer in self._observers:
-            safely(observer.on_resume, record)
-
-    async def _no_healthy_worker(
-        self, model: str, workers: Sequence[Worker], now: float, budget: AttemptBudget
-    ) -> NoHealthyWorker:
-        readmit = self.config.latency.readmit_after_s
-        reasons = {w.url: w.out_reason(now, readmit) or "up" for w in workers}
-        for attempt in budget.attempts:
-            url, _, error = attempt.partition(": ")
-            if url in reasons:
-                reasons[url] = f"{reasons[url]}; last error: {error}"
-        for observer in self._observers:
-            safely(observer.on_no_healthy_worker, model, reasons)
-        await self._availability.mark_down(model, reasons, self._models)
-        return NoHealthyWorker(model, reasons)
-
-    # -- health probing and the launcher's state file ---------------------------------------
-
-    async def start(self) -> None:
-        """Probe every worker now, then every `[router.health] interval_s` in the background."""
-        if self._closing is not None:
-            raise ClientClosed("the router is closed; it cannot start again")
-        if self._probe_task is None:
-            await self.probe_once()
-            self._probe_task = asyncio.create_task(self._probe_loop(), name="router-probes")
-            if self.state_dir is not None:
-                self._state_task = asyncio.create_task(
-                    self._state_loop(), name="router-state-files"
-                )
-
-    async def _state_loop(self) -> None:
-        """The launcher's state files on their own beat, not after each probe round: a round
-        lasts up to the probe timeout when a worker hangs, and what the launcher already
-        knows (a worker it saw die) must not wait for that."""
-        while True:
-            await self._sleep(self.config.health.interval_s)
-            try:
-                self.apply_state_files()
-            except Exception:  # must never kill the loop
-                log.exception("reading the launcher's state files failed")
-
-    async def _probe_loop(self) -> None:
-        while True:
-            await self._sleep(self.config.health.interval_s)
-            try:
-                await self.probe_once()
-            except Exception:  # a probe round must never kill the loop
-                log.exception("health probe round failed")
-
-    async def probe_once(self) -> None:
-        """One round: read the launcher's state files, GET the health endpoint of every
-        worker concurrently (short timeout), update each worker's probe health."""
-        self.apply_state_files()
-        await probe_round(
-            list(self._by_url.values()), self.transport, self.config.health, self._headers
-        )
-
-    def apply_state_files(self) -> None:
-        """Take workers the launcher reports not ready (failed, stopped, ...) out of rotation
-        (reads `{state_dir}/state-*.json`; absent files change nothing)."""
-        if self.state_dir is None:
-            return
-        statuses = read_launcher_states(self.state_dir)
-        for url, worker in self._by_url.items():
-            worker.launcher_status = statuses.get(url)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
