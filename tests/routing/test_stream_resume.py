@@ -287,3 +287,18 @@ async def test_a_half_alive_worker_is_out_until_a_real_generation_succeeds_there
     for _ in range(6):
         await read_all(router, body)
     assert half_alive.out_reason(clock(), 0) is None
+
+
+async def test_a_stream_broken_before_any_text_is_sent_again_as_it_was() -> None:
+    def handler(request: MockRequest) -> MockResponse:
+        events = chat_events("id", WORDS, 20)
+        if len(transport.requests) == 1:  # the role event only, then the break
+            return MockResponse(chunks=[events[0], WorkerUnreachable(request.worker, "reset")],
+                                headers=SSE)  # fmt: skip
+        return MockResponse(chunks=events, headers=SSE)
+
+    router, transport, *_ = make_router(handler)
+    body = chat_body(stream=True, max_tokens=6)
+    stream = await read_all(router, body)
+    assert text_of(stream) == "".join(WORDS)
+    assert transport.requests[1].json == body

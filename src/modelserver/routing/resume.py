@@ -164,8 +164,10 @@ def read_delivered(events: bytes, chat: bool) -> Delivered:
 
 def continued_body(path: str, body: dict[str, Any], delivered: Delivered) -> dict[str, Any]:
     """The request that continues `delivered` (for SGLang, vLLM and the simulator; see
-    `for_backend` for llama.cpp)."""
+    `for_backend` for llama.cpp). Nothing delivered yet: the request as it was."""
     new = dict(body)
+    if not delivered.tokens:
+        return new
     for key in ("max_tokens", "max_completion_tokens"):
         budget = body.get(key)
         if isinstance(budget, int) and not isinstance(budget, bool):
