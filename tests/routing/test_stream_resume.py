@@ -242,7 +242,9 @@ async def test_a_stream_attempt_waits_a_learned_bound_and_a_stall_fails_the_work
     await read_all(router, body)  # round robin: the other worker
     await read_all(router, body)
     assert transport.requests[-1].worker == worker.url
-    assert transport.requests[-1].timeout_s == pytest.approx(2.0)
+    assert transport.requests[-1].timeout_s == pytest.approx(2.0)  # the first chunk's
+    # After it, each chunk's: 20 x 10 ms per token, under the floor of 0.5 s.
+    assert transport.read_timeouts[-1] == (worker.url, 0.5)
     stalled[worker.url] = True
     failures = worker.errors
     await read_all(router, body)

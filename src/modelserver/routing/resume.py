@@ -75,6 +75,18 @@ def route_kind(path: str) -> str | None:
     return None
 
 
+def request_json(body: bytes | dict[str, Any], parsed: dict[str, Any] | None) -> Any:
+    """The request as JSON, decoded only when a stream must be resumed."""
+    if isinstance(body, dict):
+        return body
+    if parsed is not None:
+        return parsed
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+
+
 def refusal(path: str, body: Any) -> str | None:
     """Why this request cannot be resumed exactly, or None if it can."""
     kind = route_kind(path)

@@ -53,9 +53,9 @@ from modelserver.routing.policies import Policy, make_policy, usable_workers
 from modelserver.routing.probing import Probing
 from modelserver.routing.request_key import RequestInfo, kind_of_path, render_text
 from modelserver.routing.response import RoutedResponse
-from modelserver.routing.resume import PayloadFor, ResumingStream
+from modelserver.routing.resume import PayloadFor, ResumingStream, request_json
 from modelserver.routing.retry import AttemptBudget, backoff_delay, error_for_status
-from modelserver.routing.stalls import stall_bound
+from modelserver.routing.stalls import StallBounds, stall_bounds
 from modelserver.routing.stream import StreamRelay, looks_like_json, looks_like_sse, no_chunks
 from modelserver.routing.transport import Transport, TransportResponse
 from modelserver.routing.verdicts import take_out_until_probed
@@ -189,7 +189,7 @@ class Router(Probing):
                 model,
                 path,
                 response,
-                functools.partial(_request_body, body, parsed),
+                functools.partial(request_json, body, parsed),
                 functools.partial(self._resume_stream, model, path, headers, deadline),
                 self.config.resume,
                 self._notify_resume,
@@ -325,8 +325,9 @@ class Router(Probing):
         self.policy.on_request_start(worker, request)
         for observer in self._observers:
             safely(observer.on_attempt, request.model, worker.url, attempt, request.path)
-        timeout_s = min(self.config.attempt_timeout_s, budget.remaining_s())
-        stall = stall_bound(worker, self.config.resume, timeout_s) if stream else None
+        timeout_s = outer_s = min(self.config.attempt_timeout_s, budget.remaining_s())
+        bounds = stall_bounds(worker, self.config.resume, outer_s) if stream else None
+        stall = bounds.first if bounds is not None else None
         if stall is not None:
             timeout_s = stall.seconds
         send_headers = self._headers[worker.url]
@@ -347,7 +348,10 @@ class Router(Probing):
             if status >= 400:
                 raise error_for_status(worker.url, status, await answer.read())
             if stream:
-                return await self._start_stream(worker, request, answer, attempt, start)
+                assert bounds is not None
+                return await self._start_stream(
+                    worker, request, answer, attempt, start, bounds, outer_s
+                )
             data = await answer.read()
             parsed = json_answer(worker.url, answer.headers, data)
         except RetryableWorkerError as original:
@@ -394,6 +398,8 @@ class Router(Probing):
         answer: TransportResponse,
         attempt: int,
         start: float,
+        bounds: StallBounds,
+        outer_s: float,
     ) -> RoutedResponse:
         chunks = answer.chunks()
         try:
@@ -415,6 +421,9 @@ class Router(Probing):
             json_answer(worker.url, answer.headers, first)
             chunks = no_chunks()
         ttft = self._clock() - start
+        if bounds.chunk is not None or bounds.first is not None:
+            # Each chunk from now on: its own learned bound, else the outer one.
+            answer.set_read_timeout(bounds.chunk.seconds if bounds.chunk else outer_s)
         relay = StreamRelay(
             worker.url,
             first,
@@ -480,18 +489,6 @@ class Router(Probing):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-
-def _request_body(body: bytes | dict[str, Any], parsed: dict[str, Any] | None) -> Any:
-    """The request as JSON, decoded only when a stream must be resumed."""
-    if isinstance(body, dict):
-        return body
-    if parsed is not None:
-        return parsed
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
 
 
 def _last_resort(workers: Sequence[Worker], now: float, readmit: float) -> list[Worker]:
