@@ -212,7 +212,15 @@ def for_backend(path: str, body: dict[str, Any]) -> PayloadFor:
     final assistant message by itself and needs its generation prompt, so it gets the
     request without the two fields."""
     generic = orjson.dumps(body)
-    if route_kind(path) != "chat":
+    messages = body.get("messages")
+    continuing = (
+        route_kind(path) == "chat"
+        and isinstance(messages, list)
+        and bool(messages)
+        and isinstance(messages[-1], Mapping)
+        and messages[-1].get("role") == "assistant"
+    )
+    if not continuing:  # a completion, or a chat request sent again as it was
         return lambda backend: generic
     plain = {
         k: v
