@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import aiohttp
 import openai
 import pytest
 
@@ -68,6 +69,12 @@ async def test_an_sdk_stream_broken_after_its_5th_chunk_arrives_whole_as_one_str
                         if len(pieces) == 5:
                             router.add_worker(MODEL, fast.url, backend="sim")
                             await inject(fault, slow, proxy)
+                async with (
+                    aiohttp.ClientSession() as http,
+                    http.get(gateway.url + "/metrics") as metrics,
+                ):
+                    exposed = await metrics.text()
+    assert f'modelserver_stream_resumes_total{{model="{MODEL}"}} 1.0' in exposed
     assert "".join(pieces) == expected["choices"][0]["message"]["content"]
     assert len({c.id for c in chunks}) == 1 and {c.model for c in chunks} == {MODEL}
     (usage,) = [c.usage for c in chunks if c.usage is not None]
