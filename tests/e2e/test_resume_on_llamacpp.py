@@ -6,6 +6,10 @@ llama.cpp continues a final assistant message from its text, which it tokenizes 
 answer is the unbroken one word for word when that text gives back the ids generated (a
 trained model's output does; the tiny random model's does for this prompt, checked first
 with the runner's /tokenize). See README "Resuming a broken stream".
+
+The tiny model answers in milliseconds, so the first runner is reached through a proxy that
+passes on its first 6 events (the role and 5 pieces) and holds the rest: the fault then
+lands mid-stream every time, never after the whole answer has gone through.
 """
 
 from __future__ import annotations
@@ -94,8 +98,10 @@ async def test_a_llamacpp_stream_broken_after_its_5th_chunk_ends_as_the_unbroken
 ) -> None:
     with two_runners(prepared, tmp_path) as (first, second):
         expected, _ = unbroken(second)
-        async with ResettingProxy(first.port) as proxy:
-            target = proxy.url if fault == "reset" else first.url
+        # The proxy passes on the role event and 5 pieces only: the tiny model answers in
+        # milliseconds, and the fault must land mid-stream.
+        async with ResettingProxy(first.port, hold_after=6) as proxy:
+            target = proxy.url
             resumes = Resumes()
             client = AsyncModelServer(
                 {MODEL: {"urls": [target], "backend": "llamacpp"}},
@@ -121,28 +127,29 @@ async def test_a_llamacpp_stream_through_the_gateway_keeps_its_id_and_usage(
 ) -> None:
     with two_runners(prepared, tmp_path) as (first, second):
         expected, expected_usage = unbroken(second)
-        router = Router.from_mapping(
-            {MODEL: {"urls": [first.url], "backend": "llamacpp"}}, config=RouterConfig()
-        )
-        async with (
-            GatewayServer(router, port=0, environ={}) as gateway,
-            openai.AsyncOpenAI(
-                base_url=gateway.url + "/v1", api_key="unused", max_retries=0
-            ) as sdk,
-        ):
-            stream = await sdk.chat.completions.create(
-                model=MODEL, messages=MESSAGES,  # type: ignore[arg-type]
-                max_tokens=MAX_TOKENS, stream=True, stream_options={"include_usage": True},
-                temperature=0.0,
-            )  # fmt: skip
-            chunks, pieces = [], []
-            async for chunk in stream:
-                chunks.append(chunk)
-                if chunk.choices and chunk.choices[0].delta.content:
-                    pieces.append(chunk.choices[0].delta.content)
-                    if len(pieces) == 5:
-                        router.add_worker(MODEL, second.url, backend="llamacpp")
-                        os.killpg(first.process.pid, signal.SIGKILL)
+        async with ResettingProxy(first.port, hold_after=6) as proxy:  # see above
+            router = Router.from_mapping(
+                {MODEL: {"urls": [proxy.url], "backend": "llamacpp"}}, config=RouterConfig()
+            )
+            async with (
+                GatewayServer(router, port=0, environ={}) as gateway,
+                openai.AsyncOpenAI(
+                    base_url=gateway.url + "/v1", api_key="unused", max_retries=0
+                ) as sdk,
+            ):
+                stream = await sdk.chat.completions.create(
+                    model=MODEL, messages=MESSAGES,  # type: ignore[arg-type]
+                    max_tokens=MAX_TOKENS, stream=True, stream_options={"include_usage": True},
+                    temperature=0.0,
+                )  # fmt: skip
+                chunks, pieces = [], []
+                async for chunk in stream:
+                    chunks.append(chunk)
+                    if chunk.choices and chunk.choices[0].delta.content:
+                        pieces.append(chunk.choices[0].delta.content)
+                        if len(pieces) == 5:
+                            router.add_worker(MODEL, second.url, backend="llamacpp")
+                            os.killpg(first.process.pid, signal.SIGKILL)
     assert "".join(pieces) == "".join(expected)
     assert len({c.id for c in chunks}) == 1
     (usage,) = [c.usage for c in chunks if c.usage is not None]

@@ -101,10 +101,15 @@ async def slow_and_fast_sims(log_dir: Path) -> AsyncIterator[tuple[SimProcess, S
 
 class ResettingProxy:
     """A TCP proxy on 127.0.0.1 in front of one engine; `reset()` ends every connection
-    with a TCP reset (SO_LINGER 0), as a crashed host or a middlebox would."""
+    with a TCP reset (SO_LINGER 0), as a crashed host or a middlebox would.
 
-    def __init__(self, target_port: int) -> None:
+    `hold_after`: pass on only the first that many SSE events of each answer and hold the
+    rest back, so that a fault injected after them lands mid-stream however fast the
+    engine is (a tiny model on llama.cpp may have sent its whole answer by then)."""
+
+    def __init__(self, target_port: int, hold_after: int | None = None) -> None:
         self._target_port = target_port
+        self._hold_after = hold_after
         self._server: asyncio.Server | None = None
         self._writers: list[asyncio.StreamWriter] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -139,7 +144,7 @@ class ResettingProxy:
         self._writers += [writer, up_writer]
         pipes = [
             asyncio.ensure_future(_pipe(reader, up_writer)),
-            asyncio.ensure_future(_pipe(up_reader, writer)),
+            asyncio.ensure_future(_pipe(up_reader, writer, self._hold_after)),
         ]
         self._tasks.update(pipes)
         try:
@@ -148,11 +153,25 @@ class ResettingProxy:
             self._tasks.difference_update(pipes)
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _pipe(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, events: int | None = None
+) -> None:
+    """Copy until the end; with `events`, stop passing bytes on after that many blank-line
+    event ends (the rest is read and dropped)."""
     with contextlib.suppress(ConnectionError, OSError):
         while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
+            if events is not None:
+                cut = 0
+                while events > 0 and (end := data.find(b"\n\n", cut)) >= 0:
+                    cut, events = end + 2, events - 1
+                data = data if events > 0 else data[:cut]
+                if events == 0:
+                    events = -1  # from now on nothing passes
+                elif events < 0:
+                    data = b""
+            if data:
+                writer.write(data)
+                await writer.drain()
     writer.close()
 
 
