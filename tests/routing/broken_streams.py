@@ -27,7 +27,7 @@ from modelserver.netinfo import free_port_range
 from modelserver.routing.events import ResumeRecord, RouterObserver
 
 MODEL = "llama"
-SLOW = 0.05  # about 140 ms a token: the fault lands long before such an answer ends
+SLOW = 0.05  # about 140 ms a token
 FAST = 100.0
 MAX_TOKENS = 60
 MESSAGES = [
