@@ -102,9 +102,11 @@ class _AiohttpResponse:
     def set_read_timeout(self, seconds: float) -> None:
         connection = self._response.connection
         if connection is not None and connection.protocol is not None:
-            # aiohttp's own per-read timer (the `sock_read` of the request's ClientTimeout);
-            # the next request on this pooled connection sets its own again.
+            # aiohttp's own per-read timer (the `sock_read` of the request's ClientTimeout),
+            # restarted now: a timer already running would otherwise keep its old length
+            # until more data came. The next request on this connection sets its own.
             connection.protocol.read_timeout = seconds
+            connection.protocol.start_timeout()
 
 
 class AiohttpTransport:
