@@ -3,6 +3,8 @@ is asked, what the caller reads, and when a stream is not resumed (and says why)
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -304,3 +306,25 @@ async def test_a_stream_broken_before_any_text_is_sent_again_as_it_was() -> None
     stream = await read_all(router, body)
     assert text_of(stream) == "".join(WORDS)
     assert transport.requests[1].json == body
+
+
+async def test_closing_a_stream_another_task_reads_frees_the_worker_without_a_resume() -> None:
+    waiting, never = asyncio.Event(), asyncio.Event()
+
+    async def slow_chunks() -> AsyncIterator[bytes]:
+        yield chat_events("id", WORDS, 20)[1]
+        waiting.set()
+        await never.wait()
+        yield b""
+
+    router, transport, *_ = make_router(lambda r: MockResponse(chunks=slow_chunks(), headers=SSE))
+    response = await router.forward("m", CHAT, chat_body(stream=True), stream=True)
+    assert response.chunks is not None
+    assert await anext(response.chunks)
+    reader = asyncio.create_task(anext(response.chunks))
+    await waiting.wait()
+    await response.aclose()
+    with pytest.raises(StopAsyncIteration):
+        await reader
+    assert transport.open_answers == 0 and len(transport.requests) == 1  # no resume
+    assert all(w.in_flight == 0 and w.errors == 0 for w in map(router.worker, URLS))

@@ -325,6 +325,8 @@ class ResumingStream:
         self.records: list[ResumeRecord] = []
         """This stream's resumes so far."""
         self._last_event_at = clock()
+        self._closed = False
+        """The caller closed the stream: a read it breaks is not a worker's failure."""
         # The concrete type, for `ag_running`.
         self._gen = cast(AsyncGeneratorType[bytes, None], self._run())
 
@@ -340,12 +342,16 @@ class ResumingStream:
         return self._gen.__anext__()
 
     async def aclose(self) -> None:
+        """Stop here: the worker streaming now is freed, read or not. A task waiting for
+        the next event meanwhile gets the end of the stream from the worker's relay."""
+        self._closed = True
         try:
             closer = getattr(self._chunks, "aclose", None)
             if closer is not None:
                 await closer()
         finally:
-            await self._gen.aclose()
+            if not self.reading:
+                await self._gen.aclose()
 
     async def _run(self) -> AsyncGenerator[bytes, None]:
         rewriter: _Rewriter | None = None
@@ -373,6 +379,8 @@ class ResumingStream:
                     yield rewriter.rewrite(pending + b"\n\n") if rewriter else pending
                 return
             except RetryableWorkerError as exc:
+                if self._closed:
+                    return
                 ending, rewriter = await self._resume(exc)
                 if ending is not None:
                     yield ending
