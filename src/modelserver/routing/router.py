@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from modelserver._tenant_config import PriorityValue
 from modelserver.config import Fleet, RouterConfig
 from modelserver.errors import (
     ClientClosed,
@@ -40,6 +41,7 @@ from modelserver.errors import (
     WorkerUnreachable,
     WrongModelKind,
 )
+from modelserver.routing.admission import Admission
 from modelserver.routing.availability import Availability
 from modelserver.routing.closing import STOPPED, InFlight
 from modelserver.routing.entries import WorkerEntry, entries_from_mapping
@@ -96,6 +98,7 @@ class Router:
         self._sleep = sleep
         self._models: dict[str, list[Worker]] = {}
         self._kinds: dict[str, str] = {}
+        self.admission = Admission(self.config, self._models, clock)
         self._by_url: dict[str, Worker] = {}
         self._headers: dict[str, dict[str, str]] = {}
         self._api_keys: dict[str, str] = {}
@@ -123,7 +126,9 @@ class Router:
         ]
         kwargs.setdefault("config", fleet.router)
         kwargs.setdefault("state_dir", fleet.state_dir())
-        return cls(entries, **kwargs)
+        router = cls(entries, **kwargs)
+        router.admission.configure_for(fleet)
+        return router
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any], **kwargs: Any) -> Router:
@@ -159,6 +164,9 @@ class Router:
         stream: bool = False,
         headers: Mapping[str, str] | None = None,
         parsed: dict[str, Any] | None = None,
+        priority: PriorityValue | None = None,
+        tenant: str | None = None,
+        weight: float = 1.0,
     ) -> RoutedResponse:
         """Send one POST request for `model` to the best usable worker, failing over.
 
@@ -168,7 +176,8 @@ class Router:
         answer has arrived; set it when the body asks the engine to stream. `headers` are
         added to the engine request (the worker's API key, if any, is set by the router).
         `parsed`: the bytes `body` already decoded by the caller (the gateway has), so a
-        policy that reads the prompt does not decode it again.
+        policy that reads the prompt does not decode it again. `priority`, `tenant` and
+        `weight` place the request in the admission queue (routing/admission.py).
 
         Failover: connection refused or reset, timeouts, HTTP 408, 429 and 5xx are retried
         on a different worker within `[router] max_attempts` and `request_timeout_s`;
@@ -186,7 +195,8 @@ class Router:
             ClientClosed: `close()` was called before, or while the request ran.
         """
         with self._in_flight.guard():
-            return await self._route(model, path, body, stream, headers, parsed)
+            ticket = (model, tenant, priority, weight)
+            return await self._route(model, path, body, stream, headers, parsed, ticket)
 
     async def _route(
         self,
@@ -196,6 +206,7 @@ class Router:
         stream: bool,
         headers: Mapping[str, str] | None,
         parsed: dict[str, Any] | None,
+        asked: tuple[str, str | None, PriorityValue | None, float],
     ) -> RoutedResponse:
         workers = self._models.get(model)
         if workers is None:
@@ -218,7 +229,9 @@ class Router:
                     parsed_body = {}
             if isinstance(parsed_body, dict):
                 text = render_text(parsed_body)
-        request = RequestInfo(model, path, text)
+        ticket = self.admission.ticket(*asked, len(payload))
+        payload = self.admission.engine_body(model, payload, parsed_body, ticket)
+        request = RequestInfo(model, path, text, ticket.tenant)
         config = self.config
         budget = AttemptBudget(
             config.max_attempts, self._clock() + config.request_timeout_s, self._clock
@@ -255,7 +268,11 @@ class Router:
                 continue
             if budget.remaining_s() <= 0:
                 raise _deadline_error(model, budget)
-            worker = self.policy.select(candidates, request)
+            roomy = self.admission.with_room(candidates, ticket)
+            if not roomy:  # every worker at its running cap: wait for a place
+                await self.admission.wait(ticket, budget.remaining_s())
+                continue
+            worker = self.policy.select(roomy, request)
             try:
                 response = await self._attempt(
                     worker, request, payload, stream, headers, len(budget.attempts) + 1, budget
@@ -448,6 +465,7 @@ class Router:
             breaker.release_trial()
             worker.trial_in_flight = False
         self.policy.on_request_complete(worker, request, bool(ok))
+        self.admission.finished(request.model, request.tenant, tokens)
         if self._observers:
             result = AttemptResult(
                 model=request.model,
@@ -574,6 +592,7 @@ class Router:
         await probe_round(
             list(self._by_url.values()), self.transport, self.config.health, self._headers
         )
+        await self.admission.learn_caps(list(self._by_url.values()), self.transport, self._headers)
 
     def apply_state_files(self) -> None:
         """Take workers the launcher reports not ready (failed, stopped, ...) out of rotation
