@@ -7,6 +7,7 @@ from typing import Literal
 
 from modelserver.sim.faults import parse_faults
 from modelserver.sim.perf import DEFAULT_MAX_RUNNING, KV_POOL_TOKENS
+from modelserver.sim.priority import DEFAULT_PREEMPTION_THRESHOLD
 
 Kind = Literal["chat", "embedding"]
 
@@ -29,6 +30,11 @@ class SimConfig:
     seed: int = 0
     api_key: str | None = None
     model_path: str | None = None
+    priority_scheduling: bool = False
+    """SGLang's `--enable-priority-scheduling` (sim/priority.py)."""
+    low_priority_values_first: bool = False
+    priority_preemption: bool = True
+    preemption_threshold: int = DEFAULT_PREEMPTION_THRESHOLD
 
     def __post_init__(self) -> None:
         if not self.model:

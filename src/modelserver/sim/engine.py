@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from modelserver.sim.perf import CHUNKED_PREFILL_SIZE, PerfModel
+from modelserver.sim.priority import PriorityScheduling
 from modelserver.sim.radix import Node, RadixCache
 from modelserver.sim.tokenizer import output_ids
 
@@ -52,6 +53,7 @@ class Request:
     stream: bool = False  # notify after every step, not only at the end
     log_metrics: bool = True  # health checks are not counted, as in SGLang
     notify: Callable[[Request], None] | None = None
+    priority: int = 0  # SGLang's request field; only read with priority scheduling (priority.py)
 
     cached_tokens: int = 0
     prefill_left: int = 0
@@ -101,6 +103,7 @@ class Engine:
         self.last_hit_rate = 0.0  # of the last prefill batch, as sglang:cache_hit_rate
         self.last_gen_throughput = 0.0  # tokens/s, as sglang:gen_throughput
         self.steps = 0
+        self.scheduling: PriorityScheduling | None = None  # None: FIFO (SGLang's fcfs)
         self._decode_steps = 0
         self._decoded_since_log = 0
         self._last_log_at: float | None = None
@@ -165,6 +168,8 @@ class Engine:
                 take = min(request.prefill_left, budget)
                 prefill.append((request, take))
                 budget -= take
+        if self.scheduling is not None:
+            self.scheduling.before_admission(self, now)
         admitted_hits = admitted_new = 0
         while self.queue and budget and len(self.running) < self.max_running:
             request = self.queue[0]
@@ -200,9 +205,9 @@ class Engine:
             self._cache_computed_prompt(request, take, now)
             if request.prefill_left:
                 continue
-            request.first_token_at = now
+            request.first_token_at = request.first_token_at or now  # kept if preempted
             if request.max_new_tokens:
-                request.generated = 1
+                request.generated = max(request.generated, 1)  # a preempted one carries on
             if request.generated >= request.max_new_tokens:
                 self._finish(request, now)
                 finished = True

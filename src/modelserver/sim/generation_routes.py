@@ -61,7 +61,7 @@ class GenerationRoutes:
             return early
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
-        req = self.server.new_request(tokens, max_new, stream=body.stream)
+        req = self.server.new_request(tokens, max_new, stream=body.stream, priority=body.priority)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return await self._stream(
@@ -105,7 +105,10 @@ class GenerationRoutes:
             return early
         rid = f"cmpl-{uuid.uuid4().hex}"
         created = int(time.time())
-        reqs = [self.server.new_request(t, max_new, stream=body.stream) for t in prompts]
+        reqs = [
+            self.server.new_request(t, max_new, stream=body.stream, priority=body.priority)
+            for t in prompts
+        ]
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             req = reqs[0]
@@ -165,7 +168,7 @@ class GenerationRoutes:
             return early
         rid = uuid.uuid4().hex
         if body.stream and max_new > 0:
-            req = self.server.new_request(prompts[0], max_new, stream=True)
+            req = self.server.new_request(prompts[0], max_new, stream=True, priority=body.priority)
 
             def events(sent: int, finished: bool) -> list[bytes]:
                 # SGLang's native stream sends the whole text so far in every event.
@@ -175,7 +178,7 @@ class GenerationRoutes:
                 ]
 
             return await self._stream(request, req, events)
-        reqs = [self.server.new_request(t, max_new) for t in prompts]
+        reqs = [self.server.new_request(t, max_new, priority=body.priority) for t in prompts]
         await self.server.wait_all(reqs, await self.server.admit(reqs))
         results = [
             responses.generate(rid if len(reqs) == 1 else f"{rid}-{i}", r)

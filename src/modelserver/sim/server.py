@@ -42,6 +42,7 @@ from modelserver.sim.info_routes import InfoRoutes
 from modelserver.sim.metrics import SimMetrics
 from modelserver.sim.oracle_routes import OracleRoutes
 from modelserver.sim.perf import PerfModel
+from modelserver.sim.priority import scheduling_of
 from modelserver.sim.protocol import BadRequest, EngineDied, error_response, json_response
 from modelserver.sim.tokenizer import OUTPUT_WORDS
 
@@ -165,11 +166,13 @@ class SimServer:
         self.metrics = SimMetrics(self.engine, self.config.model)
 
     def _new_engine(self) -> Engine:
-        return Engine(
+        engine = Engine(
             PerfModel(self.config.speed),
             self.config.effective_max_running,
             self.config.effective_cache_tokens,
         )
+        engine.scheduling = scheduling_of(self.config)
+        return engine
 
     async def _listen(self) -> None:
         if self._site is not None or self._runner is None:
@@ -284,11 +287,15 @@ class SimServer:
 
     # --- requests through the engine -----------------------------------------------------
 
-    def new_request(self, tokens: list[int], max_new: int, *, stream: bool = False) -> Request:
+    def new_request(
+        self, tokens: list[int], max_new: int, *, stream: bool = False, priority: int | None = None
+    ) -> Request:
         seed = zlib.crc32(array("l", tokens[-256:]).tobytes(), self.config.seed)
         words = random.Random(seed).choices(range(len(OUTPUT_WORDS)), k=max_new)
         loop = asyncio.get_running_loop()
-        return Request(tokens, max_new, loop.time(), words=words, stream=stream)
+        return Request(
+            tokens, max_new, loop.time(), words=words, stream=stream, priority=priority or 0
+        )
 
     async def admit(
         self, requests: list[Request], on_progress: Callable[[], None] | None = None
