@@ -25,14 +25,13 @@ PriorityValue = int | Literal["interactive", "batch"]
 
 def priority_number(value: PriorityValue) -> int:
     """A priority as the number the queue and the engines compare (larger first)."""
-    if isinstance(value, str):
-        try:
-            return PRIORITY_CLASSES[value]
-        except KeyError:
-            raise ValueError(
-                f"unknown priority {value!r}; allowed: {', '.join(PRIORITY_CLASSES)} or a number"
-            ) from None
-    return value
+    if isinstance(value, str) and value in PRIORITY_CLASSES:
+        return PRIORITY_CLASSES[value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ValueError(
+        f"unknown priority {value!r}; allowed: {', '.join(PRIORITY_CLASSES)} or a whole number"
+    )
 
 
 class AdmissionConfig(Section):

@@ -114,6 +114,8 @@ class Lease:
     def routing(self) -> dict[str, Any]:
         """What the router's queue needs to know of the request's tenant."""
         tenant = self.tenant
+        if tenant is self._book.default:
+            return {}  # no tenant: the router's defaults
         return {"priority": tenant.priority, "tenant": tenant.name, "weight": tenant.config.weight}
 
     def answered(self, parsed: Any) -> None:

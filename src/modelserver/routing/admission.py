@@ -66,6 +66,8 @@ class Ticket:
     granted: bool = False
     """A place was freed and reserved for this request; it has not taken it yet."""
     waited_s: float = 0.0
+    explicit: bool = False
+    """The caller named the priority (else the default applies)."""
     _future: asyncio.Future[None] | None = None
 
 
@@ -123,7 +125,9 @@ class Admission:
         """`body_bytes`: the request body's size, for an estimate of its prompt tokens."""
         number = self.default_priority if priority is None else priority_number(priority)
         tokens = max(1, body_bytes // CHARS_PER_TOKEN)
-        return Ticket(model, tenant or DEFAULT_TENANT, number, weight, tokens)
+        return Ticket(
+            model, tenant or DEFAULT_TENANT, number, weight, tokens, explicit=priority is not None
+        )
 
     def configure_for(self, fleet: Fleet) -> None:
         """On by default when the fleet has tenants; which models take `priority`."""
@@ -233,8 +237,10 @@ class Admission:
         self, model: str, payload: bytes, parsed: Any, ticket: Ticket
     ) -> bytes:
         """The body with SGLang's request field `priority` set (engines of `priority_models`
-        only: vLLM refuses a priority unless started with `--scheduling-policy priority`)."""
-        if model not in self.priority_models or ticket.priority == self.default_priority:
+        only: vLLM refuses a priority unless started with `--scheduling-policy priority`):
+        the one the caller's tenant has, or with admission on the default one, so no caller
+        sets its own."""
+        if model not in self.priority_models or not (self.enabled or ticket.explicit):
             return payload
         if not isinstance(parsed, dict):
             try:
