@@ -188,6 +188,11 @@ def _error_middleware(metrics: GatewayMetrics, max_body_bytes: int) -> Any:
                 request.path,
             )
             response = error_response(CLIENT_CLOSED, "the request body was cut off")
+        except asyncio.CancelledError:
+            # The caller left and its handler was cancelled (gateway/server.py): nobody to
+            # answer; counted as 499 like a cut-off body.
+            metrics.answered(name, CLIENT_CLOSED)
+            raise
         except Exception:
             log.exception("gateway error on %s %s", request.method, request.path)
             response = error_response(500, "internal gateway error; see the gateway's log")
