@@ -79,6 +79,8 @@ class TenantUsage:
     """VTC virtual counter: weighted tokens served."""
     weight: float = 1.0
     dispatched: int = 0
+    running: int = 0
+    """Attempts at engines now (while any run, the tenant is not idle)."""
     waiting: int = 0
     queued_total: int = 0
     """Requests that had to wait."""
@@ -157,7 +159,8 @@ class Admission:
             return candidates
         model = ticket.model
         reserved = self._reserved.get(model, 0)
-        if ticket.granted:  # its own reserved place is taken now
+        granted = ticket.granted
+        if granted:  # its own reserved place is taken now (and was charged when granted)
             ticket.granted = False
             reserved -= 1
             self._reserved[model] = reserved
@@ -168,7 +171,9 @@ class Admission:
             return []
         if reserved and self._free(roomy, ticket.priority) <= reserved:
             return []  # the free places are held for waiters already granted one
-        self._dispatched(ticket)
+        if not granted:
+            self._dispatched(ticket)
+        self._usage(ticket.tenant).running += 1
         return roomy
 
     async def wait(self, ticket: Ticket, remaining_s: float) -> None:
@@ -207,9 +212,11 @@ class Admission:
     def finished(self, model: str, tenant: str, output_tokens: int | None) -> None:
         """An attempt ended (its worker's count went down): charge its output tokens to
         the tenant and give the freed place to the next waiter."""
-        if tenant and output_tokens:
-            usage = self._usage(tenant)
-            usage.counter += OUTPUT_TOKEN_COST * output_tokens / usage.weight
+        usage = self.tenants.get(tenant)
+        if usage is not None:
+            usage.running = max(0, usage.running - 1)
+            if output_tokens:
+                usage.counter += OUTPUT_TOKEN_COST * output_tokens / usage.weight
         self.wake(model)
 
     def wake(self, model: str) -> None:
@@ -227,6 +234,9 @@ class Admission:
                 ticket = self._pop_next(by_tenant)
                 self._reserved[model] = self._reserved.get(model, 0) + 1
                 ticket.granted = True
+                # Charged now, not when it runs: the next grant of this same wake-up must
+                # already see this tenant's counter grown.
+                self._dispatched(ticket)
                 assert ticket._future is not None
                 if not ticket._future.done():
                     ticket._future.set_result(None)
@@ -326,13 +336,14 @@ class Admission:
         by_tenant = queues.setdefault(ticket.priority, {})
         usage = self._usage(ticket.tenant)
         usage.weight = ticket.weight
-        if ticket.tenant not in by_tenant:
-            # VTC's lift: an idle tenant joins at the lowest counter of those waiting (or
-            # the last one served), never below its own.
+        if ticket.tenant not in by_tenant and usage.running == 0:
+            # VTC's lift: an idle tenant (nothing waiting, nothing running) joins at the
+            # lowest counter of those waiting (or the last one served), never below its own.
+            # One with requests running keeps its counter: it was served all along, and a
+            # tenant of few callers would otherwise lose its share at each empty queue.
             counters = [self.tenants[t].counter for t in by_tenant]
             usage.counter = max(usage.counter, min(counters) if counters else self._last_counter)
-            by_tenant[ticket.tenant] = deque()
-        by_tenant[ticket.tenant].append(ticket)
+        by_tenant.setdefault(ticket.tenant, deque()).append(ticket)
         usage.waiting += 1
         if ticket.waited_s == 0:
             usage.queued_total += 1
