@@ -47,7 +47,12 @@ class AdmissionConfig(Section):
     held back."""
     reserved_slots: int = Field(default=1, ge=0)
     """Slots of each worker that only requests above the batch class may take, so a batch
-    flood never holds every running slot."""
+    flood never holds every running slot an interactive request needs."""
+    reserved_where: Literal["below_cap", "above_cap"] = "below_cap"
+    """`below_cap`: batch stops `reserved_slots` short of each worker's cap (any engine).
+    `above_cap`: batch fills the cap and higher classes may go `reserved_slots` past it, for
+    engines that preempt by priority (SGLang with `--enable-priority-scheduling`, the
+    simulated engine too): the batch keeps every slot until an interactive request comes."""
     default_priority: PriorityValue = "interactive"
     """Priority of requests that name none (keys outside any tenant, the client library)."""
     recheck_s: float = Field(default=1.0, gt=0)

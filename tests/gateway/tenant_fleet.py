@@ -44,6 +44,9 @@ replicas = 2
 [router]
 policy = "least_load"
 
+[router.admission]
+reserved_where = "{reserved_where}"
+
 [gateway]
 port = {gateway_port}
 admin_keys = ["{admin}"]
@@ -135,13 +138,15 @@ async def _wait_healthy(http: aiohttp.ClientSession, url: str, timeout_s: float 
 
 
 @contextlib.asynccontextmanager
-async def shared_fleet(tmp: Path, speed: float = 0.5) -> AsyncIterator[SharedFleet]:
+async def shared_fleet(
+    tmp: Path, speed: float = 0.5, reserved_where: str = "below_cap"
+) -> AsyncIterator[SharedFleet]:
     port = free_port_range(2)
     gateway_port = free_port_range(1, avoid=range(port, port + 2))
     fleet = tmp / "fleet.toml"
     fleet.write_text(FLEET.format(
         state=tmp / "state", model=MODEL, port=port, gateway_port=gateway_port, admin=ADMIN,
-        **KEYS,
+        reserved_where=reserved_where, **KEYS,
     ))
     procs = []
     logs = []

@@ -261,3 +261,25 @@ def test_the_engine_gets_sglangs_priority_field_only_when_it_takes_one() -> None
     assert b'"priority":0' in admission.engine_body(MODEL, body, None, batch)
     admission.priority_models = set()
     assert admission.engine_body(MODEL, body, None, batch) == body
+
+
+async def test_above_the_cap_batch_fills_every_slot_and_interactive_goes_past_it() -> None:
+    clock = Clock()
+    workers = [Worker("http://127.0.0.1:9000", MODEL, "chat", BreakerConfig(), clock)]
+    config = RouterConfig.model_validate(
+        {"admission": {"enabled": True, "max_running": 4, "reserved_where": "above_cap"}}
+    )
+    admission = Admission(config, {MODEL: workers}, clock)
+    d = Dispatcher(admission, workers)
+    tasks = [asyncio.create_task(d.request(ticket(admission, "b"), "batch")) for _ in range(10)]
+    await settle()
+    assert workers[0].in_flight == 4  # the whole cap: the engine preempts one when needed
+    chat = asyncio.create_task(d.request(ticket(admission, "i", "interactive"), "chat"))
+    await settle()
+    assert chat.done() and workers[0].in_flight == 5
+    second = asyncio.create_task(d.request(ticket(admission, "i", "interactive"), "chat"))
+    await settle()
+    assert not second.done()  # one past the cap per reserved slot, no more
+    for task in [*tasks, second]:
+        task.cancel()
+    await settle()

@@ -149,8 +149,11 @@ class Admission:
         cap = self.cap(worker)
         if cap is None:
             return None
+        reserved = self.settings.reserved_slots
+        if self.settings.reserved_where == "above_cap":  # the engine preempts batch for them
+            return cap if priority <= 0 else cap + reserved
         if priority <= 0:  # the batch class leaves room for every class above it
-            return max(1, cap - self.settings.reserved_slots)
+            return max(1, cap - reserved)
         return cap
 
     def with_room(self, candidates: list[Worker], ticket: Ticket) -> list[Worker]:
