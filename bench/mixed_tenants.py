@@ -24,7 +24,11 @@ Contenders, each on fresh engines:
                    goes to the engines at once with its priority; SGLang's own priority
                    scheduling (and preemption) alone decides;
 - no-admission:    no tenants (one API key each), engines in SGLang's default FIFO: today's
-                   gateway.
+                   gateway;
+- smg-priority:    SMG 1.13 (`smg launch`) with its priority scheduler on
+                   (`--priority-scheduler-enabled`, per-tenant keys `--tenant-api-key`,
+                   `x-smg-priority` header, capacity `--max-concurrent-requests 8`), engines
+                   in FIFO. Run only when `smg` is on the PATH of this Python.
 """
 
 from __future__ import annotations
@@ -84,7 +88,25 @@ CONTENDERS: dict[str, dict[str, Any]] = {
     "engine-priority": {"tenants": True, "admission": "enabled = false",
                         "engine_priority": True},
     "no-admission": {"tenants": False, "admission": "", "engine_priority": False},
+    "smg-priority": {"tenants": False, "admission": "", "engine_priority": False, "smg": True},
 }
+SMG_SCHEDULER = """
+classes:
+  system: {reserved_floor: 0, reserved_per_slot: 0.0, queue_size: 64, queue_timeout_secs: 30,
+           starvation_threshold_secs: 5, can_preempt: true}
+  interactive: {reserved_floor: 1, reserved_per_slot: 0.0, queue_size: 256,
+                queue_timeout_secs: 600, starvation_threshold_secs: 5, can_preempt: true}
+  default: {reserved_floor: 0, reserved_per_slot: 0.0, queue_size: 512, queue_timeout_secs: 600,
+            starvation_threshold_secs: 30, can_preempt: false}
+  bulk: {reserved_floor: 0, reserved_per_slot: 0.0, queue_size: 1024, queue_timeout_secs: 600,
+         starvation_threshold_secs: 600, can_preempt: false}
+tenant_policies:
+  "auth:lab": {max_class: interactive}
+  "auth:eval": {max_class: bulk}
+"""
+"""SMG's priority scheduler (`smg launch --priority-scheduler-enabled`), its documented YAML
+(docs/reference/priority-scheduler.md of SMG): one interactive slot reserved, the batch tenant
+capped to `bulk`, long queue timeouts so nothing is shed in the window."""
 
 
 async def healthy(http: aiohttp.ClientSession, url: str) -> None:
@@ -99,6 +121,9 @@ async def healthy(http: aiohttp.ClientSession, url: str) -> None:
         await asyncio.sleep(0.1)
 
 
+SMG_CLASS = {KEYS["lab"]: "interactive", KEYS["eval"]: "bulk"}
+
+
 async def chat(http: aiohttp.ClientSession, url: str, key: str, text: str, max_tokens: int,
                stream: bool) -> tuple[float, int]:
     """(seconds to the first byte of the answer, completion tokens)."""
@@ -106,7 +131,9 @@ async def chat(http: aiohttp.ClientSession, url: str, key: str, text: str, max_t
             "max_tokens": max_tokens, "stream": stream, "temperature": 0.0}
     start = time.perf_counter()
     async with http.post(url + "/v1/chat/completions", data=orjson.dumps(body),
-                         headers={"Authorization": f"Bearer {key}"}) as r:
+                         headers={"Authorization": f"Bearer {key}",
+                                  "Content-Type": "application/json",
+                                  "x-smg-priority": SMG_CLASS[key]}) as r:
         if r.status != 200:
             raise RuntimeError(f"HTTP {r.status}: {await r.text()}")
         if stream:
@@ -150,8 +177,19 @@ async def run_contender(name: str, flood: int, seconds: float, speed: float,
         ) as http:
             for i in range(2):
                 await healthy(http, f"http://127.0.0.1:{port + i}")
-            proc, log = spawn([sys.executable, "-m", "modelserver", "gateway", str(fleet)],
-                              workdir / f"{name}-gateway.log")
+            if spec.get("smg"):
+                config = workdir / "smg-scheduler.yaml"
+                config.write_text(SMG_SCHEDULER)
+                argv = [str(Path(sys.executable).parent / "smg"), "launch",
+                        "--worker-urls", *[f"http://127.0.0.1:{port + i}" for i in range(2)],
+                        "--host", "127.0.0.1", "--port", str(gateway_port),
+                        "--policy", "round_robin", "--max-concurrent-requests", str(2 * SLOTS),
+                        "--priority-scheduler-enabled", "--priority-scheduler-config",
+                        str(config), "--tenant-api-key", "lab:k-lab",
+                        "--tenant-api-key", "eval:k-eval"]
+            else:
+                argv = [sys.executable, "-m", "modelserver", "gateway", str(fleet)]
+            proc, log = spawn(argv, workdir / f"{name}-gateway.log")
             procs.append(proc)
             logs.append(log)
             url = f"http://127.0.0.1:{gateway_port}"
