@@ -145,6 +145,20 @@ async def chat(http: aiohttp.ClientSession, url: str, key: str, text: str, max_t
         return time.perf_counter() - start, int(data["usage"]["completion_tokens"])
 
 
+async def warm(http: aiohttp.ClientSession, url: str) -> None:
+    """Three answered chats; a router may answer before it has found its workers (SMG)."""
+    answered = 0
+    deadline = time.monotonic() + 60
+    while answered < 3:
+        try:
+            await chat(http, url, KEYS["lab"], "warm up", 4, True)
+            answered += 1
+        except RuntimeError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
 async def run_contender(name: str, flood: int, seconds: float, speed: float,
                         workdir: Path) -> dict[str, Any]:
     spec = CONTENDERS[name]
@@ -207,8 +221,7 @@ async def run_contender(name: str, flood: int, seconds: float, speed: float,
                     await asyncio.sleep(max(0.0, 1.0 - ttft))
                 return seen
 
-            for _ in range(3):  # warm
-                await chat(http, url, KEYS["lab"], "warm up", 4, True)
+            await warm(http, url)
             alone = await interactive_window() if name == "ours" else []
             done: list[tuple[float, int]] = []
             turns = iter(batch * 8)
@@ -260,11 +273,14 @@ async def main() -> None:
     parser.add_argument("--speed", type=float, default=1.0)
     parser.add_argument("--contenders", default=",".join(CONTENDERS))
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--logs", type=Path, help="Keep the processes' logs here.")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="mixed-") as tmp:
+        workdir = args.logs or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
         for name in args.contenders.split(","):
-            row = await run_contender(name, args.flood, args.seconds, args.speed, Path(tmp))
+            row = await run_contender(name, args.flood, args.seconds, args.speed, workdir)
             rows.append(row)
             print(orjson.dumps(row).decode(), flush=True)
     print("| contender | interactive TTFT p50 | p99 | batch req/s | batch tokens/s |")
