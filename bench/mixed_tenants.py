@@ -15,11 +15,13 @@ Contenders, each on fresh engines:
 
 - ours:            tenants in the fleet file (lab interactive, eval batch): the router's
                    admission queue (batch fills each engine's cap, an interactive request
-                   may go one past it, `reserved_where = "above_cap"`; fair queueing) and
+                   may go one past it, `reserved_where = "above_cap"`, what `auto` picks
+                   for these engines; fair queueing) and
                    SGLang's `priority` passed to engines started with
                    `--enable-priority-scheduling`, which preempt a batch request for it;
-- ours-below-cap:  the same with the default `reserved_where = "below_cap"`: batch stops one
-                   slot short of each engine's cap (for engines that do not preempt);
+- ours-below-cap:  the same with `reserved_where = "below_cap"` (what `auto`, the default,
+                   picks for engines that do not preempt): batch stops one slot short of
+                   each engine's cap;
 - engine-priority: the same tenants with `[router.admission] enabled = false`: every request
                    goes to the engines at once with its priority; SGLang's own priority
                    scheduling (and preemption) alone decides;
@@ -84,7 +86,8 @@ priority = "batch"
 CONTENDERS: dict[str, dict[str, Any]] = {
     "ours": {"tenants": True, "admission": 'reserved_where = "above_cap"',
              "engine_priority": True},
-    "ours-below-cap": {"tenants": True, "admission": "", "engine_priority": True},
+    "ours-below-cap": {"tenants": True, "admission": 'reserved_where = "below_cap"',
+                       "engine_priority": True},
     "engine-priority": {"tenants": True, "admission": "enabled = false",
                         "engine_priority": True},
     "no-admission": {"tenants": False, "admission": "", "engine_priority": False},

@@ -48,11 +48,13 @@ class AdmissionConfig(Section):
     reserved_slots: int = Field(default=1, ge=0)
     """Slots of each worker that only requests above the batch class may take, so a batch
     flood never holds every running slot an interactive request needs."""
-    reserved_where: Literal["below_cap", "above_cap"] = "below_cap"
+    reserved_where: Literal["auto", "below_cap", "above_cap"] = "auto"
     """`below_cap`: batch stops `reserved_slots` short of each worker's cap (any engine).
     `above_cap`: batch fills the cap and higher classes may go `reserved_slots` past it, for
     engines that preempt by priority (SGLang with `--enable-priority-scheduling`, the
-    simulated engine too): the batch keeps every slot until an interactive request comes."""
+    simulated engine too): the batch keeps every slot until an interactive request comes.
+    `auto`: `above_cap` for a worker whose /server_info says it preempts by priority
+    (`enable_priority_scheduling` on, `disable_priority_preemption` off), else `below_cap`."""
     default_priority: PriorityValue = "interactive"
     """Priority of requests that name none (keys outside any tenant, the client library)."""
     recheck_s: float = Field(default=1.0, gt=0)

@@ -72,13 +72,14 @@ async def stopped(tasks: list[asyncio.Task[None]]) -> None:
 
 @pytest.mark.parametrize(
     ("reserved_where", "batch_slots"),
-    [("below_cap", 2 * (SLOTS - RESERVED)), ("above_cap", 2 * SLOTS)],
+    [("below_cap", 2 * (SLOTS - RESERVED)), ("auto", 2 * SLOTS)],
 )
 async def test_interactive_time_to_first_token_holds_under_a_batch_flood_that_fills_the_rest(
     tmp_path: Path, reserved_where: str, batch_slots: int
 ) -> None:
-    """below_cap: batch leaves a slot per engine free; above_cap: batch takes every slot
-    and the engines' priority scheduling preempts one for each interactive chat."""
+    """below_cap: batch leaves a slot per engine free; auto: the engines' /server_info says
+    they preempt by priority, so batch takes every slot and an engine preempts one for each
+    interactive chat (above_cap)."""
     async with shared_fleet(tmp_path, reserved_where=reserved_where) as fleet:
         for _ in range(3):  # warm: connections, first routes
             await ttft(fleet)

@@ -10,6 +10,7 @@ import pytest
 from modelserver.config import BreakerConfig, RouterConfig, parse_fleet
 from modelserver.errors import DeadlineExceeded
 from modelserver.routing.admission import Admission, Ticket
+from modelserver.routing.transport import MockRequest, MockResponse, MockTransport
 from modelserver.routing.worker import Worker
 
 MODEL = "m"
@@ -283,3 +284,34 @@ async def test_above_the_cap_batch_fills_every_slot_and_interactive_goes_past_it
     for task in [*tasks, second]:
         task.cancel()
     await settle()
+
+
+async def test_caps_and_priority_preemption_are_learned_from_each_engines_server_info() -> None:
+    infos = {
+        "http://p:1": {"max_running_requests": 4, "enable_priority_scheduling": True},
+        "http://f:1": {"max_running_requests": 8, "enable_priority_scheduling": False},
+        "http://l:1": {"max_running_requests": 8, "enable_priority_scheduling": True,
+                       "schedule_low_priority_values_first": True},
+    }
+
+    def engine(request: MockRequest) -> MockResponse:
+        if request.path != "/server_info" or request.worker not in infos:
+            return MockResponse(status=404, json={"detail": "Not Found"})
+        return MockResponse(json=infos[request.worker])
+
+    clock = Clock()
+    urls = [*infos, "http://vllm:1"]
+    workers = [Worker(url, MODEL, "chat", BreakerConfig(), clock) for url in urls]
+    config = RouterConfig.model_validate({"admission": {"enabled": True}})
+    admission = Admission(config, {MODEL: workers}, clock)
+    transport = MockTransport(engine)
+    await admission.learn_caps(workers, transport, {})
+    await admission.learn_caps(workers, transport, {})  # asked once: nothing new to learn
+    assert admission.learned_caps == {"http://p:1": 4, "http://f:1": 8, "http://l:1": 8}
+    assert admission.preempting == {"http://p:1"}
+    assert len([r for r in transport.requests if r.worker == "http://vllm:1"]) == 1
+    preempts, fifo, _, vllm = workers
+    # auto: above the cap where the engine preempts, below it elsewhere, none where unknown.
+    assert (admission.limit(preempts, 0), admission.limit(preempts, 100)) == (4, 5)
+    assert (admission.limit(fifo, 0), admission.limit(fifo, 100)) == (7, 8)
+    assert admission.limit(vllm, 0) is None

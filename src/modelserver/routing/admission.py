@@ -107,6 +107,8 @@ class Admission:
         self.learned_caps: dict[str, int] = {}
         """worker URL -> `max_running_requests` its engine reported."""
         self._no_cap: set[str] = set()
+        self.preempting: set[str] = set()
+        """Worker URLs whose engine preempts by priority (learned from /server_info)."""
         self.priority_models: set[str] = set()
         """Models whose engines take SGLang's request field `priority` (sglang, sim)."""
         self.tenants: dict[str, TenantUsage] = {}
@@ -150,7 +152,9 @@ class Admission:
         if cap is None:
             return None
         reserved = self.settings.reserved_slots
-        if self.settings.reserved_where == "above_cap":  # the engine preempts batch for them
+        where = self.settings.reserved_where
+        if where == "above_cap" or (where == "auto" and worker.url in self.preempting):
+            # The engine preempts a batch request for them: batch may fill the cap.
             return cap if priority <= 0 else cap + reserved
         if priority <= 0:  # the batch class leaves room for every class above it
             return max(1, cap - reserved)
@@ -288,10 +292,21 @@ class Admission:
                 info = orjson.loads(data)
             except orjson.JSONDecodeError:
                 continue
-            cap = info.get("max_running_requests") if isinstance(info, dict) else None
+            if not isinstance(info, dict):
+                continue
+            cap = info.get("max_running_requests")
             if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0:
                 self.learned_caps[worker.url] = cap
                 log.info("%s runs at most %d requests at once", worker.url, cap)
+            # SGLang's flags (server_args.py): larger priority values first by default; an
+            # engine scheduling small values first would read ours upside down, so it is
+            # not counted on to preempt for them.
+            if (
+                info.get("enable_priority_scheduling") is True
+                and info.get("disable_priority_preemption") is not True
+                and info.get("schedule_low_priority_values_first") is not True
+            ):
+                self.preempting.add(worker.url)
 
     def waiting(self, model: str | None = None) -> int:
         return sum(
