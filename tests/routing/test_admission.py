@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
 import pytest
 
 from modelserver.config import BreakerConfig, RouterConfig, parse_fleet
@@ -256,12 +257,17 @@ def test_admission_is_on_by_default_only_for_a_fleet_with_tenants() -> None:
 
 def test_the_engine_gets_sglangs_priority_field_only_when_it_takes_one() -> None:
     admission, _ = fleet_admission()
-    admission.priority_models = {MODEL}
-    body = b'{"model": "m", "messages": []}'
+    clock = Clock()
+    sglang = Worker("http://s:1", MODEL, "chat", BreakerConfig(), clock, backend="sglang")
+    vllm = Worker("http://v:1", MODEL, "chat", BreakerConfig(), clock, backend="vllm")
+    body = b'{"model": "m", "messages": [], "priority": 1000}'
     batch = ticket(admission, "b", "batch")
-    assert b'"priority":0' in admission.engine_body(MODEL, body, None, batch)
-    admission.priority_models = set()
-    assert admission.engine_body(MODEL, body, None, batch) == body
+    # The caller's own value is replaced by its tenant's.
+    assert orjson.loads(admission.engine_body(sglang, body, batch))["priority"] == 0
+    assert admission.engine_body(vllm, body, batch) == body
+    admission.low_values_first.add(sglang.url)  # learned from its /server_info
+    interactive = ticket(admission, "i", "interactive")
+    assert orjson.loads(admission.engine_body(sglang, body, interactive))["priority"] == -100
 
 
 async def test_above_the_cap_batch_fills_every_slot_and_interactive_goes_past_it() -> None:
@@ -308,7 +314,8 @@ async def test_caps_and_priority_preemption_are_learned_from_each_engines_server
     await admission.learn_caps(workers, transport, {})
     await admission.learn_caps(workers, transport, {})  # asked once: nothing new to learn
     assert admission.learned_caps == {"http://p:1": 4, "http://f:1": 8, "http://l:1": 8}
-    assert admission.preempting == {"http://p:1"}
+    assert admission.preempting == {"http://p:1", "http://l:1"}
+    assert admission.low_values_first == {"http://l:1"}
     assert len([r for r in transport.requests if r.worker == "http://vllm:1"]) == 1
     preempts, fifo, _, vllm = workers
     # auto: above the cap where the engine preempts, below it elsewhere, none where unknown.

@@ -52,6 +52,8 @@ CHARS_PER_TOKEN = 4
 PRIORITY_BACKENDS = frozenset({"sglang", "sim"})
 SERVER_INFO = "/server_info"
 DEFAULT_TENANT = "default"
+Asked = tuple[str, str | None, PriorityValue | None, float]
+"""What a caller asked of the queue: model, tenant, priority, weight."""
 
 
 @dataclass(eq=False)
@@ -108,6 +110,8 @@ class Admission:
         """worker URL -> `max_running_requests` its engine reported."""
         self._no_cap: set[str] = set()
         self.preempting: set[str] = set()
+        self.low_values_first: set[str] = set()
+        """Worker URLs whose engine serves small priority values first."""
         """Worker URLs whose engine preempts by priority (learned from /server_info)."""
         self.priority_models: set[str] = set()
         """Models whose engines take SGLang's request field `priority` (sglang, sim)."""
@@ -250,23 +254,24 @@ class Admission:
             if not by_tenant:
                 del queues[priority]
 
-    def engine_body(
-        self, model: str, payload: bytes, parsed: Any, ticket: Ticket
-    ) -> bytes:
-        """The body with SGLang's request field `priority` set (engines of `priority_models`
-        only: vLLM refuses a priority unless started with `--scheduling-policy priority`):
-        the one the caller's tenant has, or with admission on the default one, so no caller
-        sets its own."""
-        if model not in self.priority_models or not (self.enabled or ticket.explicit):
+    def engine_body(self, worker: Worker, payload: bytes, ticket: Ticket) -> bytes:
+        """The body for `worker` with SGLang's request field `priority` set (SGLang and
+        simulated engines only, by their backend or `priority_models`: vLLM refuses a
+        priority unless started with `--scheduling-policy priority`): the one the caller's
+        tenant has, or with admission on the default one, so no caller sets its own. An
+        engine that schedules small values first gets it negated, as SGLang's own clients
+        do."""
+        takes = worker.backend in PRIORITY_BACKENDS or worker.model in self.priority_models
+        if not takes or not (self.enabled or ticket.explicit):
+            return payload
+        try:
+            parsed = orjson.loads(payload)
+        except orjson.JSONDecodeError:
             return payload
         if not isinstance(parsed, dict):
-            try:
-                parsed = orjson.loads(payload)
-            except orjson.JSONDecodeError:
-                return payload
-            if not isinstance(parsed, dict):
-                return payload
-        return orjson.dumps({**parsed, "priority": ticket.priority})
+            return payload
+        value = -ticket.priority if worker.url in self.low_values_first else ticket.priority
+        return orjson.dumps({**parsed, "priority": value})
 
     async def learn_caps(
         self, workers: Sequence[Worker], transport: Transport, headers: Mapping[str, Any]
@@ -299,12 +304,12 @@ class Admission:
                 self.learned_caps[worker.url] = cap
                 log.info("%s runs at most %d requests at once", worker.url, cap)
             # SGLang's flags (server_args.py): larger priority values first by default; an
-            # engine scheduling small values first would read ours upside down, so it is
-            # not counted on to preempt for them.
+            # engine scheduling small values first gets our values negated (engine_body).
+            if info.get("schedule_low_priority_values_first") is True:
+                self.low_values_first.add(worker.url)
             if (
                 info.get("enable_priority_scheduling") is True
                 and info.get("disable_priority_preemption") is not True
-                and info.get("schedule_low_priority_values_first") is not True
             ):
                 self.preempting.add(worker.url)
 

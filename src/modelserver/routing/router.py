@@ -17,12 +17,10 @@ import contextlib
 import functools
 import logging
 import random
-import statistics
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 
@@ -30,39 +28,47 @@ from modelserver._tenant_config import PriorityValue
 from modelserver.config import Fleet, RouterConfig
 from modelserver.errors import (
     ClientClosed,
-    DeadlineExceeded,
     EngineRejected,
     NoHealthyWorker,
     RetryableWorkerError,
     UnknownModel,
     WorkerBadAnswer,
-    WorkerError,
     WorkerRefused,
+    WorkerTimeout,
     WorkerUnreachable,
     WrongModelKind,
 )
-from modelserver.routing.admission import Admission
+from modelserver.routing.admission import Admission, Asked
+from modelserver.routing.answers import (
+    completion_tokens,
+    deadline_error,
+    json_answer,
+    safely,
+    short,
+    shown,
+)
 from modelserver.routing.availability import Availability
 from modelserver.routing.closing import STOPPED, InFlight
 from modelserver.routing.entries import WorkerEntry, entries_from_mapping
-from modelserver.routing.events import AttemptResult, RouterObserver
-from modelserver.routing.health import probe_round, read_launcher_states
+from modelserver.routing.events import RouterObserver
 from modelserver.routing.policies import Policy, make_policy, usable_workers
+from modelserver.routing.probing import Probing
 from modelserver.routing.request_key import RequestInfo, kind_of_path, render_text
 from modelserver.routing.response import RoutedResponse
+from modelserver.routing.resume import PayloadFor, ResumingStream, request_json
 from modelserver.routing.retry import AttemptBudget, backoff_delay, error_for_status
+from modelserver.routing.stalls import StallBounds, stall_bounds
 from modelserver.routing.stream import StreamRelay, looks_like_json, looks_like_sse, no_chunks
-from modelserver.routing.transport import AiohttpTransport, Transport, TransportResponse
-from modelserver.routing.worker import Worker, WorkerStats
+from modelserver.routing.transport import Transport, TransportResponse
+from modelserver.routing.verdicts import take_out_until_probed
+from modelserver.routing.worker import Worker
 
 log = logging.getLogger(__name__)
 
 __all__ = ["RoutedResponse", "Router", "WorkerEntry", "entries_from_mapping"]
 
-_JSON_HEADERS = {"content-type": "application/json"}
 
-
-class Router:
+class Router(Probing):
     """Routes requests for the models of a fleet to their workers.
 
     Build it with `Router.from_fleet(fleet)`, `Router.from_mapping({model: [url, ...]})`
@@ -111,7 +117,12 @@ class Router:
         self._closing: asyncio.Future[None] | None = None
         for entry in entries:
             self.add_worker(
-                entry.model, entry.url, entry.kind, name=entry.name, api_key=entry.api_key
+                entry.model,
+                entry.url,
+                entry.kind,
+                name=entry.name,
+                api_key=entry.api_key,
+                backend=entry.backend,
             )
 
     # -- construction --------------------------------------------------------------------
@@ -121,7 +132,7 @@ class Router:
         """Workers from the fleet file; `[router]` settings; state dir for the launcher's
         state files and `availability.json`."""
         entries = [
-            WorkerEntry(w.model, w.url, w.kind, name=w.name, api_key=w.api_key)
+            WorkerEntry(w.model, w.url, w.kind, name=w.name, api_key=w.api_key, backend=w.backend)
             for w in fleet.workers()
         ]
         kwargs.setdefault("config", fleet.router)
@@ -134,24 +145,6 @@ class Router:
     def from_mapping(cls, mapping: Mapping[str, Any], **kwargs: Any) -> Router:
         """Workers from `{model: [url, ...]}` or `{model: {"kind": ..., "urls": [...]}}`."""
         return cls(entries_from_mapping(mapping), **kwargs)
-
-    @property
-    def state_dir(self) -> Path | None:
-        """Where the launcher's state files are read and `availability.json` is written."""
-        return self._availability.state_dir
-
-    @state_dir.setter
-    def state_dir(self, value: Path | None) -> None:
-        self._availability.state_dir = value
-
-    @property
-    def transport(self) -> Transport:
-        if self._closing is not None:
-            raise ClientClosed("the router is closed")
-        if self._transport is None:
-            # Created lazily: aiohttp binds its session to the running event loop.
-            self._transport = AiohttpTransport(self.config.connect_timeout_s)
-        return self._transport
 
     # -- the request path ------------------------------------------------------------------
 
@@ -182,7 +175,9 @@ class Router:
         Failover: connection refused or reset, timeouts, HTTP 408, 429 and 5xx are retried
         on a different worker within `[router] max_attempts` and `request_timeout_s`;
         backoff with jitter only when the worker that just failed is the only one left.
-        A stream fails over only before its first chunk.
+        A stream that breaks or stalls after its first chunk is resumed on another worker
+        (`[router.resume]`, resume.py): the caller reads one stream; one that cannot be
+        resumed raises `StreamBroken` from its iterator, saying why.
 
         Raises:
             UnknownModel: no such model in the fleet.
@@ -194,9 +189,42 @@ class Router:
                 `url: error` per failed attempt.
             ClientClosed: `close()` was called before, or while the request ran.
         """
+        deadline = self._clock() + self.config.request_timeout_s
         with self._in_flight.guard():
-            ticket = (model, tenant, priority, weight)
-            return await self._route(model, path, body, stream, headers, parsed, ticket)
+            asked = (model, tenant, priority, weight)
+            response = await self._route(
+                model, path, body, stream, headers, parsed, deadline, asked=asked
+            )
+        relay = response.chunks
+        if isinstance(relay, StreamRelay) and relay.sse and self.config.resume.enabled:
+            response.chunks = ResumingStream(
+                model,
+                path,
+                response,
+                functools.partial(request_json, body, parsed),
+                functools.partial(self._resume_stream, model, path, headers, deadline, asked),
+                self.config.resume,
+                self._notify_resume,
+                self._clock,
+            )
+        return response
+
+    async def _resume_stream(
+        self,
+        model: str,
+        path: str,
+        headers: Mapping[str, str] | None,
+        deadline: float,
+        asked: Asked,
+        body: dict[str, Any],
+        payload_for: PayloadFor,
+        never: frozenset[str],
+    ) -> RoutedResponse:
+        """A broken stream's request, continued, to a worker that has not failed it."""
+        with self._in_flight.guard():
+            return await self._route(
+                model, path, body, True, headers, body, deadline, never, payload_for, asked
+            )
 
     async def _route(
         self,
@@ -206,11 +234,18 @@ class Router:
         stream: bool,
         headers: Mapping[str, str] | None,
         parsed: dict[str, Any] | None,
-        asked: tuple[str, str | None, PriorityValue | None, float],
+        deadline: float,
+        never: frozenset[str] = frozenset(),
+        payload_for: PayloadFor | None = None,
+        asked: Asked | None = None,
     ) -> RoutedResponse:
         workers = self._models.get(model)
         if workers is None:
             raise UnknownModel(model, list(self._models))
+        if never:
+            workers = [w for w in workers if w.url not in never]
+            if not workers:
+                raise NoHealthyWorker(model, dict.fromkeys(never, "failed this request"))
         wanted = kind_of_path(path)
         if wanted is not None and wanted != self._kinds[model]:
             raise WrongModelKind(model, self._kinds[model], wanted)
@@ -229,13 +264,10 @@ class Router:
                     parsed_body = {}
             if isinstance(parsed_body, dict):
                 text = render_text(parsed_body)
-        ticket = self.admission.ticket(*asked, len(payload))
-        payload = self.admission.engine_body(model, payload, parsed_body, ticket)
+        ticket = self.admission.ticket(*(asked or (model, None, None, 1.0)), len(payload))
         request = RequestInfo(model, path, text, ticket.tenant)
         config = self.config
-        budget = AttemptBudget(
-            config.max_attempts, self._clock() + config.request_timeout_s, self._clock
-        )
+        budget = AttemptBudget(config.max_attempts, deadline, self._clock)
         readmit = config.latency.readmit_after_s
         tried: set[str] = set()
         last_failed: Worker | None = None
@@ -260,29 +292,31 @@ class Router:
                 )
                 backoff_round += 1
                 if delay <= 0:
-                    raise _deadline_error(model, budget)
+                    raise deadline_error(model, budget)
                 self._notify_retry(model, last_failed, budget, delay)
                 await self._sleep(delay)
                 tried.clear()
                 last_failed = None
                 continue
             if budget.remaining_s() <= 0:
-                raise _deadline_error(model, budget)
+                raise deadline_error(model, budget)
             roomy = self.admission.with_room(candidates, ticket)
             if not roomy:  # every worker at its running cap: wait for a place
                 await self.admission.wait(ticket, budget.remaining_s())
                 continue
             worker = self.policy.select(roomy, request)
+            data = payload if payload_for is None else payload_for(worker.backend)
+            data = self.admission.engine_body(worker, data, ticket)
             try:
                 response = await self._attempt(
-                    worker, request, payload, stream, headers, len(budget.attempts) + 1, budget
+                    worker, request, data, stream, headers, len(budget.attempts) + 1, budget
                 )
             except RetryableWorkerError as exc:
                 budget.failed(worker.url, exc)
                 tried.add(worker.url)
                 last_failed = worker
                 if not budget.can_try_again():
-                    raise _deadline_error(model, budget) from exc
+                    raise deadline_error(model, budget) from exc
                 # Retrying at once on another worker; the backoff branch above reports
                 # its own wait when this worker is the only one left.
                 now = self._clock()
@@ -310,8 +344,12 @@ class Router:
             worker.trial_in_flight = True
         self.policy.on_request_start(worker, request)
         for observer in self._observers:
-            _safely(observer.on_attempt, request.model, worker.url, attempt, request.path)
-        timeout_s = min(self.config.attempt_timeout_s, budget.remaining_s())
+            safely(observer.on_attempt, request.model, worker.url, attempt, request.path)
+        timeout_s = outer_s = min(self.config.attempt_timeout_s, budget.remaining_s())
+        bounds = stall_bounds(worker, self.config.resume, outer_s) if stream else None
+        stall = bounds.first if bounds is not None else None
+        if stall is not None:
+            timeout_s = stall.seconds
         send_headers = self._headers[worker.url]
         if headers:
             send_headers = {**send_headers, **headers}
@@ -330,23 +368,34 @@ class Router:
             if status >= 400:
                 raise error_for_status(worker.url, status, await answer.read())
             if stream:
-                return await self._start_stream(worker, request, answer, attempt, start)
+                assert bounds is not None
+                return await self._start_stream(
+                    worker, request, answer, attempt, start, bounds, outer_s
+                )
             data = await answer.read()
-            parsed = _json_answer(worker.url, answer.headers, data)
-        except RetryableWorkerError as exc:
+            parsed = json_answer(worker.url, answer.headers, data)
+        except RetryableWorkerError as original:
+            exc = original
+            if stall is not None and isinstance(exc, WorkerTimeout):
+                exc = WorkerTimeout(
+                    worker.url,
+                    f"stalled: no first chunk within {stall.seconds:.2f} s ({stall.basis})",
+                )
             # While closing, a failure may be the closing itself: no verdict then.
             verdict = None if self._in_flight.closing else False
             self._finish(
-                worker, request, attempt, verdict, status, _short(exc), start, None, None, stream
+                worker, request, attempt, verdict, status, short(exc), start, None, None, stream
             )
             if isinstance(exc, WorkerRefused) and self._probe_task is not None:
                 # Only while probes run: they are what brings the worker back.
-                _take_out_until_probed(worker, _short(exc))
-            raise
+                take_out_until_probed(worker, short(exc))
+            if exc is original:
+                raise
+            raise exc from original
         except EngineRejected as exc:
             # The request was wrong, not the worker: no mark against its circuit.
             self._finish(
-                worker, request, attempt, None, status, _short(exc), start, None, None, stream
+                worker, request, attempt, None, status, short(exc), start, None, None, stream
             )
             raise
         except BaseException:
@@ -355,7 +404,7 @@ class Router:
                 worker, request, attempt, None, status, "cancelled", start, None, None, stream
             )
             raise
-        tokens = _completion_tokens(parsed)
+        tokens = completion_tokens(parsed)
         e2e = self._clock() - start
         self._finish(worker, request, attempt, True, status, None, start, None, tokens, False)
         return RoutedResponse(
@@ -369,6 +418,8 @@ class Router:
         answer: TransportResponse,
         attempt: int,
         start: float,
+        bounds: StallBounds,
+        outer_s: float,
     ) -> RoutedResponse:
         chunks = answer.chunks()
         try:
@@ -382,14 +433,17 @@ class Router:
                     await closer()
                 raise WorkerBadAnswer(
                     worker.url,
-                    f"answered a stream request with {_shown(answer.headers, first)},"
+                    f"answered a stream request with {shown(answer.headers, first)},"
                     " not server-sent events",
                 )
             # Answered whole (embeddings ignore `stream`): read it all, pass it on if JSON.
             first += b"".join([chunk async for chunk in chunks])
-            _json_answer(worker.url, answer.headers, first)
+            json_answer(worker.url, answer.headers, first)
             chunks = no_chunks()
         ttft = self._clock() - start
+        if bounds.chunk is not None or bounds.first is not None:
+            # Each chunk from now on: its own learned bound, else the outer one.
+            answer.set_read_timeout(bounds.chunk.seconds if bounds.chunk else outer_s)
         relay = StreamRelay(
             worker.url,
             first,
@@ -422,288 +476,6 @@ class Router:
         if ok is False and self._in_flight.closing:
             ok = None  # broken by the closing itself
         self._finish(worker, request, attempt, ok, status, error, start, ttft, tokens, True)
-
-    def _finish(
-        self,
-        worker: Worker,
-        request: RequestInfo,
-        attempt: int,
-        ok: bool | None,
-        status: int | None,
-        error: str | None,
-        start: float,
-        ttft: float | None,
-        tokens: int | None,
-        stream: bool,
-    ) -> None:
-        """Account for the end of an attempt. ok=None: no verdict on the worker."""
-        now = self._clock()
-        e2e = now - start
-        worker.in_flight -= 1
-        if worker.in_flight == 0 and worker.idle is not None:
-            worker.idle.set()
-        breaker = worker.breaker
-        if ok:
-            breaker.record_success()
-            alpha = self.config.latency.ewma_alpha
-            per_token = e2e / tokens if tokens else e2e
-            if worker.ejected_at is not None:
-                # A trial after ejection: judge it on this sample alone, not the stale EWMA.
-                worker.ewma_latency = None
-                worker.latency_samples = 0
-            worker.observe_latency(per_token, alpha)
-            if ttft is not None:
-                worker.observe_ttft(ttft, alpha)
-            self._check_ejection(worker, now)
-        elif ok is False:
-            worker.errors += 1
-            breaker.record_failure()
-            if worker.ejected_at is not None:
-                worker.trial_in_flight = False
-                worker.ejected_at = now  # failed trial: another cool-down
-        else:
-            breaker.release_trial()
-            worker.trial_in_flight = False
-        self.policy.on_request_complete(worker, request, bool(ok))
-        self.admission.finished(request.model, request.tenant, tokens)
-        if self._observers:
-            result = AttemptResult(
-                model=request.model,
-                worker=worker.url,
-                path=request.path,
-                attempt=attempt,
-                stream=stream,
-                ok=bool(ok),
-                status=status,
-                error=error,
-                e2e_s=e2e,
-                ttft_s=ttft,
-                output_tokens=tokens,
-            )
-            for observer in self._observers:
-                _safely(observer.on_result, result)
-
-    def _check_ejection(self, worker: Worker, now: float) -> None:
-        """Eject `worker` if its latency grew past `ejection_ratio` × the median of its
-        model's other measured workers; judge an ejected worker's trial the same way."""
-        settings = self.config.latency
-        latency = worker.ewma_latency
-        trial = worker.ejected_at is not None
-        if latency is None or (not trial and worker.latency_samples < settings.min_samples):
-            return
-        # Compared only with workers that could take its requests now: the stale EWMA of a
-        # dead or broken one says nothing about what this one should manage.
-        others = [
-            w.ewma_latency
-            for w in self._models.get(worker.model, ())
-            if w is not worker
-            and w.ewma_latency is not None
-            and w.ejected_at is None
-            and w.latency_samples >= settings.min_samples
-            and w.out_reason(now, settings.readmit_after_s) is None
-        ]
-        if not others:
-            if trial:
-                _readmit(worker)
-            return
-        median = statistics.median(others)
-        too_slow = (
-            latency > settings.ejection_ratio * median and latency - median > settings.min_gap_s
-        )
-        if trial:
-            worker.trial_in_flight = False
-            if too_slow:
-                worker.ejected_at = now
-            else:
-                _readmit(worker)
-            return
-        if too_slow and any(
-            w is not worker and w.out_reason(now, settings.readmit_after_s) is None
-            for w in self._models[worker.model]
-        ):
-            worker.ejected_at = now
-            worker.ejection_note = (
-                f"{latency * 1000:.1f} ms/token vs median {median * 1000:.1f} ms/token of the"
-                f" others; bound ×{settings.ejection_ratio:g}"
-            )
-            log.warning("ejected %s: %s", worker.url, worker.ejection_note)
-
-    def _notify_retry(
-        self, model: str, worker: Worker | None, budget: AttemptBudget, backoff_s: float
-    ) -> None:
-        if not self._observers:
-            return
-        error = budget.attempts[-1] if budget.attempts else ""
-        url = worker.url if worker is not None else ""
-        for observer in self._observers:
-            _safely(observer.on_retry, model, url, error, len(budget.attempts) + 1, backoff_s)
-
-    async def _no_healthy_worker(
-        self, model: str, workers: Sequence[Worker], now: float, budget: AttemptBudget
-    ) -> NoHealthyWorker:
-        readmit = self.config.latency.readmit_after_s
-        reasons = {w.url: w.out_reason(now, readmit) or "up" for w in workers}
-        for attempt in budget.attempts:
-            url, _, error = attempt.partition(": ")
-            if url in reasons:
-                reasons[url] = f"{reasons[url]}; last error: {error}"
-        for observer in self._observers:
-            _safely(observer.on_no_healthy_worker, model, reasons)
-        await self._availability.mark_down(model, reasons, self._models)
-        return NoHealthyWorker(model, reasons)
-
-    # -- health probing and the launcher's state file ---------------------------------------
-
-    async def start(self) -> None:
-        """Probe every worker now, then every `[router.health] interval_s` in the background."""
-        if self._closing is not None:
-            raise ClientClosed("the router is closed; it cannot start again")
-        if self._probe_task is None:
-            await self.probe_once()
-            self._probe_task = asyncio.create_task(self._probe_loop(), name="router-probes")
-            if self.state_dir is not None:
-                self._state_task = asyncio.create_task(
-                    self._state_loop(), name="router-state-files"
-                )
-
-    async def _state_loop(self) -> None:
-        """The launcher's state files on their own beat, not after each probe round: a round
-        lasts up to the probe timeout when a worker hangs, and what the launcher already
-        knows (a worker it saw die) must not wait for that."""
-        while True:
-            await self._sleep(self.config.health.interval_s)
-            try:
-                self.apply_state_files()
-            except Exception:  # must never kill the loop
-                log.exception("reading the launcher's state files failed")
-
-    async def _probe_loop(self) -> None:
-        while True:
-            await self._sleep(self.config.health.interval_s)
-            try:
-                await self.probe_once()
-            except Exception:  # a probe round must never kill the loop
-                log.exception("health probe round failed")
-
-    async def probe_once(self) -> None:
-        """One round: read the launcher's state files, GET the health endpoint of every
-        worker concurrently (short timeout), update each worker's probe health."""
-        self.apply_state_files()
-        await probe_round(
-            list(self._by_url.values()), self.transport, self.config.health, self._headers
-        )
-        await self.admission.learn_caps(list(self._by_url.values()), self.transport, self._headers)
-
-    def apply_state_files(self) -> None:
-        """Take workers the launcher reports not ready (failed, stopped, ...) out of rotation
-        (reads `{state_dir}/state-*.json`; absent files change nothing)."""
-        if self.state_dir is None:
-            return
-        statuses = read_launcher_states(self.state_dir)
-        for url, worker in self._by_url.items():
-            worker.launcher_status = statuses.get(url)
-
-    # -- admin (the gateway exposes these) -------------------------------------------------
-
-    def models(self) -> dict[str, str]:
-        """Every model the router knows, with its kind ("chat" or "embedding")."""
-        return dict(self._kinds)
-
-    def workers(self, model: str | None = None) -> list[WorkerStats]:
-        """A snapshot of every worker (or those of `model`): status ("up" or why it is out),
-        requests in flight, EWMA latency per token and TTFT, breaker state, counts."""
-        now = self._clock()
-        readmit = self.config.latency.readmit_after_s
-        return [
-            w.stats(now, readmit)
-            for w in self._by_url.values()
-            if model is None or w.model == model
-        ]
-
-    def worker(self, url: str) -> Worker:
-        """The live worker object at `url` (KeyError naming the known URLs if none)."""
-        try:
-            return self._by_url[url.rstrip("/")]
-        except KeyError:
-            raise KeyError(f"no worker at {url!r}; workers: {sorted(self._by_url)}") from None
-
-    def drain(self, url: str) -> None:
-        """Send no new request to `url`; requests in flight there finish normally."""
-        self.worker(url).draining = True
-
-    def undrain(self, url: str) -> None:
-        """Put a drained worker back into rotation."""
-        self.worker(url).draining = False
-
-    async def wait_drained(self, url: str, timeout_s: float) -> bool:
-        """Wait until a drained worker has nothing in flight; False if `timeout_s` passed."""
-        worker = self.worker(url)
-        if worker.in_flight == 0:
-            return True
-        if worker.idle is None:
-            worker.idle = asyncio.Event()
-        worker.idle.clear()
-        try:
-            async with asyncio.timeout(timeout_s):
-                while worker.in_flight > 0:  # set at 0; a new request may start before we wake
-                    await worker.idle.wait()
-                    worker.idle.clear()
-        except TimeoutError:
-            return False
-        return True
-
-    def add_worker(
-        self,
-        model: str,
-        url: str,
-        kind: str = "chat",
-        *,
-        name: str | None = None,
-        api_key: str | None = None,
-    ) -> Worker:
-        """Start routing `model` requests to `url` as well.
-
-        `api_key` is the engine's own key, sent with every request to it; when not given,
-        the worker gets the key the model's other workers were given (so a replica added at
-        run time can talk to an engine that wants one). Raises ValueError for a URL that is
-        not `http(s)://HOST:PORT` or is already routed to, and WrongModelKind if `model` is
-        known with another kind.
-        """
-        if kind not in ("chat", "embedding"):
-            raise ValueError(f"kind must be 'chat' or 'embedding' (got {kind!r})")
-        _check_url(url)
-        known_kind = self._kinds.get(model)
-        if known_kind is not None and known_kind != kind:
-            raise WrongModelKind(model, known_kind, kind)
-        if api_key is None:
-            api_key = self._api_keys.get(model)
-        worker = Worker(url, model, kind, self.config.breaker, self._clock, name, api_key)
-        if worker.url in self._by_url:
-            raise ValueError(f"a worker at {worker.url} is already routed to")
-        self._kinds[model] = kind
-        self._models.setdefault(model, []).append(worker)
-        self._by_url[worker.url] = worker
-        headers = dict(_JSON_HEADERS)
-        if api_key:
-            self._api_keys.setdefault(model, api_key)
-            headers["authorization"] = f"Bearer {api_key}"
-        self._headers[worker.url] = headers
-        return worker
-
-    def remove_worker(self, url: str) -> None:
-        """Stop routing to `url`. Requests in flight there finish normally."""
-        worker = self.worker(url)
-        del self._by_url[worker.url]
-        del self._headers[worker.url]
-        siblings = self._models[worker.model]
-        siblings.remove(worker)
-        if not siblings:
-            del self._models[worker.model]
-            del self._kinds[worker.model]
-        self.policy.on_worker_removed(worker)
-
-    def add_observer(self, observer: RouterObserver) -> None:
-        self._observers.append(observer)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -739,99 +511,8 @@ class Router:
         await self.close()
 
 
-def _check_url(url: str) -> None:
-    """A worker URL is http(s)://host[:port] with nothing odd in it (the admin API takes
-    URLs from outside; a junk one would only fail every request sent to it)."""
-    problem = f"{url!r} is not a worker URL; expected http(s)://HOST:PORT"
-    if not url.isascii() or not url.isprintable() or any(c.isspace() for c in url):
-        raise ValueError(problem)
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018  (raises ValueError for a port that is not a number)
-    except ValueError:
-        raise ValueError(problem) from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(problem)
-    if parts.path.strip("/") or parts.query or parts.fragment:
-        extra = url[len(f"{parts.scheme}://{parts.netloc}") :]
-        raise ValueError(
-            f"{problem}, without {extra!r}: the router adds each request's own path"
-            " (/v1/chat/completions, /health, ...) to the worker URL"
-        )
-
-
 def _last_resort(workers: Sequence[Worker], now: float, readmit: float) -> list[Worker]:
     """When no worker is usable: those out only for being slow, or only by their circuit
     while their health probe answers (`Worker.out_reason(last_resort=True)`). Trying one of
     them beats answering "no healthy worker" while some are alive."""
     return [w for w in workers if w.out_reason(now, readmit, last_resort=True) is None]
-
-
-def _take_out_until_probed(worker: Worker, error: str) -> None:
-    """Nothing listens at `worker` (the engine died): out now, not after the breaker's
-    `failure_threshold` requests or the next reading of the launcher's state file; back once
-    health probes answer again (`[router.health] success_threshold` in a row)."""
-    if worker.probe_healthy:
-        log.warning("%s is out: %s", worker.url, error)
-    worker.probe_healthy = False
-    worker.probe_successes = 0
-    worker.last_probe_error = error
-
-
-def _readmit(worker: Worker) -> None:
-    worker.ejected_at = None
-    worker.ejection_note = ""
-    worker.trial_in_flight = False
-    log.info("re-admitted %s: its latency is back within the bound", worker.url)
-
-
-def _json_answer(url: str, headers: Mapping[str, str], data: bytes) -> Any:
-    """The parsed body of a 2xx answer; a body that is not JSON is the worker's failure
-    (every route the router forwards answers JSON), so the request goes elsewhere."""
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        raise WorkerBadAnswer(
-            url, f"answered HTTP 200 with {_shown(headers, data)}, which is not JSON"
-        ) from None
-
-
-def _shown(headers: Mapping[str, str], data: bytes) -> str:
-    kind = headers.get("content-type") or "no content type"
-    text = data[:80].decode("utf-8", "replace")
-    return f"{kind} {text!r}" if data else f"{kind} and an empty body"
-
-
-def _completion_tokens(parsed: Any) -> int | None:
-    if isinstance(parsed, dict):
-        usage = parsed.get("usage")
-        if isinstance(usage, dict):
-            tokens = usage.get("completion_tokens")
-            if isinstance(tokens, int):
-                return tokens
-    return None
-
-
-def _deadline_error(model: str, budget: AttemptBudget) -> DeadlineExceeded:
-    exhausted = len(budget.attempts) >= budget.max_attempts
-    reason = (
-        f"{len(budget.attempts)} attempts failed" if exhausted else "the request deadline passed"
-    )
-    detail = "; ".join(budget.attempts) or "no attempt finished"
-    return DeadlineExceeded(
-        f"model {model!r}: {reason} ({detail})",
-        budget.attempts,
-        timed_out=not exhausted,
-        statuses=budget.statuses,
-    )
-
-
-def _short(exc: BaseException) -> str:
-    return exc.reason if isinstance(exc, WorkerError) else str(exc)
-
-
-def _safely(hook: Callable[..., None], *args: Any) -> None:
-    try:
-        hook(*args)
-    except Exception:
-        log.exception("router observer %r failed", hook)
