@@ -28,6 +28,7 @@ from typing import Any, Literal, TypeVar
 
 import orjson
 
+from modelserver._tenant_config import priority_number
 from modelserver.config import Fleet, RouterConfig, load_fleet
 from modelserver.errors import ClientClosed, ModelServerError, RequestError
 from modelserver.routing.router import Router
@@ -106,6 +107,22 @@ def _user_messages(message: str | Messages) -> list[dict[str, Any]]:
     )
 
 
+def _queue_place(body: dict[str, Any]) -> dict[str, Any]:
+    """`priority=` ("interactive", "batch" or a number) and `tenant=` of a call are the
+    router's (its admission queue, routing/admission.py), not engine parameters."""
+    place: dict[str, Any] = {}
+    if "tenant" in body:
+        tenant = body.pop("tenant")
+        if not isinstance(tenant, str) or not tenant:
+            raise TypeError(f"tenant must be a non-empty string (got {_shown_type(tenant)})")
+        place["tenant"] = tenant
+    if "priority" in body:
+        priority = body.pop("priority")
+        priority_number(priority)  # ValueError naming the allowed classes
+        place["priority"] = priority
+    return place
+
+
 def _shown_type(value: object) -> str:
     if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
         kinds = sorted({type(item).__name__ for item in value})
@@ -179,7 +196,7 @@ class AsyncModelServer:
     ) -> Completion:
         router = self.router if self._started else await self._ready()
         start = asyncio.get_running_loop().time()
-        response = await router.forward(model, path, body)
+        response = await router.forward(model, path, body, **_queue_place(body))
         latency = asyncio.get_running_loop().time() - start
         data = response.json()
         try:
@@ -232,7 +249,7 @@ class AsyncModelServer:
         why."""
         router = self.router if self._started else await self._ready()
         body = {"model": model, "messages": _user_messages(messages), **params, "stream": True}
-        response = await router.forward(model, CHAT_PATH, body, stream=True)
+        response = await router.forward(model, CHAT_PATH, body, stream=True, **_queue_place(body))
         assert response.chunks is not None
         buffer = b""
         async with response:

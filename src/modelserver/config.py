@@ -33,6 +33,7 @@ from modelserver._fleet_values import (
     shared_gpus,
     socket_address,
 )
+from modelserver._tenant_config import AdmissionConfig, Tenants
 from modelserver.errors import FleetFileError
 from modelserver.launcher.backends import check_options
 
@@ -312,6 +313,7 @@ class RouterConfig(Section):
     latency: LatencyConfig = Field(default_factory=LatencyConfig)
     cache_aware: CacheAwareConfig = Field(default_factory=CacheAwareConfig)
     resume: ResumeConfig = Field(default_factory=ResumeConfig)
+    admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
 
 
 class GatewayConfig(Section):
@@ -322,6 +324,7 @@ class GatewayConfig(Section):
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     body_timeout_s: float = Field(default=30.0, gt=0)
     """How long a caller may take to send its request body (a stalled one holds a handler)."""
+    tenants: Tenants = Field(default_factory=list)
 
 
 CLUSTER_ADDRESS_FORMS = '"auto", "local", "HOST:PORT" or "ray://HOST:PORT"'

@@ -82,10 +82,20 @@ def test_short_chats_and_embeddings_are_independent() -> None:
 
 
 def test_unknown_workload_names_the_valid_ones() -> None:
-    with pytest.raises(BenchError, match="valid workloads: agent, embedding, shared-prefix"):
+    with pytest.raises(BenchError, match="valid workloads: agent, embedding, mixed, shared-prefix"):
         build_workload("sharegpt", 10, 0, "m")
 
 
 def test_zero_requests_is_refused() -> None:
     with pytest.raises(BenchError, match="at least 1"):
         build_workload("agent", 0, 0, "m")
+
+
+def test_mixed_is_a_batch_flood_with_one_interactive_chat_in_sixteen() -> None:
+    workload = build_workload("mixed", 64, 0, "m")
+    classes = Counter(s.priority for s in workload.sessions)
+    assert classes == {"batch": 60, "interactive": 4}
+    for session in workload.sessions:
+        short = session.priority == "interactive"
+        assert session.max_tokens == (16 if short else 128)
+    assert build_workload("mixed", 64, 0, "m") == workload

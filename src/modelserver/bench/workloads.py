@@ -18,6 +18,8 @@ Named workloads (`WORKLOADS`):
   shape (prompts per group, lengths) and taking fewer groups: `requests // 16` groups.
 - `short-chat`: independent one-question chats with short answers, no shared prefix.
 - `embedding`: a batch of short texts to embed.
+- `mixed`: a batch flood with interactive chats among it; each session says its `priority`
+  (`bench/mixed_tenants.py` measures it through gateways with and without tenants).
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ class Session:
     max_tokens: int
     group: int = 0
     """Sessions of the same group share their opening (the prefix a cache can reuse)."""
+    priority: str = ""
+    """`interactive` or `batch` in the `mixed` workload (the router's queue reads it)."""
 
     def messages(self, history: list[Message], turn: int) -> list[Message]:
         """The messages of request `turn`, after the answered turns in `history`."""
@@ -192,6 +196,35 @@ def embedding_batch(requests: int, seed: int, model: str) -> Workload:
     )
 
 
+MIXED_INTERACTIVE_EVERY = 16
+MIXED_BATCH_OUTPUT_TOKENS = 128
+MIXED_INTERACTIVE_OUTPUT_TOKENS = 16
+
+
+def mixed(requests: int, seed: int, model: str) -> Workload:
+    """A lab's fleet: an evaluation job's batch flood, with one interactive chat in every
+    `MIXED_INTERACTIVE_EVERY` requests (short question, short answer), no shared prefix."""
+    rng = random.Random(seed)
+    sessions = []
+    for i in range(requests):
+        interactive = i % MIXED_INTERACTIVE_EVERY == MIXED_INTERACTIVE_EVERY - 1
+        question = f"[{rng.getrandbits(32):08x}] {prompts.short_question(rng)}"
+        sessions.append(Session(
+            id=i, kind="chat", opening=(), turns=(question,), group=i,
+            max_tokens=MIXED_INTERACTIVE_OUTPUT_TOKENS if interactive
+            else MIXED_BATCH_OUTPUT_TOKENS,
+            priority="interactive" if interactive else "batch",
+        ))
+    return Workload(
+        name="mixed", model=model, kind="chat", sessions=tuple(sessions),
+        description=(
+            f"batch flood ({MIXED_BATCH_OUTPUT_TOKENS} output tokens) with one interactive chat"
+            f" ({MIXED_INTERACTIVE_OUTPUT_TOKENS} output tokens) in {MIXED_INTERACTIVE_EVERY}"
+        ),
+        params={"interactive_every": MIXED_INTERACTIVE_EVERY},
+    )
+
+
 WorkloadFactory = Callable[[int, int, str], Workload]
 
 WORKLOADS: dict[str, WorkloadFactory] = {
@@ -199,6 +232,7 @@ WORKLOADS: dict[str, WorkloadFactory] = {
     "agent": agent_sessions,
     "short-chat": short_chats,
     "embedding": embedding_batch,
+    "mixed": mixed,
 }
 
 

@@ -33,6 +33,7 @@ from modelserver.gateway.auth import KeyRing
 from modelserver.gateway.errors import error_body, error_response
 from modelserver.gateway.metrics import GatewayMetrics
 from modelserver.gateway.openapi import openapi_document
+from modelserver.gateway.tenants import Lease, Refusal, TenantBook, TenantCollector
 from modelserver.routing.router import RoutedResponse, Router
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ PROXIED_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 CLIENT_CLOSED = 499
 ROUTER_KEY: web.AppKey[Router] = web.AppKey("router", Router)
 METRICS_KEY: web.AppKey[GatewayMetrics] = web.AppKey("metrics", GatewayMetrics)
+TENANTS_KEY: web.AppKey[TenantBook] = web.AppKey("tenants", TenantBook)
+LEASE_KEY: web.RequestKey[Lease] = web.RequestKey("lease", Lease)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -56,14 +59,19 @@ def build_app(router: Router, config: GatewayConfig, keys: KeyRing) -> web.Appli
     """The aiohttp application; the caller owns the router's lifecycle (start/close)."""
     metrics = GatewayMetrics(router)
     router.add_observer(metrics)
+    tenants = TenantBook(config, router.state_dir, router.admission.default_priority)
+    metrics.registry.register(TenantCollector(tenants, router.admission))
     app = web.Application(
         client_max_size=config.max_body_bytes,
         middlewares=[
             _error_middleware(metrics, config.max_body_bytes),
             _auth_middleware(keys),
             _body_limit_middleware(config.max_body_bytes),
+            _tenant_middleware(tenants),
         ],
     )
+    app[TENANTS_KEY] = tenants
+    app.on_cleanup.append(lambda _: _flush(tenants))
     app[ROUTER_KEY] = router
     app[METRICS_KEY] = metrics
     for path in PROXIED_ROUTES:
@@ -77,6 +85,7 @@ def build_app(router: Router, config: GatewayConfig, keys: KeyRing) -> web.Appli
     app.router.add_delete("/admin/workers", _admin_remove)
     app.router.add_post("/admin/workers/drain", _admin_drain)
     app.router.add_post("/admin/workers/undrain", _admin_undrain)
+    app.router.add_get("/admin/tenants", _admin_tenants)
     return app
 
 
@@ -120,6 +129,34 @@ def _body_limit_middleware(max_body_bytes: int) -> Any:
     return body_limit
 
 
+def _tenant_middleware(book: TenantBook) -> Any:
+    """The caller's tenant and its limits (gateway/tenants.py): over one, 429 and the request
+    goes no further; else a lease held until the answer's last byte."""
+
+    @web.middleware
+    async def tenants(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path not in PROXIED_ROUTES:
+            return await handler(request)
+        tenant = book.of(request.headers.get("Authorization"))
+        lease = book.admit(tenant, request.content_length or 0)
+        if isinstance(lease, Refusal):
+            return error_response(
+                429, lease.message, code=lease.reason,
+                headers={"Retry-After": str(lease.retry_after_s)},
+            )
+        request[LEASE_KEY] = lease
+        try:
+            return await handler(request)
+        finally:
+            lease.close()
+
+    return tenants
+
+
+async def _flush(book: TenantBook) -> None:
+    book.flush(force=True)
+
+
 def _body_too_large(max_body_bytes: int) -> web.Response:
     return error_response(
         413, f"request body larger than the limit of {max_body_bytes} bytes", code="body_too_large"
@@ -151,6 +188,11 @@ def _error_middleware(metrics: GatewayMetrics, max_body_bytes: int) -> Any:
                 request.path,
             )
             response = error_response(CLIENT_CLOSED, "the request body was cut off")
+        except asyncio.CancelledError:
+            # The caller left and its handler was cancelled (gateway/server.py): nobody to
+            # answer; counted as 499 like a cut-off body.
+            metrics.answered(name, CLIENT_CLOSED)
+            raise
         except Exception:
             log.exception("gateway error on %s %s", request.method, request.path)
             response = error_response(500, "internal gateway error; see the gateway's log")
@@ -186,7 +228,10 @@ def _proxy_handler(path: str, body_timeout_s: float) -> Handler:
             return response
         try:
             body, model, stream = _routing_fields(raw)
-            routed = await router.forward(model, path, raw, stream=stream, parsed=body)
+            lease = request[LEASE_KEY]
+            routed = await router.forward(
+                model, path, raw, stream=stream, parsed=body, **lease.routing()
+            )
         except _BadRequest as exc:
             return error_response(exc.status, str(exc), param=exc.param)
         except UnknownModel as exc:
@@ -213,6 +258,7 @@ def _proxy_handler(path: str, body_timeout_s: float) -> Handler:
                 return error_response(504, str(exc), code="deadline_exceeded")
             return error_response(502, str(exc), code="all_attempts_failed")
         if routed.chunks is None:
+            lease.answered(routed.json())
             return _whole_answer(routed)
         return await _relay_stream(request, routed)
 
@@ -272,7 +318,9 @@ async def _relay_stream(request: web.Request, routed: RoutedResponse) -> web.Str
     assert chunks is not None
     try:
         await response.prepare(request)
+        lease = request[LEASE_KEY]
         async for chunk in chunks:
+            lease.chunk(chunk)
             await response.write(chunk)
     except (ConnectionResetError, ConnectionError):
         log.info("caller left a stream from %s; engine request closed", routed.worker)
@@ -348,6 +396,12 @@ async def _openapi(request: web.Request) -> web.Response:
 async def _admin_list(request: web.Request) -> web.Response:
     stats = [dataclasses.asdict(s) for s in request.app[ROUTER_KEY].workers()]
     return web.json_response({"workers": stats}, dumps=_dumps)
+
+
+async def _admin_tenants(request: web.Request) -> web.Response:
+    """Every tenant with its settings and live usage; never its keys."""
+    rows = request.app[TENANTS_KEY].snapshot(request.app[ROUTER_KEY].admission)
+    return web.json_response({"tenants": rows}, dumps=_dumps)
 
 
 async def _admin_add(request: web.Request) -> web.Response:

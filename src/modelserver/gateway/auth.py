@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from modelserver.config import GatewayConfig
 from modelserver.errors import ModelServerError
+from modelserver.gateway.tenants import tenant_keys
 
 API_KEYS_ENV = "MODELSERVER_API_KEYS"
 ADMIN_KEYS_ENV = "MODELSERVER_ADMIN_KEYS"
@@ -44,7 +45,8 @@ class KeyRing:
         cls, config: GatewayConfig, environ: Mapping[str, str] | None = None
     ) -> KeyRing:
         env = os.environ if environ is None else environ
-        api = [*config.api_keys, *_split(env.get(API_KEYS_ENV))]
+        tenants = [k for tenant in config.tenants for k in tenant_keys(tenant, env)]
+        api = [*config.api_keys, *tenants, *_split(env.get(API_KEYS_ENV))]
         admin = [*config.admin_keys, *_split(env.get(ADMIN_KEYS_ENV))]
         return cls(tuple(k.encode() for k in api), tuple(k.encode() for k in admin))
 

@@ -65,7 +65,9 @@ def _answers(ok: str) -> dict[str, Any]:
         "404": {"description": "unknown model", **error},
         "413": {"description": "body larger than the limit", **error},
         "422": {"description": "the engine refused the request", **error},
-        "429": {"description": "every attempt was refused by an engine with 429", **error},
+        "429": {"description": "the caller's tenant is over a limit (requests per second,"
+                " tokens per minute, requests in flight; see Retry-After), or every attempt was"
+                " refused by an engine with 429", **error},
         "502": {"description": "every attempt failed, or the engine's answer was not valid",
                 **error},
         "503": {"description": "no healthy worker for the model, or every attempt was"
@@ -183,6 +185,12 @@ def openapi_document() -> dict[str, Any]:
                 "post": {
                     "summary": "Put a drained worker back in rotation",
                     "requestBody": url_body,
+                    "responses": admin_answers,
+                }
+            },
+            "/admin/tenants": {
+                "get": {
+                    "summary": "Tenants: priority, weight, limits and live usage (no keys)",
                     "responses": admin_answers,
                 }
             },

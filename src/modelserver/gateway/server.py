@@ -62,8 +62,15 @@ class GatewayServer:
         # lingering_time: after answering a request whose body never fully came (408, 413),
         # aiohttp keeps reading for this long so the answer is not lost to a reset; 10 s by
         # default, which lets stalled callers hold connections (and shutdown) that long.
+        # handler_cancellation: a caller that leaves cancels its handler, so a request it
+        # left waiting in the router's queue gives its place up at once (routing/admission.py)
+        # and one already at an engine is stopped there too.
         self._runner = web.AppRunner(
-            self.app, access_log=None, handle_signals=False, lingering_time=1.0
+            self.app,
+            access_log=None,
+            handle_signals=False,
+            lingering_time=1.0,
+            handler_cancellation=True,
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)

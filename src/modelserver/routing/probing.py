@@ -95,6 +95,7 @@ class Probing(Verdicts):
         await probe_round(
             list(self._by_url.values()), self.transport, self.config.health, self._headers
         )
+        await self.admission.learn_caps(list(self._by_url.values()), self.transport, self._headers)
 
     def apply_state_files(self) -> None:
         """Take workers the launcher reports not ready (failed, stopped, draining, ...) out of

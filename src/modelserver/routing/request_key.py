@@ -21,6 +21,8 @@ class RequestInfo:
     path: str
     text: str = ""
     """The rendered conversation / prompt; empty when the policy does not need it."""
+    tenant: str = ""
+    """Who asked (the admission queue charges its tokens served to it)."""
 
 
 def kind_of_path(path: str) -> str | None:

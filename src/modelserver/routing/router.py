@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from modelserver._tenant_config import PriorityValue
 from modelserver.config import Fleet, RouterConfig
 from modelserver.errors import (
     ClientClosed,
@@ -37,6 +38,7 @@ from modelserver.errors import (
     WorkerUnreachable,
     WrongModelKind,
 )
+from modelserver.routing.admission import Admission, Asked
 from modelserver.routing.answers import (
     completion_tokens,
     deadline_error,
@@ -106,6 +108,7 @@ class Router(Probing):
         self._sleep = sleep
         self._models: dict[str, list[Worker]] = {}
         self._kinds: dict[str, str] = {}
+        self.admission = Admission(self.config, self._models, clock)
         self._by_url: dict[str, Worker] = {}
         self._headers: dict[str, dict[str, str]] = {}
         self._api_keys: dict[str, str] = {}
@@ -144,7 +147,9 @@ class Router(Probing):
 
             kwargs.setdefault("discovery", ClusterDiscovery(fleet))
             entries = []
-        return cls(entries, **kwargs)
+        router = cls(entries, **kwargs)
+        router.admission.configure_for(fleet)
+        return router
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any], **kwargs: Any) -> Router:
@@ -162,6 +167,9 @@ class Router(Probing):
         stream: bool = False,
         headers: Mapping[str, str] | None = None,
         parsed: dict[str, Any] | None = None,
+        priority: PriorityValue | None = None,
+        tenant: str | None = None,
+        weight: float = 1.0,
     ) -> RoutedResponse:
         """Send one POST request for `model` to the best usable worker, failing over.
 
@@ -171,7 +179,8 @@ class Router(Probing):
         answer has arrived; set it when the body asks the engine to stream. `headers` are
         added to the engine request (the worker's API key, if any, is set by the router).
         `parsed`: the bytes `body` already decoded by the caller (the gateway has), so a
-        policy that reads the prompt does not decode it again.
+        policy that reads the prompt does not decode it again. `priority`, `tenant` and
+        `weight` place the request in the admission queue (routing/admission.py).
 
         Failover: connection refused or reset, timeouts, HTTP 408, 429 and 5xx are retried
         on a different worker within `[router] max_attempts` and `request_timeout_s`;
@@ -192,7 +201,10 @@ class Router(Probing):
         """
         deadline = self._clock() + self.config.request_timeout_s
         with self._in_flight.guard():
-            response = await self._route(model, path, body, stream, headers, parsed, deadline)
+            asked = (model, tenant, priority, weight)
+            response = await self._route(
+                model, path, body, stream, headers, parsed, deadline, asked=asked
+            )
         relay = response.chunks
         if isinstance(relay, StreamRelay) and relay.sse and self.config.resume.enabled:
             response.chunks = ResumingStream(
@@ -200,7 +212,7 @@ class Router(Probing):
                 path,
                 response,
                 functools.partial(request_json, body, parsed),
-                functools.partial(self._resume_stream, model, path, headers, deadline),
+                functools.partial(self._resume_stream, model, path, headers, deadline, asked),
                 self.config.resume,
                 self._notify_resume,
                 self._clock,
@@ -213,6 +225,7 @@ class Router(Probing):
         path: str,
         headers: Mapping[str, str] | None,
         deadline: float,
+        asked: Asked,
         body: dict[str, Any],
         payload_for: PayloadFor,
         never: frozenset[str],
@@ -220,7 +233,7 @@ class Router(Probing):
         """A broken stream's request, continued, to a worker that has not failed it."""
         with self._in_flight.guard():
             return await self._route(
-                model, path, body, True, headers, body, deadline, never, payload_for
+                model, path, body, True, headers, body, deadline, never, payload_for, asked
             )
 
     async def _route(
@@ -234,6 +247,7 @@ class Router(Probing):
         deadline: float,
         never: frozenset[str] = frozenset(),
         payload_for: PayloadFor | None = None,
+        asked: Asked | None = None,
     ) -> RoutedResponse:
         workers = self._models.get(model)
         if workers is None:
@@ -260,7 +274,8 @@ class Router(Probing):
                     parsed_body = {}
             if isinstance(parsed_body, dict):
                 text = render_text(parsed_body)
-        request = RequestInfo(model, path, text)
+        ticket = self.admission.ticket(*(asked or (model, None, None, 1.0)), len(payload))
+        request = RequestInfo(model, path, text, ticket.tenant)
         config = self.config
         budget = AttemptBudget(config.max_attempts, deadline, self._clock)
         readmit = config.latency.readmit_after_s
@@ -295,8 +310,13 @@ class Router(Probing):
                 continue
             if budget.remaining_s() <= 0:
                 raise deadline_error(model, budget)
-            worker = self.policy.select(candidates, request)
+            roomy = self.admission.with_room(candidates, ticket)
+            if not roomy:  # every worker at its running cap: wait for a place
+                await self.admission.wait(ticket, budget.remaining_s())
+                continue
+            worker = self.policy.select(roomy, request)
             data = payload if payload_for is None else payload_for(worker.backend)
+            data = self.admission.engine_body(worker, data, ticket)
             try:
                 response = await self._attempt(
                     worker, request, data, stream, headers, len(budget.attempts) + 1, budget

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from modelserver.errors import NoHealthyWorker
 from modelserver.routing.admin import WorkerSet
+from modelserver.routing.admission import Admission
 from modelserver.routing.answers import safely
 from modelserver.routing.availability import Availability
 from modelserver.routing.events import AttemptResult, ResumeRecord
@@ -25,6 +26,7 @@ class Verdicts(WorkerSet):
     retries, resumes and models without a usable worker."""
 
     _availability: Availability
+    admission: Admission
 
     def _finish(
         self,
@@ -68,6 +70,7 @@ class Verdicts(WorkerSet):
             breaker.release_trial()
             worker.trial_in_flight = False
         self.policy.on_request_complete(worker, request, bool(ok))
+        self.admission.finished(request.model, request.tenant, tokens)
         if self._observers:
             result = AttemptResult(
                 model=request.model,

@@ -19,6 +19,7 @@ from aiohttp.http_exceptions import BadHttpMessage
 from modelserver.errors import LaunchError
 from modelserver.sim.config import Kind, SimConfig
 from modelserver.sim.faults import FaultSpecError
+from modelserver.sim.priority import DEFAULT_PREEMPTION_THRESHOLD
 from modelserver.sim.server import SimServer
 
 CRASH_EXIT_STATUS = 1
@@ -98,6 +99,18 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
+        enable_priority_scheduling: Annotated[
+            bool, typer.Option(help="SGLang's: waiting requests by their `priority`, larger first.")
+        ] = False,
+        schedule_low_priority_values_first: Annotated[
+            bool, typer.Option(help="SGLang's: smaller `priority` values first.")
+        ] = False,
+        priority_scheduling_preemption_threshold: Annotated[
+            int, typer.Option(help="SGLang's: preempt a running request outranked by more.")
+        ] = DEFAULT_PREEMPTION_THRESHOLD,
+        disable_priority_preemption: Annotated[
+            bool, typer.Option(help="SGLang's: priority orders the queue, never preempts.")
+        ] = False,
     ) -> None:
         """Run a simulated SGLang engine (no GPU): SGLang's HTTP surface, GPU-like timing."""
         try:
@@ -114,6 +127,10 @@ def register(app: typer.Typer) -> None:
                 seed=seed,
                 api_key=api_key,
                 model_path=model_path,
+                priority_scheduling=enable_priority_scheduling,
+                low_priority_values_first=schedule_low_priority_values_first,
+                priority_preemption=not disable_priority_preemption,
+                preemption_threshold=priority_scheduling_preemption_threshold,
             )
         except FaultSpecError:
             raise  # already a ModelServerError: `modelserver` prints it and exits 2

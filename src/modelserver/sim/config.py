@@ -18,6 +18,7 @@ from modelserver.sim.perf import (
     chunked_prefill_size,
     kv_pool_tokens,
 )
+from modelserver.sim.priority import DEFAULT_PREEMPTION_THRESHOLD
 
 Kind = Literal["chat", "embedding"]
 
@@ -45,6 +46,11 @@ class SimConfig:
     gpu: str = "h100"
     model_size: str = "llama-3.1-8b"
     mem_fraction_static: float | None = None
+    priority_scheduling: bool = False
+    """SGLang's `--enable-priority-scheduling` (sim/priority.py)."""
+    low_priority_values_first: bool = False
+    priority_preemption: bool = True
+    preemption_threshold: int = DEFAULT_PREEMPTION_THRESHOLD
 
     def __post_init__(self) -> None:
         if self.gpu not in GPUS:

@@ -51,6 +51,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from modelserver.sim.perf import CHUNKED_PREFILL_SIZE, CONTEXT_LENGTH, PerfModel
+from modelserver.sim.priority import PriorityScheduling
 from modelserver.sim.radix import Node, RadixCache
 from modelserver.sim.tokenizer import output_ids
 
@@ -101,6 +102,7 @@ class Request:
     stream: bool = False  # notify after every step, not only at the end
     log_metrics: bool = True  # health checks are not counted, as in SGLang
     notify: Callable[[Request], None] | None = None
+    priority: int = 0  # SGLang's request field; only read with priority scheduling (priority.py)
 
     cached_tokens: int = 0
     prefill_left: int = 0
@@ -161,6 +163,7 @@ class Engine:
         self.last_hit_rate = 0.0  # of the last prefill batch, as sglang:cache_hit_rate
         self.last_gen_throughput = 0.0  # tokens/s, as sglang:gen_throughput
         self.steps = 0
+        self.scheduling: PriorityScheduling | None = None  # None: FIFO (SGLang's fcfs)
         self._decode_steps = 0
         self._decoded_since_log = 0
         self._last_log_at: float | None = None
@@ -237,6 +240,8 @@ class Engine:
                 take = min(request.prefill_left, budget)
                 prefill.append((request, take))
                 budget -= take
+        if self.scheduling is not None:
+            self.scheduling.before_admission(self, now)
         room = self._admission_room()
         admitted_hits = admitted_new = 0
         while self.queue and budget and len(self.running) < self.max_running:

@@ -65,7 +65,9 @@ class GenerationRoutes:
             return early
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
-        req = self.server.new_request(tokens, max_new, stream=body.stream, spaced_first=spaced)
+        req = self.server.new_request(
+            tokens, max_new, stream=body.stream, spaced_first=spaced, priority=body.priority
+        )
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return await self._stream(
@@ -112,7 +114,9 @@ class GenerationRoutes:
         # A prompt that ends in a word is continued as a model would: " word", not "word".
         spaced = not isinstance(body.prompt, str) or continues_text(body.prompt)
         reqs = [
-            self.server.new_request(t, max_new, stream=body.stream, spaced_first=spaced)
+            self.server.new_request(
+                t, max_new, stream=body.stream, spaced_first=spaced, priority=body.priority
+            )
             for t in prompts
         ]
         if body.stream:
@@ -174,7 +178,7 @@ class GenerationRoutes:
             return early
         rid = uuid.uuid4().hex
         if body.stream and max_new > 0:
-            req = self.server.new_request(prompts[0], max_new, stream=True)
+            req = self.server.new_request(prompts[0], max_new, stream=True, priority=body.priority)
 
             def events(sent: int, finished: bool) -> list[bytes]:
                 # SGLang's native stream sends the whole text so far in every event.
@@ -184,7 +188,7 @@ class GenerationRoutes:
                 ]
 
             return await self._stream(request, req, events)
-        reqs = [self.server.new_request(t, max_new) for t in prompts]
+        reqs = [self.server.new_request(t, max_new, priority=body.priority) for t in prompts]
         await self.server.wait_all(reqs, await self.server.admit(reqs))
         results = [
             responses.generate(rid if len(reqs) == 1 else f"{rid}-{i}", r)

@@ -101,6 +101,11 @@ class InfoRoutes:
             "context_length": CONTEXT_LENGTH,
             "api_key": None,
             "random_seed": config.seed,
+            # SGLang's priority scheduling flags, as its server_info reports them.
+            "enable_priority_scheduling": config.priority_scheduling,
+            "schedule_low_priority_values_first": config.low_priority_values_first,
+            "disable_priority_preemption": not config.priority_preemption,
+            "priority_scheduling_preemption_threshold": config.preemption_threshold,
         }
 
     async def server_info(self, request: web.Request) -> web.Response:

@@ -50,6 +50,7 @@ class _Sampled(_Lenient):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = 1
+    priority: int | None = None  # SGLang's request priority (sim/priority.py)
 
     @field_validator("max_tokens")
     @classmethod
@@ -96,6 +97,7 @@ class GenerateRequest(_Lenient):
     input_ids: list[int] | list[list[int]] | None = None
     sampling_params: dict[str, Any] | None = None
     stream: bool = False
+    priority: int | None = None
 
     def output_budget(self) -> int:
         params = self.sampling_params or {}

@@ -39,6 +39,7 @@ from modelserver.sim.info_routes import InfoRoutes
 from modelserver.sim.language_model import next_words, weights_seed
 from modelserver.sim.metrics import SimMetrics
 from modelserver.sim.oracle_routes import OracleRoutes
+from modelserver.sim.priority import scheduling_of
 from modelserver.sim.protocol import BadRequest, EngineDied, error_response, json_response
 
 _UNAUTHENTICATED_PREFIXES = ("/health", "/metrics", "/sim/")
@@ -162,12 +163,14 @@ class SimServer:
         self.metrics = SimMetrics(self.engine, self.config.model)
 
     def _new_engine(self) -> Engine:
-        return Engine(
+        engine = Engine(
             self.config.perf,
             self.config.effective_max_running,
             self.config.effective_cache_tokens,
             self.config.scheduler,
         )
+        engine.scheduling = scheduling_of(self.config)
+        return engine
 
     async def _listen(self) -> None:
         if self._site is not None or self._runner is None:
@@ -283,14 +286,21 @@ class SimServer:
     # --- requests through the engine -----------------------------------------------------
 
     def new_request(
-        self, tokens: list[int], max_new: int, *, stream: bool = False, spaced_first: bool = False
+        self,
+        tokens: list[int],
+        max_new: int,
+        *,
+        stream: bool = False,
+        spaced_first: bool = False,
+        priority: int | None = None,
     ) -> Request:
         """A request for `max_new` words after `tokens`, chosen by the model's weights (the
         same in every replica of the model; see language_model.py)."""
         words = next_words(tokens, max_new, self._weights, spaced_first=spaced_first)
         loop = asyncio.get_running_loop()
         return Request(
-            tokens, max_new, loop.time(), words=words, stream=stream, spaced_first=spaced_first
+            tokens, max_new, loop.time(), words=words, stream=stream, spaced_first=spaced_first,
+            priority=priority or 0,
         )
 
     async def admit(
