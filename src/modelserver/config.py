@@ -251,6 +251,25 @@ class CacheAwareConfig(Section):
     go to one worker until SGLang's 64-request imbalance rule trips."""
 
 
+class ResumeConfig(Section):
+    """Resuming a stream that broke after content reached the caller, and judging stalls
+    from what the router learned (docs: README "Routing", "Resuming a broken stream").
+
+    A stream attempt counts as stalled, and is abandoned (resumed or retried elsewhere, the
+    worker's breaker told), when its first byte is later than `ttft_multiple` x the worker's
+    learned time to first token plus one learned TTFT per request already in flight there,
+    or when no chunk came for `chunk_multiple` x its learned seconds per token. Never sooner
+    than `min_stall_s` (a busy host's scheduling hiccup is not a stall); `attempt_timeout_s`
+    stays the outer bound, and a worker not measured yet has only that bound."""
+
+    enabled: bool = True
+    max_resumes: int = Field(default=3, ge=0, le=16)
+    """Resumes of one stream; one more break then ends it with a clear error."""
+    ttft_multiple: float = Field(default=8.0, gt=1)
+    chunk_multiple: float = Field(default=20.0, gt=1)
+    min_stall_s: float = Field(default=2.0, gt=0)
+
+
 class RouterConfig(Section):
     policy: PolicyName = "cache_aware"
     request_timeout_s: float = Field(default=600.0, gt=0)
@@ -265,6 +284,7 @@ class RouterConfig(Section):
     health: HealthConfig = Field(default_factory=HealthConfig)
     latency: LatencyConfig = Field(default_factory=LatencyConfig)
     cache_aware: CacheAwareConfig = Field(default_factory=CacheAwareConfig)
+    resume: ResumeConfig = Field(default_factory=ResumeConfig)
 
 
 class GatewayConfig(Section):

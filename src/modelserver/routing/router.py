@@ -17,33 +17,37 @@ import contextlib
 import functools
 import logging
 import random
-import statistics
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 
 from modelserver.config import Fleet, RouterConfig
 from modelserver.errors import (
     ClientClosed,
-    DeadlineExceeded,
     EngineRejected,
     NoHealthyWorker,
     RetryableWorkerError,
     UnknownModel,
     WorkerBadAnswer,
-    WorkerError,
     WorkerRefused,
     WorkerUnreachable,
     WrongModelKind,
 )
+from modelserver.routing.answers import (
+    completion_tokens,
+    deadline_error,
+    json_answer,
+    safely,
+    short,
+    shown,
+)
 from modelserver.routing.availability import Availability
 from modelserver.routing.closing import STOPPED, InFlight
 from modelserver.routing.entries import WorkerEntry, entries_from_mapping
-from modelserver.routing.events import AttemptResult, RouterObserver
+from modelserver.routing.events import RouterObserver
 from modelserver.routing.health import probe_round, read_launcher_states
 from modelserver.routing.policies import Policy, make_policy, usable_workers
 from modelserver.routing.request_key import RequestInfo, kind_of_path, render_text
@@ -51,16 +55,14 @@ from modelserver.routing.response import RoutedResponse
 from modelserver.routing.retry import AttemptBudget, backoff_delay, error_for_status
 from modelserver.routing.stream import StreamRelay, looks_like_json, looks_like_sse, no_chunks
 from modelserver.routing.transport import AiohttpTransport, Transport, TransportResponse
-from modelserver.routing.worker import Worker, WorkerStats
+from modelserver.routing.verdicts import Verdicts, take_out_until_probed
+from modelserver.routing.worker import Worker
 
 log = logging.getLogger(__name__)
 
 __all__ = ["RoutedResponse", "Router", "WorkerEntry", "entries_from_mapping"]
 
-_JSON_HEADERS = {"content-type": "application/json"}
-
-
-class Router:
+class Router(Verdicts):
     """Routes requests for the models of a fleet to their workers.
 
     Build it with `Router.from_fleet(fleet)`, `Router.from_mapping({model: [url, ...]})`
@@ -247,14 +249,14 @@ class Router:
                 )
                 backoff_round += 1
                 if delay <= 0:
-                    raise _deadline_error(model, budget)
+                    raise deadline_error(model, budget)
                 self._notify_retry(model, last_failed, budget, delay)
                 await self._sleep(delay)
                 tried.clear()
                 last_failed = None
                 continue
             if budget.remaining_s() <= 0:
-                raise _deadline_error(model, budget)
+                raise deadline_error(model, budget)
             worker = self.policy.select(candidates, request)
             try:
                 response = await self._attempt(
@@ -265,7 +267,7 @@ class Router:
                 tried.add(worker.url)
                 last_failed = worker
                 if not budget.can_try_again():
-                    raise _deadline_error(model, budget) from exc
+                    raise deadline_error(model, budget) from exc
                 # Retrying at once on another worker; the backoff branch above reports
                 # its own wait when this worker is the only one left.
                 now = self._clock()
@@ -293,7 +295,7 @@ class Router:
             worker.trial_in_flight = True
         self.policy.on_request_start(worker, request)
         for observer in self._observers:
-            _safely(observer.on_attempt, request.model, worker.url, attempt, request.path)
+            safely(observer.on_attempt, request.model, worker.url, attempt, request.path)
         timeout_s = min(self.config.attempt_timeout_s, budget.remaining_s())
         send_headers = self._headers[worker.url]
         if headers:
@@ -315,21 +317,21 @@ class Router:
             if stream:
                 return await self._start_stream(worker, request, answer, attempt, start)
             data = await answer.read()
-            parsed = _json_answer(worker.url, answer.headers, data)
+            parsed = json_answer(worker.url, answer.headers, data)
         except RetryableWorkerError as exc:
             # While closing, a failure may be the closing itself: no verdict then.
             verdict = None if self._in_flight.closing else False
             self._finish(
-                worker, request, attempt, verdict, status, _short(exc), start, None, None, stream
+                worker, request, attempt, verdict, status, short(exc), start, None, None, stream
             )
             if isinstance(exc, WorkerRefused) and self._probe_task is not None:
                 # Only while probes run: they are what brings the worker back.
-                _take_out_until_probed(worker, _short(exc))
+                take_out_until_probed(worker, short(exc))
             raise
         except EngineRejected as exc:
             # The request was wrong, not the worker: no mark against its circuit.
             self._finish(
-                worker, request, attempt, None, status, _short(exc), start, None, None, stream
+                worker, request, attempt, None, status, short(exc), start, None, None, stream
             )
             raise
         except BaseException:
@@ -338,7 +340,7 @@ class Router:
                 worker, request, attempt, None, status, "cancelled", start, None, None, stream
             )
             raise
-        tokens = _completion_tokens(parsed)
+        tokens = completion_tokens(parsed)
         e2e = self._clock() - start
         self._finish(worker, request, attempt, True, status, None, start, None, tokens, False)
         return RoutedResponse(
@@ -365,12 +367,12 @@ class Router:
                     await closer()
                 raise WorkerBadAnswer(
                     worker.url,
-                    f"answered a stream request with {_shown(answer.headers, first)},"
+                    f"answered a stream request with {shown(answer.headers, first)},"
                     " not server-sent events",
                 )
             # Answered whole (embeddings ignore `stream`): read it all, pass it on if JSON.
             first += b"".join([chunk async for chunk in chunks])
-            _json_answer(worker.url, answer.headers, first)
+            json_answer(worker.url, answer.headers, first)
             chunks = no_chunks()
         ttft = self._clock() - start
         relay = StreamRelay(
@@ -406,110 +408,6 @@ class Router:
             ok = None  # broken by the closing itself
         self._finish(worker, request, attempt, ok, status, error, start, ttft, tokens, True)
 
-    def _finish(
-        self,
-        worker: Worker,
-        request: RequestInfo,
-        attempt: int,
-        ok: bool | None,
-        status: int | None,
-        error: str | None,
-        start: float,
-        ttft: float | None,
-        tokens: int | None,
-        stream: bool,
-    ) -> None:
-        """Account for the end of an attempt. ok=None: no verdict on the worker."""
-        now = self._clock()
-        e2e = now - start
-        worker.in_flight -= 1
-        if worker.in_flight == 0 and worker.idle is not None:
-            worker.idle.set()
-        breaker = worker.breaker
-        if ok:
-            breaker.record_success()
-            alpha = self.config.latency.ewma_alpha
-            per_token = e2e / tokens if tokens else e2e
-            if worker.ejected_at is not None:
-                # A trial after ejection: judge it on this sample alone, not the stale EWMA.
-                worker.ewma_latency = None
-                worker.latency_samples = 0
-            worker.observe_latency(per_token, alpha)
-            if ttft is not None:
-                worker.observe_ttft(ttft, alpha)
-            self._check_ejection(worker, now)
-        elif ok is False:
-            worker.errors += 1
-            breaker.record_failure()
-            if worker.ejected_at is not None:
-                worker.trial_in_flight = False
-                worker.ejected_at = now  # failed trial: another cool-down
-        else:
-            breaker.release_trial()
-            worker.trial_in_flight = False
-        self.policy.on_request_complete(worker, request, bool(ok))
-        if self._observers:
-            result = AttemptResult(
-                model=request.model,
-                worker=worker.url,
-                path=request.path,
-                attempt=attempt,
-                stream=stream,
-                ok=bool(ok),
-                status=status,
-                error=error,
-                e2e_s=e2e,
-                ttft_s=ttft,
-                output_tokens=tokens,
-            )
-            for observer in self._observers:
-                _safely(observer.on_result, result)
-
-    def _check_ejection(self, worker: Worker, now: float) -> None:
-        """Eject `worker` if its latency grew past `ejection_ratio` × the median of its
-        model's other measured workers; judge an ejected worker's trial the same way."""
-        settings = self.config.latency
-        latency = worker.ewma_latency
-        trial = worker.ejected_at is not None
-        if latency is None or (not trial and worker.latency_samples < settings.min_samples):
-            return
-        # Compared only with workers that could take its requests now: the stale EWMA of a
-        # dead or broken one says nothing about what this one should manage.
-        others = [
-            w.ewma_latency
-            for w in self._models.get(worker.model, ())
-            if w is not worker
-            and w.ewma_latency is not None
-            and w.ejected_at is None
-            and w.latency_samples >= settings.min_samples
-            and w.out_reason(now, settings.readmit_after_s) is None
-        ]
-        if not others:
-            if trial:
-                _readmit(worker)
-            return
-        median = statistics.median(others)
-        too_slow = (
-            latency > settings.ejection_ratio * median and latency - median > settings.min_gap_s
-        )
-        if trial:
-            worker.trial_in_flight = False
-            if too_slow:
-                worker.ejected_at = now
-            else:
-                _readmit(worker)
-            return
-        if too_slow and any(
-            w is not worker and w.out_reason(now, settings.readmit_after_s) is None
-            for w in self._models[worker.model]
-        ):
-            worker.ejected_at = now
-            worker.ejection_note = (
-                f"{latency * 1000:.1f} ms/token vs median {median * 1000:.1f} ms/token of the"
-                f" others; bound ×{settings.ejection_ratio:g}"
-            )
-            log.warning("ejected %s: %s", worker.url, worker.ejection_note)
-
     def _notify_retry(
         self, model: str, worker: Worker | None, budget: AttemptBudget, backoff_s: float
     ) -> None:
@@ -518,7 +416,7 @@ class Router:
         error = budget.attempts[-1] if budget.attempts else ""
         url = worker.url if worker is not None else ""
         for observer in self._observers:
-            _safely(observer.on_retry, model, url, error, len(budget.attempts) + 1, backoff_s)
+            safely(observer.on_retry, model, url, error, len(budget.attempts) + 1, backoff_s)
 
     async def _no_healthy_worker(
         self, model: str, workers: Sequence[Worker], now: float, budget: AttemptBudget
@@ -530,7 +428,7 @@ class Router:
             if url in reasons:
                 reasons[url] = f"{reasons[url]}; last error: {error}"
         for observer in self._observers:
-            _safely(observer.on_no_healthy_worker, model, reasons)
+            safely(observer.on_no_healthy_worker, model, reasons)
         await self._availability.mark_down(model, reasons, self._models)
         return NoHealthyWorker(model, reasons)
 
@@ -584,108 +482,6 @@ class Router:
         for url, worker in self._by_url.items():
             worker.launcher_status = statuses.get(url)
 
-    # -- admin (the gateway exposes these) -------------------------------------------------
-
-    def models(self) -> dict[str, str]:
-        """Every model the router knows, with its kind ("chat" or "embedding")."""
-        return dict(self._kinds)
-
-    def workers(self, model: str | None = None) -> list[WorkerStats]:
-        """A snapshot of every worker (or those of `model`): status ("up" or why it is out),
-        requests in flight, EWMA latency per token and TTFT, breaker state, counts."""
-        now = self._clock()
-        readmit = self.config.latency.readmit_after_s
-        return [
-            w.stats(now, readmit)
-            for w in self._by_url.values()
-            if model is None or w.model == model
-        ]
-
-    def worker(self, url: str) -> Worker:
-        """The live worker object at `url` (KeyError naming the known URLs if none)."""
-        try:
-            return self._by_url[url.rstrip("/")]
-        except KeyError:
-            raise KeyError(f"no worker at {url!r}; workers: {sorted(self._by_url)}") from None
-
-    def drain(self, url: str) -> None:
-        """Send no new request to `url`; requests in flight there finish normally."""
-        self.worker(url).draining = True
-
-    def undrain(self, url: str) -> None:
-        """Put a drained worker back into rotation."""
-        self.worker(url).draining = False
-
-    async def wait_drained(self, url: str, timeout_s: float) -> bool:
-        """Wait until a drained worker has nothing in flight; False if `timeout_s` passed."""
-        worker = self.worker(url)
-        if worker.in_flight == 0:
-            return True
-        if worker.idle is None:
-            worker.idle = asyncio.Event()
-        worker.idle.clear()
-        try:
-            async with asyncio.timeout(timeout_s):
-                while worker.in_flight > 0:  # set at 0; a new request may start before we wake
-                    await worker.idle.wait()
-                    worker.idle.clear()
-        except TimeoutError:
-            return False
-        return True
-
-    def add_worker(
-        self,
-        model: str,
-        url: str,
-        kind: str = "chat",
-        *,
-        name: str | None = None,
-        api_key: str | None = None,
-    ) -> Worker:
-        """Start routing `model` requests to `url` as well.
-
-        `api_key` is the engine's own key, sent with every request to it; when not given,
-        the worker gets the key the model's other workers were given (so a replica added at
-        run time can talk to an engine that wants one). Raises ValueError for a URL that is
-        not `http(s)://HOST:PORT` or is already routed to, and WrongModelKind if `model` is
-        known with another kind.
-        """
-        if kind not in ("chat", "embedding"):
-            raise ValueError(f"kind must be 'chat' or 'embedding' (got {kind!r})")
-        _check_url(url)
-        known_kind = self._kinds.get(model)
-        if known_kind is not None and known_kind != kind:
-            raise WrongModelKind(model, known_kind, kind)
-        if api_key is None:
-            api_key = self._api_keys.get(model)
-        worker = Worker(url, model, kind, self.config.breaker, self._clock, name, api_key)
-        if worker.url in self._by_url:
-            raise ValueError(f"a worker at {worker.url} is already routed to")
-        self._kinds[model] = kind
-        self._models.setdefault(model, []).append(worker)
-        self._by_url[worker.url] = worker
-        headers = dict(_JSON_HEADERS)
-        if api_key:
-            self._api_keys.setdefault(model, api_key)
-            headers["authorization"] = f"Bearer {api_key}"
-        self._headers[worker.url] = headers
-        return worker
-
-    def remove_worker(self, url: str) -> None:
-        """Stop routing to `url`. Requests in flight there finish normally."""
-        worker = self.worker(url)
-        del self._by_url[worker.url]
-        del self._headers[worker.url]
-        siblings = self._models[worker.model]
-        siblings.remove(worker)
-        if not siblings:
-            del self._models[worker.model]
-            del self._kinds[worker.model]
-        self.policy.on_worker_removed(worker)
-
-    def add_observer(self, observer: RouterObserver) -> None:
-        self._observers.append(observer)
-
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def close(self) -> None:
@@ -720,99 +516,8 @@ class Router:
         await self.close()
 
 
-def _check_url(url: str) -> None:
-    """A worker URL is http(s)://host[:port] with nothing odd in it (the admin API takes
-    URLs from outside; a junk one would only fail every request sent to it)."""
-    problem = f"{url!r} is not a worker URL; expected http(s)://HOST:PORT"
-    if not url.isascii() or not url.isprintable() or any(c.isspace() for c in url):
-        raise ValueError(problem)
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018  (raises ValueError for a port that is not a number)
-    except ValueError:
-        raise ValueError(problem) from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(problem)
-    if parts.path.strip("/") or parts.query or parts.fragment:
-        extra = url[len(f"{parts.scheme}://{parts.netloc}") :]
-        raise ValueError(
-            f"{problem}, without {extra!r}: the router adds each request's own path"
-            " (/v1/chat/completions, /health, ...) to the worker URL"
-        )
-
-
 def _last_resort(workers: Sequence[Worker], now: float, readmit: float) -> list[Worker]:
     """When no worker is usable: those out only for being slow, or only by their circuit
     while their health probe answers (`Worker.out_reason(last_resort=True)`). Trying one of
     them beats answering "no healthy worker" while some are alive."""
     return [w for w in workers if w.out_reason(now, readmit, last_resort=True) is None]
-
-
-def _take_out_until_probed(worker: Worker, error: str) -> None:
-    """Nothing listens at `worker` (the engine died): out now, not after the breaker's
-    `failure_threshold` requests or the next reading of the launcher's state file; back once
-    health probes answer again (`[router.health] success_threshold` in a row)."""
-    if worker.probe_healthy:
-        log.warning("%s is out: %s", worker.url, error)
-    worker.probe_healthy = False
-    worker.probe_successes = 0
-    worker.last_probe_error = error
-
-
-def _readmit(worker: Worker) -> None:
-    worker.ejected_at = None
-    worker.ejection_note = ""
-    worker.trial_in_flight = False
-    log.info("re-admitted %s: its latency is back within the bound", worker.url)
-
-
-def _json_answer(url: str, headers: Mapping[str, str], data: bytes) -> Any:
-    """The parsed body of a 2xx answer; a body that is not JSON is the worker's failure
-    (every route the router forwards answers JSON), so the request goes elsewhere."""
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        raise WorkerBadAnswer(
-            url, f"answered HTTP 200 with {_shown(headers, data)}, which is not JSON"
-        ) from None
-
-
-def _shown(headers: Mapping[str, str], data: bytes) -> str:
-    kind = headers.get("content-type") or "no content type"
-    text = data[:80].decode("utf-8", "replace")
-    return f"{kind} {text!r}" if data else f"{kind} and an empty body"
-
-
-def _completion_tokens(parsed: Any) -> int | None:
-    if isinstance(parsed, dict):
-        usage = parsed.get("usage")
-        if isinstance(usage, dict):
-            tokens = usage.get("completion_tokens")
-            if isinstance(tokens, int):
-                return tokens
-    return None
-
-
-def _deadline_error(model: str, budget: AttemptBudget) -> DeadlineExceeded:
-    exhausted = len(budget.attempts) >= budget.max_attempts
-    reason = (
-        f"{len(budget.attempts)} attempts failed" if exhausted else "the request deadline passed"
-    )
-    detail = "; ".join(budget.attempts) or "no attempt finished"
-    return DeadlineExceeded(
-        f"model {model!r}: {reason} ({detail})",
-        budget.attempts,
-        timed_out=not exhausted,
-        statuses=budget.statuses,
-    )
-
-
-def _short(exc: BaseException) -> str:
-    return exc.reason if isinstance(exc, WorkerError) else str(exc)
-
-
-def _safely(hook: Callable[..., None], *args: Any) -> None:
-    try:
-        hook(*args)
-    except Exception:
-        log.exception("router observer %r failed", hook)

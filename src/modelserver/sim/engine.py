@@ -49,6 +49,7 @@ class Request:
     max_new_tokens: int
     arrival: float
     words: list[int] = field(default_factory=list)  # output word indices, see tokenizer
+    spaced_first: bool = False  # continues a text: the first word has its leading space
     stream: bool = False  # notify after every step, not only at the end
     log_metrics: bool = True  # health checks are not counted, as in SGLang
     notify: Callable[[Request], None] | None = None

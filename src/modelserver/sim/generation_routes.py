@@ -19,6 +19,7 @@ from aiohttp import web
 from modelserver.sim import responses
 from modelserver.sim.embedding import embed
 from modelserver.sim.engine import Request
+from modelserver.sim.language_model import continues_text
 from modelserver.sim.protocol import (
     BadRequest,
     ChatCompletionRequest,
@@ -31,7 +32,7 @@ from modelserver.sim.protocol import (
     prompts_of,
 )
 from modelserver.sim.responses import sse
-from modelserver.sim.tokenizer import apply_chat_template, token_text
+from modelserver.sim.tokenizer import apply_chat_template, message_text, token_text
 
 if TYPE_CHECKING:
     from modelserver.sim.server import SimServer
@@ -53,7 +54,10 @@ class GenerationRoutes:
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await parse_body(request, ChatCompletionRequest)
         self.server.require_kind("chat")
-        tokens = apply_chat_template({"role": m.role, "content": m.content} for m in body.messages)
+        messages = [{"role": m.role, "content": m.content} for m in body.messages]
+        continued = body.continue_final_message and messages[-1]["role"] == "assistant"
+        tokens = apply_chat_template(messages, continue_final_message=continued)
+        spaced = continued and continues_text(message_text(messages[-1]["content"]))
         max_new = body.output_budget()
         check_context(len(tokens), max_new)
         early = await self.server.gate(request)
@@ -61,7 +65,7 @@ class GenerationRoutes:
             return early
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
-        req = self.server.new_request(tokens, max_new, stream=body.stream)
+        req = self.server.new_request(tokens, max_new, stream=body.stream, spaced_first=spaced)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return await self._stream(
@@ -80,7 +84,7 @@ class GenerationRoutes:
                 out.append(sse(responses.chat_chunk(rid, model, created, role, None)))
             for i in range(sent, req.generated):
                 last = finished and i == req.generated - 1
-                delta = {"content": token_text(req.words, i)}
+                delta = {"content": token_text(req.words, i, req.spaced_first)}
                 finish = responses.finish_reason(req) if last else None
                 out.append(sse(responses.chat_chunk(rid, model, created, delta, finish)))
             if finished and include_usage:
@@ -105,7 +109,12 @@ class GenerationRoutes:
             return early
         rid = f"cmpl-{uuid.uuid4().hex}"
         created = int(time.time())
-        reqs = [self.server.new_request(t, max_new, stream=body.stream) for t in prompts]
+        # A prompt that ends in a word is continued as a model would: " word", not "word".
+        spaced = not isinstance(body.prompt, str) or continues_text(body.prompt)
+        reqs = [
+            self.server.new_request(t, max_new, stream=body.stream, spaced_first=spaced)
+            for t in prompts
+        ]
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             req = reqs[0]
@@ -114,7 +123,7 @@ class GenerationRoutes:
                 out: list[bytes] = []
                 for i in range(sent, req.generated):
                     last = finished and i == req.generated - 1
-                    text = token_text(req.words, i)
+                    text = token_text(req.words, i, req.spaced_first)
                     finish = responses.finish_reason(req) if last else None
                     out.append(
                         sse(responses.completion_chunk(rid, body.model, created, text, finish))

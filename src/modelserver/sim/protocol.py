@@ -69,6 +69,9 @@ class _Sampled(_Lenient):
 class ChatCompletionRequest(_Sampled):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = None
+    continue_final_message: bool = False
+    """SGLang's and vLLM's field: continue a final assistant message instead of answering
+    after it (python/sglang/srt/entrypoints/openai/protocol.py, ChatCompletionRequest)."""
 
     def output_budget(self) -> int:
         return self.max_completion_tokens or self.max_tokens or DEFAULT_CHAT_MAX_TOKENS

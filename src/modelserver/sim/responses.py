@@ -42,6 +42,7 @@ def finish_reason(request: Request) -> str:
 
 
 def chat_completion(rid: str, model: str, created: int, request: Request) -> dict[str, Any]:
+    text = output_text(request.words[: request.generated], request.spaced_first)
     return {
         "id": rid,
         "object": "chat.completion",
@@ -52,7 +53,7 @@ def chat_completion(rid: str, model: str, created: int, request: Request) -> dic
                 "index": 0,
                 "message": {
                     "role": "assistant",
-                    "content": output_text(request.words[: request.generated]),
+                    "content": text,
                     "reasoning_content": None,
                     "tool_calls": None,
                 },
@@ -86,7 +87,7 @@ def completion(rid: str, model: str, created: int, requests: list[Request]) -> d
         "choices": [
             {
                 "index": i,
-                "text": output_text(r.words[: r.generated]),
+                "text": output_text(r.words[: r.generated], r.spaced_first),
                 "logprobs": None,
                 "finish_reason": finish_reason(r),
                 "matched_stop": None,

@@ -25,10 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
-import zlib
-from array import array
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -39,11 +36,11 @@ from modelserver.sim.engine import Engine, Request, RequestTooLarge
 from modelserver.sim.faults import FaultState, parse_faults
 from modelserver.sim.generation_routes import GenerationRoutes
 from modelserver.sim.info_routes import InfoRoutes
+from modelserver.sim.language_model import next_words, weights_seed
 from modelserver.sim.metrics import SimMetrics
 from modelserver.sim.oracle_routes import OracleRoutes
 from modelserver.sim.perf import PerfModel
 from modelserver.sim.protocol import BadRequest, EngineDied, error_response, json_response
-from modelserver.sim.tokenizer import OUTPUT_WORDS
 
 _UNAUTHENTICATED_PREFIXES = ("/health", "/metrics", "/sim/")
 # How far behind its planned timeline the engine may fall and still catch up.
@@ -65,6 +62,7 @@ class SimServer:
     ) -> None:
         """`fault_clock` is the clock fault times count on (tests move their own)."""
         self.config = config
+        self._weights = weights_seed(config.model)
         self.host = host
         self.port = port
         self._on_crash = on_crash
@@ -284,11 +282,16 @@ class SimServer:
 
     # --- requests through the engine -----------------------------------------------------
 
-    def new_request(self, tokens: list[int], max_new: int, *, stream: bool = False) -> Request:
-        seed = zlib.crc32(array("l", tokens[-256:]).tobytes(), self.config.seed)
-        words = random.Random(seed).choices(range(len(OUTPUT_WORDS)), k=max_new)
+    def new_request(
+        self, tokens: list[int], max_new: int, *, stream: bool = False, spaced_first: bool = False
+    ) -> Request:
+        """A request for `max_new` words after `tokens`, chosen by the model's weights (the
+        same in every replica of the model; see language_model.py)."""
+        words = next_words(tokens, max_new, self._weights, spaced_first=spaced_first)
         loop = asyncio.get_running_loop()
-        return Request(tokens, max_new, loop.time(), words=words, stream=stream)
+        return Request(
+            tokens, max_new, loop.time(), words=words, stream=stream, spaced_first=spaced_first
+        )
 
     async def admit(
         self, requests: list[Request], on_progress: Callable[[], None] | None = None

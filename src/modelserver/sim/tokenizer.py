@@ -104,18 +104,19 @@ OUTPUT_FIRST_IDS: tuple[int, ...] = tuple(encode(w)[0] for w in OUTPUT_WORDS)
 OUTPUT_NEXT_IDS: tuple[int, ...] = tuple(encode(" " + w)[0] for w in OUTPUT_WORDS)
 
 
-def output_text(word_indices: Sequence[int]) -> str:
+def output_text(word_indices: Sequence[int], spaced_first: bool = False) -> str:
     """Text of generated tokens given each token's word index.
 
-    The first generated token has no leading space, the others have one, so
-    `encode(output_text(w))` equals `output_ids(w)`.
+    The first generated token has no leading space (unless `spaced_first`: it continues a
+    text), the others have one, so `encode(output_text(w))` equals `output_ids(w)`.
     """
-    return " ".join(OUTPUT_WORDS[w] for w in word_indices)
+    text = " ".join(OUTPUT_WORDS[w] for w in word_indices)
+    return " " + text if spaced_first and text else text
 
 
-def token_text(word_indices: Sequence[int], i: int) -> str:
+def token_text(word_indices: Sequence[int], i: int, spaced_first: bool = False) -> str:
     """The text of generated token `i` alone (what one stream chunk carries)."""
-    return (" " if i > 0 else "") + OUTPUT_WORDS[word_indices[i]]
+    return (" " if i > 0 or spaced_first else "") + OUTPUT_WORDS[word_indices[i]]
 
 
 def output_ids(word_indices: Sequence[int]) -> list[int]:
@@ -142,18 +143,30 @@ def _header(role: str) -> list[int]:
     return [START_HEADER, *encode(role), END_HEADER, *encode("\n\n")]
 
 
-def apply_chat_template(messages: Iterable[Mapping[str, Any]]) -> list[int]:
+def apply_chat_template(
+    messages: Iterable[Mapping[str, Any]], *, continue_final_message: bool = False
+) -> list[int]:
     """Token ids of a conversation in Llama 3's chat template, ready for the assistant turn.
+
+    `continue_final_message` (SGLang's and vLLM's request field of that name): a final
+    assistant message is left open, its text to be continued, instead of being closed and
+    followed by a new assistant header.
 
     `<|begin_of_text|>` then per message `<|start_header_id|>role<|end_header_id|>\\n\\n`
     content `<|eot_id|>`, then the header of the assistant turn. The content is encoded on its
     own (not glued to the header's newlines) so a generated answer, sent back as the next
     turn's assistant message, yields the very ids that were generated.
     """
+    listed = list(messages)
+    open_turn = (
+        continue_final_message and bool(listed) and listed[-1].get("role") == "assistant"
+    )
     ids = [BEGIN_OF_TEXT]
-    for message in messages:
+    for index, message in enumerate(listed):
         ids.extend(_header(str(message.get("role", "user"))))
         ids.extend(encode(message_text(message.get("content"))))
-        ids.append(END_OF_TURN)
-    ids.extend(_header("assistant"))
+        if not (open_turn and index == len(listed) - 1):
+            ids.append(END_OF_TURN)
+    if not open_turn:
+        ids.extend(_header("assistant"))
     return ids
