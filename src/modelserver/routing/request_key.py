@@ -21,6 +21,8 @@ class RequestInfo:
     path: str
     text: str = ""
     """The rendered conversation / prompt; empty when the policy does not need it."""
+    body: Any = None
+    """The parsed request body, when the policy reads the text (else None)."""
 
 
 def kind_of_path(path: str) -> str | None:

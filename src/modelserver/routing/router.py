@@ -53,6 +53,7 @@ from modelserver.routing.policies import Policy, make_policy, usable_workers
 from modelserver.routing.request_key import RequestInfo, kind_of_path, render_text
 from modelserver.routing.response import RoutedResponse
 from modelserver.routing.retry import AttemptBudget, backoff_delay, error_for_status
+from modelserver.routing.speed_probe import SpeedSample, probe_speed
 from modelserver.routing.stream import StreamRelay, looks_like_json, looks_like_sse, no_chunks
 from modelserver.routing.transport import AiohttpTransport, Transport, TransportResponse
 from modelserver.routing.verdicts import Verdicts, take_out_until_probed
@@ -220,7 +221,7 @@ class Router(Verdicts):
                     parsed_body = {}
             if isinstance(parsed_body, dict):
                 text = render_text(parsed_body)
-        request = RequestInfo(model, path, text)
+        request = RequestInfo(model, path, text, parsed_body if text else None)
         config = self.config
         budget = AttemptBudget(
             config.max_attempts, self._clock() + config.request_timeout_s, self._clock
@@ -440,11 +441,18 @@ class Router(Verdicts):
             raise ClientClosed("the router is closed; it cannot start again")
         if self._probe_task is None:
             await self.probe_once()
+            await self.policy.prepare(list(self._by_url.values()), self._probe_speed)
             self._probe_task = asyncio.create_task(self._probe_loop(), name="router-probes")
             if self.state_dir is not None:
                 self._state_task = asyncio.create_task(
                     self._state_loop(), name="router-state-files"
                 )
+
+    async def _probe_speed(self, worker: Worker) -> SpeedSample | None:
+        tokens = self.config.expected_completion.speed_probe_tokens
+        return await probe_speed(
+            worker, self.transport, self._headers[worker.url], self._clock, tokens
+        )
 
     async def _state_loop(self) -> None:
         """The launcher's state files on their own beat, not after each probe round: a round
@@ -500,6 +508,7 @@ class Router(Verdicts):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._probe_task = self._state_task = None
+        await self.policy.aclose()
         await self._in_flight.stop()
         # Streams handed out but not being read at this moment.
         for relay in list(self._streams):

@@ -19,6 +19,7 @@ from aiohttp.http_exceptions import BadHttpMessage
 from modelserver.errors import LaunchError
 from modelserver.sim.config import Kind, SimConfig
 from modelserver.sim.faults import FaultSpecError
+from modelserver.sim.kv_events import DEFAULT_PAGE_SIZE
 from modelserver.sim.server import SimServer
 
 CRASH_EXIT_STATUS = 1
@@ -90,6 +91,16 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
+        kv_events_config: Annotated[
+            str | None,
+            typer.Option(
+                help="SGLang's KV-cache events JSON, e.g. "
+                '\'{"publisher": "zmq", "endpoint": "tcp://*:5557"}\'.'
+            ),
+        ] = None,
+        page_size: Annotated[
+            int, typer.Option(help="Tokens per KV-cache event block.", min=1)
+        ] = DEFAULT_PAGE_SIZE,
     ) -> None:
         """Run a simulated SGLang engine (no GPU): SGLang's HTTP surface, GPU-like timing."""
         try:
@@ -103,6 +114,8 @@ def register(app: typer.Typer) -> None:
                 seed=seed,
                 api_key=api_key,
                 model_path=model_path,
+                kv_events_config=kv_events_config or "",
+                page_size=page_size,
             )
         except FaultSpecError:
             raise  # already a ModelServerError: `modelserver` prints it and exits 2

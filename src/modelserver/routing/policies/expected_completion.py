@@ -1,0 +1,358 @@
+"""`expected_completion`: send a request where it would finish first.
+
+For each candidate worker the policy adds up, in seconds:
+
+* the prefill still queued ahead of it there (uncached prompt tokens of the requests sent
+  there that have not answered yet) and the wait for a running slot when the worker is at
+  its `max_running_requests`;
+* the prefill of the part of this prompt the worker does not hold: exact from the engine's
+  KV-cache events while its stream is whole (routing/kv_events.py), else the approximate
+  tree of `cache_aware` (characters, converted at the prompt's characters per token);
+* its own decode: expected output tokens × the worker's time per token at the batch it
+  would join, `decode_s × (1 + growth × batch)`.
+
+`decode_s`, `growth` and the prefill time per token are learned per worker from traffic (a
+weighted least-squares line of seconds per output token against the requests in flight at
+dispatch; time to first token over uncached tokens) and seeded before the first answer by a
+short streamed generation per worker (`prepare`), so an opening burst does not treat a
+half-speed engine as an equal. Affinity keeps `cache_aware`'s bounded load only as a cap: a
+worker over its speed-weighted share ignores its cache, so a hot prefix gets a second home.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from modelserver.config import RouterConfig
+from modelserver.routing.kv_events import Endpoints, KvEventIndex
+from modelserver.routing.policies.base import Policy
+from modelserver.routing.policies.cache_aware import PrefixIndex, block_keys
+from modelserver.routing.request_key import RequestInfo
+from modelserver.routing.speed_probe import SpeedSample
+from modelserver.routing.worker import Worker
+from modelserver.sim.tokenizer import apply_chat_template, encode
+
+log = logging.getLogger(__name__)
+
+CHARS_PER_TOKEN = 4.0
+"""Prompt size estimate when no tokenizer is configured."""
+_DEFAULT_MAX_RUNNING = 256  # SGLang's usual cap when /server_info does not say
+
+
+@dataclass
+class Dispatch:
+    """What the policy assumed when it sent a request to a worker."""
+
+    uncached: int
+    output: int
+    batch: int
+
+
+class WorkerModel:
+    """Learned speed of one worker: decode seconds per token against its batch, prefill
+    seconds per uncached prompt token. Sufficient statistics with exponential forgetting."""
+
+    def __init__(self, alpha: float) -> None:
+        self.alpha = alpha
+        self.samples = 0
+        self._w = self._b = self._bb = self._t = self._bt = 0.0
+        self.prefill_s: float | None = None
+        self.max_running = _DEFAULT_MAX_RUNNING
+        self.pending_prefill = 0
+        """Uncached prompt tokens of requests sent here that have not answered yet."""
+        self.dispatched: dict[int, Dispatch] = {}
+
+    def observe_decode(self, seconds_per_token: float, batch: int) -> None:
+        keep = 1.0 - self.alpha
+        self._w = self._w * keep + 1.0
+        self._b = self._b * keep + batch
+        self._bb = self._bb * keep + batch * batch
+        self._t = self._t * keep + seconds_per_token
+        self._bt = self._bt * keep + batch * seconds_per_token
+        self.samples += 1
+
+    def observe_prefill(self, seconds_per_token: float) -> None:
+        if self.prefill_s is None:
+            self.prefill_s = seconds_per_token
+        else:
+            self.prefill_s += self.alpha * (seconds_per_token - self.prefill_s)
+
+    def line(self, growth_prior: float) -> tuple[float, float] | None:
+        """(seconds per token at batch 0, added seconds per request in the batch)."""
+        if not self._w:
+            return None
+        mean_b = self._b / self._w
+        mean_t = self._t / self._w
+        spread = self._bb / self._w - mean_b * mean_b
+        if spread > 1.0:  # enough batch sizes seen to fit the slope
+            slope = max(0.0, (self._bt / self._w - mean_b * mean_t) / spread)
+        else:
+            slope = growth_prior * mean_t / (1.0 + growth_prior * mean_b)
+        base = max(mean_t - slope * mean_b, 0.05 * mean_t)
+        return base, slope
+
+
+class ExpectedCompletionPolicy(Policy):
+    name = "expected_completion"
+    needs_text = True
+
+    def __init__(self, config: RouterConfig, rng: random.Random) -> None:
+        super().__init__(config, rng)
+        self.settings = config.expected_completion
+        self._indexes: dict[str, PrefixIndex] = {}
+        self._models: dict[str, WorkerModel] = {}
+        self._output_tokens: dict[str, float] = {}
+        self.kv = KvEventIndex(self._endpoints_for, config.kv_events.replay_timeout_s)
+        self.kv_enabled = config.kv_events.enabled
+        self._tokenize = _sim_tokens if self.settings.tokenizer == "sim" else None
+        self._pending: dict[str, Dispatch] = {}
+        """What each candidate of the last `select` would cost, for `on_request_start`."""
+
+    # --- what the policy knows ---------------------------------------------------------
+
+    def model_of(self, worker: Worker) -> WorkerModel:
+        model = self._models.get(worker.url)
+        if model is None:
+            model = self._models[worker.url] = WorkerModel(self.settings.learning_alpha)
+        return model
+
+    def _endpoints_for(self, url: str) -> Endpoints | None:
+        return events_endpoints(url, self.config)
+
+    def index(self, model: str) -> PrefixIndex:
+        index = self._indexes.get(model)
+        if index is None:
+            index = self._indexes[model] = PrefixIndex(self.config.cache_aware.max_blocks)
+        return index
+
+    # --- choosing ---------------------------------------------------------------------
+
+    def select(self, workers: Sequence[Worker], request: RequestInfo) -> Worker:
+        estimate = self.estimates(workers, request)
+        best = min(estimate.values())
+        tied = [w for w in workers if estimate[w.url] <= best * (1 + 1e-9)]
+        chosen = tied[0] if len(tied) == 1 else self.rng.choice(tied)
+        keys = self._keys(request)
+        if keys:
+            self.index(request.model).insert(keys, chosen.url)
+        return chosen
+
+    def estimates(self, workers: Sequence[Worker], request: RequestInfo) -> dict[str, float]:
+        """Expected seconds until `request` would be answered, per worker URL; also notes
+        what each would cost (`_pending`) for `on_request_start`."""
+        text = request.text
+        tokens = self._tokens(request)
+        prompt = len(tokens) if tokens is not None else int(len(text) / CHARS_PER_TOKEN) + 1
+        output = self._expected_output(request)
+        cached = self._cached(workers, request, tokens, prompt)
+        capped = self._over_share(workers)
+        lines = {w.url: self._line(w, workers) for w in workers}
+        result: dict[str, float] = {}
+        self._pending = {}
+        for worker in workers:
+            model = self.model_of(worker)
+            base, slope = lines[worker.url]
+            prefill_s = model.prefill_s or base * self.settings.prefill_ratio
+            hits = 0 if worker.url in capped else cached.get(worker.url, 0)
+            uncached = max(prompt - hits, 1)
+            batch = worker.in_flight
+            wait = model.pending_prefill * prefill_s
+            if batch >= model.max_running:  # a slot frees as fast as the batch finishes
+                over = batch - model.max_running + 1
+                wait += over * output * (base + slope * model.max_running) / model.max_running
+            decode = output * (base + slope * (min(batch, model.max_running) + 1))
+            result[worker.url] = wait + uncached * prefill_s + decode
+            self._pending[worker.url] = Dispatch(uncached, output, batch)
+        return result
+
+    def _line(self, worker: Worker, workers: Sequence[Worker]) -> tuple[float, float]:
+        growth = self.settings.batch_growth
+        line = self.model_of(worker).line(growth)
+        if line is not None:
+            return line
+        known = [m for w in workers if (m := self.model_of(w).line(growth)) is not None]
+        if known:  # not measured yet: the fleet's mean, neither shunned nor flooded
+            base = sum(b for b, _ in known) / len(known)
+            return base, sum(s for _, s in known) / len(known)
+        return 1.0, growth
+
+    def _cached(
+        self,
+        workers: Sequence[Worker],
+        request: RequestInfo,
+        tokens: list[int] | None,
+        prompt: int,
+    ) -> dict[str, int]:
+        """Cached prompt tokens per worker: exact where its event stream is whole, else
+        the approximate tree's longest match converted to tokens."""
+        cached: dict[str, int] = {}
+        approximate: list[Worker] = []
+        for worker in workers:
+            exact = None
+            if self.kv_enabled and tokens is not None:
+                exact = self.kv.cached_tokens(worker.url, tokens)
+            if exact is None:
+                approximate.append(worker)
+            else:
+                cached[worker.url] = exact
+        keys = self._keys(request)
+        if approximate and keys:
+            chars = self.config.cache_aware.block_chars
+            holders, matched = self.index(request.model).longest_match(
+                keys, (w.url for w in approximate)
+            )
+            share = min(1.0, matched * chars / max(len(request.text), 1))
+            for url in holders:
+                cached[url] = int(share * prompt)
+        return cached
+
+    def _over_share(self, workers: Sequence[Worker]) -> set[str]:
+        """Workers whose requests in flight, one more included, pass their bounded share
+        (`cache_aware`'s affinity bound): their cache is not counted for this request."""
+        settings = self.config.cache_aware
+        speeds = {w.url: 1.0 / max(self._line(w, workers)[0], 1e-9) for w in workers}
+        total_speed = sum(speeds.values())
+        in_flight = 1 + sum(w.in_flight for w in workers)
+        return {
+            w.url
+            for w in workers
+            if w.in_flight + 1
+            > settings.affinity_load_factor * in_flight * speeds[w.url] / total_speed
+            + settings.affinity_load_slack
+        }
+
+    def _keys(self, request: RequestInfo) -> list[int]:
+        if not request.text:
+            return []
+        return block_keys(request.text, self.config.cache_aware.block_chars)
+
+    def _tokens(self, request: RequestInfo) -> list[int] | None:
+        if self._tokenize is None or request.body is None:
+            return None
+        return self._tokenize(request.path, request.body)
+
+    def _expected_output(self, request: RequestInfo) -> int:
+        learned = self._output_tokens.get(request.model)
+        expected = int(learned) if learned else self.settings.default_output_tokens
+        body = request.body
+        if isinstance(body, dict):
+            asked = body.get("max_completion_tokens") or body.get("max_tokens")
+            if isinstance(asked, int) and asked > 0:
+                return min(asked, expected) if learned else asked
+        return max(expected, 1)
+
+    # --- learning ---------------------------------------------------------------------
+
+    def on_request_start(self, worker: Worker, request: RequestInfo) -> None:
+        pending = self._pending.get(worker.url)
+        if pending is None:  # not chosen through `select` (a retry's forced pick)
+            pending = Dispatch(1, self._expected_output(request), worker.in_flight - 1)
+        self._pending = {}
+        model = self.model_of(worker)
+        model.dispatched[id(request)] = pending
+        model.pending_prefill += pending.uncached
+
+    def on_request_complete(self, worker: Worker, request: RequestInfo, ok: bool) -> None:
+        model = self.model_of(worker)
+        dispatch = model.dispatched.pop(id(request), None)
+        if dispatch is not None:
+            model.pending_prefill = max(0, model.pending_prefill - dispatch.uncached)
+
+    def on_attempt_measured(
+        self,
+        worker: Worker,
+        request: RequestInfo,
+        e2e_s: float,
+        ttft_s: float | None,
+        output_tokens: int | None,
+    ) -> None:
+        """A successful attempt's times (called before `on_request_complete`)."""
+        model = self.model_of(worker)
+        dispatch = model.dispatched.get(id(request))
+        if dispatch is None or not output_tokens:
+            return
+        alpha = self.settings.learning_alpha
+        mean = self._output_tokens.get(request.model)
+        self._output_tokens[request.model] = (
+            float(output_tokens) if mean is None else mean + alpha * (output_tokens - mean)
+        )
+        if ttft_s is not None and output_tokens > 1:
+            model.observe_decode((e2e_s - ttft_s) / (output_tokens - 1), dispatch.batch + 1)
+            if dispatch.uncached >= 64:
+                model.observe_prefill(ttft_s / dispatch.uncached)
+        else:
+            model.observe_decode(e2e_s / output_tokens, dispatch.batch + 1)
+
+    def on_worker_removed(self, worker: Worker) -> None:
+        self._models.pop(worker.url, None)
+        index = self._indexes.get(worker.model)
+        if index is not None:
+            index.forget(worker.url)
+        if self.kv_enabled:
+            asyncio.get_running_loop().create_task(self.kv.forget(worker.url))
+
+    # --- start and end ----------------------------------------------------------------
+
+    async def prepare(
+        self,
+        workers: Sequence[Worker],
+        probe: Callable[[Worker], Awaitable[SpeedSample | None]],
+    ) -> None:
+        """Before the first request: subscribe to KV events, measure each worker once."""
+        if self.kv_enabled:
+            for worker in workers:
+                self.kv.blocks(worker.url)
+        if not self.settings.speed_probe:
+            return
+        samples = await asyncio.gather(*(probe(w) for w in workers if w.kind == "chat"))
+        for worker, sample in zip([w for w in workers if w.kind == "chat"], samples, strict=True):
+            if sample is None:
+                continue
+            model = self.model_of(worker)
+            model.observe_decode(sample.decode_s_per_token, 1)
+            if sample.max_running:
+                model.max_running = sample.max_running
+
+    async def aclose(self) -> None:
+        await self.kv.close()
+
+
+def events_endpoints(url: str, config: RouterConfig) -> Endpoints | None:
+    """Where the worker at `url` publishes KV events (`[router.kv_events]`)."""
+    settings = config.kv_events
+    if not settings.enabled:
+        return None
+    parts = urlsplit(url)
+    events = settings.endpoints.get(url)
+    replay = settings.replay_endpoints.get(url)
+    if events is None:
+        if parts.hostname is None or parts.port is None:
+            return None
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        events = f"tcp://{host}:{parts.port + settings.events_port_offset}"
+        replay = f"tcp://{host}:{parts.port + settings.replay_port_offset}"
+    return Endpoints(events, replay, settings.topic)
+
+
+def _sim_tokens(path: str, body: Any) -> list[int] | None:
+    """The simulated engine's token ids for a request body (its Llama 3 stand-in)."""
+    if not isinstance(body, dict):
+        return None
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        if not all(isinstance(m, dict) for m in messages):
+            return None
+        return apply_chat_template(
+            messages, continue_final_message=bool(body.get("continue_final_message"))
+        )
+    for key in ("prompt", "text"):
+        value = body.get(key)
+        if isinstance(value, str):
+            return encode(value)
+    return None
