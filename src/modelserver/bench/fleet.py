@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import IO, Any
 
 import aiohttp
+import orjson
 
 from modelserver.bench.procs import spawn, stop_group
 from modelserver.bench.tombstone import Tombstone
+from modelserver.config import KvEventsConfig
 from modelserver.errors import BenchError
 from modelserver.netinfo import free_port_range
 
@@ -36,6 +38,19 @@ class EngineSpec:
     speed: float
     max_running: int | None = None
     cache_tokens: int | None = None
+
+
+def kv_events_config(port: int) -> str:
+    """SGLang's `--kv-events-config` for an engine on `port`, at `[router.kv_events]`'s
+    default port offsets."""
+    rule = KvEventsConfig()
+    return orjson.dumps(
+        {
+            "publisher": "zmq",
+            "endpoint": f"tcp://*:{port + rule.events_port_offset}",
+            "replay_endpoint": f"tcp://*:{port + rule.replay_port_offset}",
+        }
+    ).decode()
 
 
 def free_port(host: str = HOST) -> int:
@@ -98,6 +113,8 @@ class SimFleet:
             cmd += ["--max-running", str(engine.spec.max_running)]
         if engine.spec.cache_tokens is not None:
             cmd += ["--cache-tokens", str(engine.spec.cache_tokens)]
+        if self.kind == "chat":  # KV-cache events where the router's default rule looks
+            cmd += ["--kv-events-config", kv_events_config(engine.port)]
         return cmd
 
     async def __aenter__(self) -> SimFleet:

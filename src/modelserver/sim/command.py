@@ -14,6 +14,7 @@ import sys
 from typing import Annotated
 
 import typer
+import zmq
 from aiohttp.http_exceptions import BadHttpMessage
 
 from modelserver.errors import LaunchError
@@ -51,6 +52,8 @@ async def serve(config: SimConfig, host: str, port: int) -> None:
         await server.start()
     except OSError as exc:
         raise LaunchError(f"sim: cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    except zmq.ZMQError as exc:
+        raise LaunchError(f"sim: cannot open the KV events socket: {exc}") from exc
     try:
         print(
             f"sim: {config.model} ({config.kind}, speed {config.speed:g}) on {server.url}",

@@ -15,7 +15,7 @@ from modelserver.errors import BenchError
 __all__ = ["CONTENDERS", "GROUPS", "Contender", "ContenderOptions", "Target", "make_contender",
            "resolve_names", "unavailable"]
 
-OUR_POLICIES = ("fastest", "round_robin", "least_load", "cache_aware")
+OUR_POLICIES = ("fastest", "round_robin", "least_load", "cache_aware", "expected_completion")
 
 CONTENDERS: tuple[str, ...] = (
     *(f"ours:{p}" for p in OUR_POLICIES),
@@ -99,7 +99,10 @@ def make_contender(name: str, options: ContenderOptions) -> Contender:
 
 def _ours(policy: str) -> Contender:
     from modelserver.bench.contenders.ours import OursContender
+    from modelserver.config import RouterConfig
 
+    if policy == "expected_completion":  # the bench's engines publish KV-cache events
+        return OursContender(policy, RouterConfig.model_validate({"kv_events": {"enabled": True}}))
     return OursContender(policy)
 
 

@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 CHARS_PER_TOKEN = 4.0
 """Prompt size estimate when no tokenizer is configured."""
 _DEFAULT_MAX_RUNNING = 256  # SGLang's usual cap when /server_info does not say
+_MIN_BATCH_SPREAD = 25.0
+"""Variance of the batch sizes seen (requests²) before the slope is fitted, not assumed:
+under a steady load the batch moves by a few requests and noise would set the slope."""
 
 
 @dataclass
@@ -52,6 +55,10 @@ class Dispatch:
     uncached: int
     output: int
     batch: int
+    keys: list[int]
+    """Block keys of its text: its prefix will be cached there once its prefill ran."""
+    prefill_ahead: int = 0
+    """Uncached prompt tokens of the requests sent there before it, not answered yet."""
 
 
 class WorkerModel:
@@ -67,6 +74,26 @@ class WorkerModel:
         self.pending_prefill = 0
         """Uncached prompt tokens of requests sent here that have not answered yet."""
         self.dispatched: dict[int, Dispatch] = {}
+        self.coming: dict[int, int] = {}
+        """Block key -> requests in flight here whose text holds it (cached soon)."""
+
+    def add_coming(self, keys: list[int], step: int) -> None:
+        coming = self.coming
+        for key in keys:
+            count = coming.get(key, 0) + step
+            if count > 0:
+                coming[key] = count
+            else:
+                coming.pop(key, None)
+
+    def coming_blocks(self, keys: list[int]) -> int:
+        """How many leading blocks of `keys` requests in flight here will have cached."""
+        matched = 0
+        for key in keys:
+            if key not in self.coming:
+                break
+            matched += 1
+        return matched
 
     def observe_decode(self, seconds_per_token: float, batch: int) -> None:
         keep = 1.0 - self.alpha
@@ -90,7 +117,7 @@ class WorkerModel:
         mean_b = self._b / self._w
         mean_t = self._t / self._w
         spread = self._bb / self._w - mean_b * mean_b
-        if spread > 1.0:  # enough batch sizes seen to fit the slope
+        if spread > _MIN_BATCH_SPREAD:  # batch sizes far enough apart to fit the slope
             slope = max(0.0, (self._bt / self._w - mean_b * mean_t) / spread)
         else:
             slope = growth_prior * mean_t / (1.0 + growth_prior * mean_b)
@@ -138,7 +165,7 @@ class ExpectedCompletionPolicy(Policy):
         best = min(estimate.values())
         tied = [w for w in workers if estimate[w.url] <= best * (1 + 1e-9)]
         chosen = tied[0] if len(tied) == 1 else self.rng.choice(tied)
-        keys = self._keys(request)
+        keys = self._pending[chosen.url].keys
         if keys:
             self.index(request.model).insert(keys, chosen.url)
         return chosen
@@ -150,7 +177,8 @@ class ExpectedCompletionPolicy(Policy):
         tokens = self._tokens(request)
         prompt = len(tokens) if tokens is not None else int(len(text) / CHARS_PER_TOKEN) + 1
         output = self._expected_output(request)
-        cached = self._cached(workers, request, tokens, prompt)
+        keys = self._keys(request)
+        cached = self._cached(workers, request, tokens, prompt, keys)
         capped = self._over_share(workers)
         lines = {w.url: self._line(w, workers) for w in workers}
         result: dict[str, float] = {}
@@ -166,9 +194,15 @@ class ExpectedCompletionPolicy(Policy):
             if batch >= model.max_running:  # a slot frees as fast as the batch finishes
                 over = batch - model.max_running + 1
                 wait += over * output * (base + slope * model.max_running) / model.max_running
-            decode = output * (base + slope * (min(batch, model.max_running) + 1))
-            result[worker.url] = wait + uncached * prefill_s + decode
-            self._pending[worker.url] = Dispatch(uncached, output, batch)
+            running = min(batch, model.max_running)
+            decode = output * (base + slope * (running + 1))
+            # What it costs the requests running there: its prefill stalls their decode
+            # steps, and each of their steps grows by one request's share.
+            others = running * (uncached * prefill_s + slope * output)
+            result[worker.url] = wait + uncached * prefill_s + decode + others
+            self._pending[worker.url] = Dispatch(
+                uncached, output, batch, keys, model.pending_prefill
+            )
         return result
 
     def _line(self, worker: Worker, workers: Sequence[Worker]) -> tuple[float, float]:
@@ -188,11 +222,14 @@ class ExpectedCompletionPolicy(Policy):
         request: RequestInfo,
         tokens: list[int] | None,
         prompt: int,
+        keys: list[int],
     ) -> dict[str, int]:
-        """Cached prompt tokens per worker: exact where its event stream is whole, else
-        the approximate tree's longest match converted to tokens."""
+        """Cached prompt tokens per worker: exact where its event stream is whole (plus the
+        prefixes of requests in flight there, cached by the time this one's prefill runs),
+        else the approximate tree's longest match; characters converted to tokens."""
         cached: dict[str, int] = {}
         approximate: list[Worker] = []
+        tokens_per_block = self.config.cache_aware.block_chars * prompt / max(len(request.text), 1)
         for worker in workers:
             exact = None
             if self.kv_enabled and tokens is not None:
@@ -200,16 +237,14 @@ class ExpectedCompletionPolicy(Policy):
             if exact is None:
                 approximate.append(worker)
             else:
-                cached[worker.url] = exact
-        keys = self._keys(request)
+                coming = self.model_of(worker).coming_blocks(keys)
+                cached[worker.url] = max(exact, min(prompt, int(coming * tokens_per_block)))
         if approximate and keys:
-            chars = self.config.cache_aware.block_chars
             holders, matched = self.index(request.model).longest_match(
                 keys, (w.url for w in approximate)
             )
-            share = min(1.0, matched * chars / max(len(request.text), 1))
             for url in holders:
-                cached[url] = int(share * prompt)
+                cached[url] = min(prompt, int(matched * tokens_per_block))
         return cached
 
     def _over_share(self, workers: Sequence[Worker]) -> set[str]:
@@ -252,17 +287,19 @@ class ExpectedCompletionPolicy(Policy):
     def on_request_start(self, worker: Worker, request: RequestInfo) -> None:
         pending = self._pending.get(worker.url)
         if pending is None:  # not chosen through `select` (a retry's forced pick)
-            pending = Dispatch(1, self._expected_output(request), worker.in_flight - 1)
+            pending = Dispatch(1, self._expected_output(request), worker.in_flight - 1, [])
         self._pending = {}
         model = self.model_of(worker)
         model.dispatched[id(request)] = pending
         model.pending_prefill += pending.uncached
+        model.add_coming(pending.keys, 1)
 
     def on_request_complete(self, worker: Worker, request: RequestInfo, ok: bool) -> None:
         model = self.model_of(worker)
         dispatch = model.dispatched.pop(id(request), None)
         if dispatch is not None:
             model.pending_prefill = max(0, model.pending_prefill - dispatch.uncached)
+            model.add_coming(dispatch.keys, -1)
 
     def on_attempt_measured(
         self,
@@ -284,8 +321,8 @@ class ExpectedCompletionPolicy(Policy):
         )
         if ttft_s is not None and output_tokens > 1:
             model.observe_decode((e2e_s - ttft_s) / (output_tokens - 1), dispatch.batch + 1)
-            if dispatch.uncached >= 64:
-                model.observe_prefill(ttft_s / dispatch.uncached)
+            # Its first token waited for the prefills ahead of it and then its own.
+            model.observe_prefill(ttft_s / (dispatch.prefill_ahead + dispatch.uncached))
         else:
             model.observe_decode(e2e_s / output_tokens, dispatch.batch + 1)
 
