@@ -162,6 +162,8 @@ class KvEventSubscriber:
         self._context = context or zmq.asyncio.Context.instance()
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
+        self.connected = False
+        """The SUB socket's connection is up (ZMQ's monitor says so)."""
         self._whole = False
         """Every batch since the engine's cache was last known empty has been applied."""
         self._recent: dict[int, int] = {}
@@ -211,6 +213,7 @@ class KvEventSubscriber:
 
     async def _on_connection(self, event: int) -> None:
         blocks = self.blocks
+        self.connected = event == zmq.EVENT_CONNECTED
         if event == zmq.EVENT_DISCONNECTED:
             blocks.set_state(IndexState.DEGRADED, "event stream disconnected")
         elif event == zmq.EVENT_CONNECTED and blocks.last_seq is not None:

@@ -49,6 +49,7 @@ from modelserver.routing.closing import STOPPED, InFlight
 from modelserver.routing.entries import WorkerEntry, entries_from_mapping
 from modelserver.routing.events import RouterObserver
 from modelserver.routing.health import probe_round, read_launcher_states
+from modelserver.routing.hedge import Hedger, hedging_allowed, next_best
 from modelserver.routing.policies import Policy, make_policy, usable_workers
 from modelserver.routing.request_key import RequestInfo, kind_of_path, render_text
 from modelserver.routing.response import RoutedResponse
@@ -109,6 +110,9 @@ class Router(Verdicts):
         self._streams: set[StreamRelay] = set()
         """Streams handed to callers and not ended yet (closed with the router)."""
         self._closing: asyncio.Future[None] | None = None
+        self._hedger = Hedger(self.config.hedge, sleep) if self.config.hedge.enabled else None
+        if self._hedger is not None:
+            self._observers.append(self._hedger)
         for entry in entries:
             self.add_worker(
                 entry.model, entry.url, entry.kind, name=entry.name, api_key=entry.api_key
@@ -259,10 +263,16 @@ class Router(Verdicts):
             if budget.remaining_s() <= 0:
                 raise deadline_error(model, budget)
             worker = self.policy.select(candidates, request)
+            send = functools.partial(
+                self._attempt, request=request, payload=payload, stream=stream, headers=headers,
+                attempt=len(budget.attempts) + 1, budget=budget,
+            )  # fmt: skip
             try:
-                response = await self._attempt(
-                    worker, request, payload, stream, headers, len(budget.attempts) + 1, budget
-                )
+                if self._hedger is not None and stream and hedging_allowed(headers):
+                    others = functools.partial(next_best, worker, candidates, request, self)
+                    response = await self._hedger.run(worker, send, others)
+                else:
+                    response = await send(worker)
             except RetryableWorkerError as exc:
                 budget.failed(worker.url, exc)
                 tried.add(worker.url)
