@@ -138,6 +138,8 @@ class ExpectedCompletionPolicy(Policy):
         self.kv = KvEventIndex(self._endpoints_for, config.kv_events.replay_timeout_s)
         self.kv_enabled = config.kv_events.enabled
         self._tokenize = _sim_tokens if self.settings.tokenizer == "sim" else None
+        self.last_estimates: dict[str, float] = {}
+        """The estimates behind the last choice (URL -> seconds), for `status` and tests."""
         self._pending: dict[str, Dispatch] = {}
         """What each candidate of the last `select` would cost, for `on_request_start`."""
 
@@ -161,7 +163,7 @@ class ExpectedCompletionPolicy(Policy):
     # --- choosing ---------------------------------------------------------------------
 
     def select(self, workers: Sequence[Worker], request: RequestInfo) -> Worker:
-        estimate = self.estimates(workers, request)
+        estimate = self.last_estimates = self.estimates(workers, request)
         best = min(estimate.values())
         tied = [w for w in workers if estimate[w.url] <= best * (1 + 1e-9)]
         chosen = tied[0] if len(tied) == 1 else self.rng.choice(tied)
