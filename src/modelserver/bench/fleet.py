@@ -113,7 +113,9 @@ class SimFleet:
             cmd += ["--max-running", str(engine.spec.max_running)]
         if engine.spec.cache_tokens is not None:
             cmd += ["--cache-tokens", str(engine.spec.cache_tokens)]
-        if self.kind == "chat":  # KV-cache events where the router's default rule looks
+        rule = KvEventsConfig()
+        top = engine.port + max(rule.events_port_offset, rule.replay_port_offset)
+        if self.kind == "chat" and top <= 65535:  # KV events where the router's rule looks
             cmd += ["--kv-events-config", kv_events_config(engine.port)]
         return cmd
 

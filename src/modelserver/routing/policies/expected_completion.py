@@ -373,6 +373,8 @@ def events_endpoints(url: str, config: RouterConfig) -> Endpoints | None:
     if events is None:
         if parts.hostname is None or parts.port is None:
             return None
+        if parts.port + max(settings.events_port_offset, settings.replay_port_offset) > 65535:
+            return None  # no such port: the launcher gave this engine no events either
         host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
         events = f"tcp://{host}:{parts.port + settings.events_port_offset}"
         replay = f"tcp://{host}:{parts.port + settings.replay_port_offset}"
