@@ -66,10 +66,12 @@ def test_engines_are_relative_speeds_times_the_fleet_speed() -> None:
 
 def test_contender_groups_expand_in_canonical_order() -> None:
     assert resolve_names("oracle,ours") == [
-        "ours:fastest", "ours:round_robin", "ours:least_load", "ours:cache_aware", "oracle"]
+        "ours:fastest", "ours:round_robin", "ours:least_load", "ours:cache_aware",
+        "ours:expected_completion", "oracle"]
     assert "sglang:round_robin" not in resolve_names("all")
     assert resolve_names("sglang:round_robin") == ["sglang:round_robin"]
-    assert set(resolve_names("all")) | {"sglang:round_robin"} == set(CONTENDERS)
+    hedged = "ours:expected_completion+hedge"  # named only: it is the hedging experiment
+    assert set(resolve_names("all")) | {"sglang:round_robin", hedged} == set(CONTENDERS)
 
 
 def test_unknown_contender_lists_the_valid_ones() -> None:

@@ -26,12 +26,15 @@ CONTENDERS: tuple[str, ...] = (
     "litellm:latency",
     "litellm:shuffle",
     "oracle",
+    "ours:expected_completion+hedge",
 )
 
 # `sglang:round_robin` is only for reproducing SGLang's published cache-aware vs round-robin
 # result; name it explicitly (`ours:round_robin` is the round-robin baseline otherwise).
 GROUPS: dict[str, tuple[str, ...]] = {
-    "all": tuple(c for c in CONTENDERS if c != "sglang:round_robin"),
+    "all": tuple(
+        c for c in CONTENDERS if c not in ("sglang:round_robin", "ours:expected_completion+hedge")
+    ),
     "ours": tuple(f"ours:{p}" for p in OUR_POLICIES),
     "sglang": ("sglang:cache_aware", "sglang:power_of_two"),
     "litellm": ("litellm:latency", "litellm:shuffle"),
@@ -101,9 +104,14 @@ def _ours(policy: str) -> Contender:
     from modelserver.bench.contenders.ours import OursContender
     from modelserver.config import RouterConfig
 
-    if policy == "expected_completion":  # the bench's engines publish KV-cache events
-        return OursContender(policy, RouterConfig.model_validate({"kv_events": {"enabled": True}}))
-    return OursContender(policy)
+    policy, hedged, _ = policy.partition("+hedge")
+    if policy != "expected_completion":
+        return OursContender(policy)
+    # The bench's engines publish KV-cache events; `+hedge` turns hedged streams on too.
+    config = {"kv_events": {"enabled": True}, "hedge": {"enabled": bool(hedged)}}
+    contender = OursContender(policy, RouterConfig.model_validate(config))
+    contender.name = f"ours:{policy}{hedged}"
+    return contender
 
 
 def _seed(options: ContenderOptions) -> Contender:
