@@ -2,9 +2,10 @@
 
 For each candidate worker the policy adds up, in seconds:
 
-* the prefill still queued ahead of it there (uncached prompt tokens of the requests sent
-  there that have not answered yet) and the wait for a running slot when the worker is at
-  its `max_running_requests`;
+* the prefill still queued ahead of it there (uncached prompt tokens sent there, drained
+  at the learned prefill speed: a leaky bucket, since the router sees a request's end but
+  not its first token) and the wait for a running slot when the worker is at its
+  `max_running_requests`;
 * the prefill of the part of this prompt the worker does not hold: exact from the engine's
   KV-cache events while its stream is whole (routing/kv_events.py), else the approximate
   tree of `cache_aware` (characters, converted at the prompt's characters per token);
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -58,7 +60,9 @@ class Dispatch:
     keys: list[int]
     """Block keys of its text: its prefix will be cached there once its prefill ran."""
     prefill_ahead: int = 0
-    """Uncached prompt tokens of the requests sent there before it, not answered yet."""
+    """Uncached prompt tokens sent there before it and not prefilled yet (estimated)."""
+    prefill_s: float = 0.0
+    """The prefill seconds per token assumed when it was sent."""
 
 
 class WorkerModel:
@@ -71,8 +75,11 @@ class WorkerModel:
         self._w = self._b = self._bb = self._t = self._bt = 0.0
         self.prefill_s: float | None = None
         self.max_running = _DEFAULT_MAX_RUNNING
-        self.pending_prefill = 0
-        """Uncached prompt tokens of requests sent here that have not answered yet."""
+        self.backlog = 0.0
+        """Uncached prompt tokens sent here and not prefilled yet, as of `backlog_at`: a
+        leaky bucket drained at the learned prefill speed (the router does not see each
+        request's first token, only its end)."""
+        self.backlog_at = 0.0
         self.dispatched: dict[int, Dispatch] = {}
         self.coming: dict[int, int] = {}
         """Block key -> requests in flight here whose text holds it (cached soon)."""
@@ -94,6 +101,10 @@ class WorkerModel:
                 break
             matched += 1
         return matched
+
+    def drained_backlog(self, now: float, prefill_s: float) -> float:
+        elapsed = max(0.0, now - self.backlog_at)
+        return max(0.0, self.backlog - elapsed / max(prefill_s, 1e-9))
 
     def observe_decode(self, seconds_per_token: float, batch: int) -> None:
         keep = 1.0 - self.alpha
@@ -129,8 +140,14 @@ class ExpectedCompletionPolicy(Policy):
     name = "expected_completion"
     needs_text = True
 
-    def __init__(self, config: RouterConfig, rng: random.Random) -> None:
+    def __init__(
+        self,
+        config: RouterConfig,
+        rng: random.Random,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__(config, rng)
+        self._clock = clock
         self.settings = config.expected_completion
         self._indexes: dict[str, PrefixIndex] = {}
         self._models: dict[str, WorkerModel] = {}
@@ -183,6 +200,7 @@ class ExpectedCompletionPolicy(Policy):
         cached = self._cached(workers, request, tokens, prompt, keys)
         capped = self._over_share(workers)
         lines = {w.url: self._line(w, workers) for w in workers}
+        now = self._clock()
         result: dict[str, float] = {}
         self._pending = {}
         for worker in workers:
@@ -192,7 +210,8 @@ class ExpectedCompletionPolicy(Policy):
             hits = 0 if worker.url in capped else cached.get(worker.url, 0)
             uncached = max(prompt - hits, 1)
             batch = worker.in_flight
-            wait = model.pending_prefill * prefill_s
+            backlog = model.drained_backlog(now, prefill_s)
+            wait = backlog * prefill_s
             if batch >= model.max_running:  # a slot frees as fast as the batch finishes
                 over = batch - model.max_running + 1
                 wait += over * output * (base + slope * model.max_running) / model.max_running
@@ -203,7 +222,7 @@ class ExpectedCompletionPolicy(Policy):
             others = running * (uncached * prefill_s + slope * output)
             result[worker.url] = wait + uncached * prefill_s + decode + others
             self._pending[worker.url] = Dispatch(
-                uncached, output, batch, keys, model.pending_prefill
+                uncached, output, batch, keys, int(backlog), prefill_s
             )
         return result
 
@@ -293,14 +312,15 @@ class ExpectedCompletionPolicy(Policy):
         self._pending = {}
         model = self.model_of(worker)
         model.dispatched[id(request)] = pending
-        model.pending_prefill += pending.uncached
+        now = self._clock()
+        model.backlog = model.drained_backlog(now, pending.prefill_s) + pending.uncached
+        model.backlog_at = now
         model.add_coming(pending.keys, 1)
 
     def on_request_complete(self, worker: Worker, request: RequestInfo, ok: bool) -> None:
         model = self.model_of(worker)
         dispatch = model.dispatched.pop(id(request), None)
         if dispatch is not None:
-            model.pending_prefill = max(0, model.pending_prefill - dispatch.uncached)
             model.add_coming(dispatch.keys, -1)
 
     def on_attempt_measured(
