@@ -41,7 +41,7 @@ def _router(transport: MockTransport, **hedge: object) -> tuple[Router, Hedger]:
         clock=clock,
         sleep=late_mark,
     )
-    hedger = router._hedger
+    hedger = router.hedger
     assert hedger is not None
     return router, hedger
 

@@ -48,7 +48,7 @@ async def test_a_hedged_stream_returns_the_first_answer_and_the_loser_is_aborted
             [WorkerEntry("m", s.url) for s in (primary, backup)], config=config, sleep=late_mark
         )
         async with router:
-            hedger = router._hedger
+            hedger = router.hedger
             assert hedger is not None
             assert (await read_all(router, "warm up one"))[0] == primary.url  # TTFT learned
             assert (await read_all(router, "warm up two"))[0] == backup.url

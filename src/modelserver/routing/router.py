@@ -147,6 +147,11 @@ class Router(Verdicts):
         self._availability.state_dir = value
 
     @property
+    def hedger(self) -> Hedger | None:
+        """The hedging of late streams (`[router.hedge] enabled`), with its counts."""
+        return self._hedger
+
+    @property
     def transport(self) -> Transport:
         if self._closing is not None:
             raise ClientClosed("the router is closed")
