@@ -155,6 +155,7 @@ class ExpectedCompletionPolicy(Policy):
         self.kv = KvEventIndex(self._endpoints_for, config.kv_events.replay_timeout_s)
         self.kv_enabled = config.kv_events.enabled
         self._tokenize = _sim_tokens if self.settings.tokenizer == "sim" else None
+        self._forgetting: set[asyncio.Task[None]] = set()
         self.last_estimates: dict[str, float] = {}
         """The estimates behind the last choice (URL -> seconds), for `status` and tests."""
         self._pending: dict[str, Dispatch] = {}
@@ -353,8 +354,11 @@ class ExpectedCompletionPolicy(Policy):
         index = self._indexes.get(worker.model)
         if index is not None:
             index.forget(worker.url)
-        if self.kv_enabled:
-            asyncio.get_running_loop().create_task(self.kv.forget(worker.url))
+        if self.kv_enabled and worker.url in self.kv.subscribers:
+            # Its subscription ends in the background; kept referenced until it has.
+            task = asyncio.get_running_loop().create_task(self.kv.forget(worker.url))
+            self._forgetting.add(task)
+            task.add_done_callback(self._forgetting.discard)
 
     # --- start and end ----------------------------------------------------------------
 
@@ -379,6 +383,8 @@ class ExpectedCompletionPolicy(Policy):
                 model.max_running = sample.max_running
 
     async def aclose(self) -> None:
+        for task in list(self._forgetting):
+            await task
         await self.kv.close()
 
 
