@@ -26,6 +26,7 @@ import asyncio
 import logging
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 CHARS_PER_TOKEN = 4.0
 """Prompt size estimate when no tokenizer is configured."""
 _DEFAULT_MAX_RUNNING = 256  # SGLang's usual cap when /server_info does not say
+_MAX_PENDING = 4096
 _MIN_BATCH_SPREAD = 25.0
 """Variance of the batch sizes seen (requests²) before the slope is fitted, not assumed:
 under a steady load the batch moves by a few requests and noise would set the slope."""
@@ -158,8 +160,9 @@ class ExpectedCompletionPolicy(Policy):
         self._forgetting: set[asyncio.Task[None]] = set()
         self.last_estimates: dict[str, float] = {}
         """The estimates behind the last choice (URL -> seconds), for `status` and tests."""
-        self._pending: dict[str, Dispatch] = {}
-        """What each candidate of the last `select` would cost, for `on_request_start`."""
+        self._pending: OrderedDict[int, dict[str, Dispatch]] = OrderedDict()
+        """Per request being routed (by id): what each candidate would cost, for
+        `on_request_start`; dropped when the request's attempt ends."""
 
     # --- what the policy knows ---------------------------------------------------------
 
@@ -185,7 +188,7 @@ class ExpectedCompletionPolicy(Policy):
         best = min(estimate.values())
         tied = [w for w in workers if estimate[w.url] <= best * (1 + 1e-9)]
         chosen = tied[0] if len(tied) == 1 else self.rng.choice(tied)
-        keys = self._pending[chosen.url].keys
+        keys = self._pending[id(request)][chosen.url].keys
         if keys:
             self.index(request.model).insert(keys, chosen.url)
         return chosen
@@ -203,7 +206,10 @@ class ExpectedCompletionPolicy(Policy):
         lines = {w.url: self._line(w, workers) for w in workers}
         now = self._clock()
         result: dict[str, float] = {}
-        self._pending = {}
+        pending = self._pending.setdefault(id(request), {})  # a hedge's copy adds to it
+        self._pending.move_to_end(id(request))
+        while len(self._pending) > _MAX_PENDING:  # chosen but never started (cancelled)
+            self._pending.popitem(last=False)
         for worker in workers:
             model = self.model_of(worker)
             base, slope = lines[worker.url]
@@ -222,7 +228,7 @@ class ExpectedCompletionPolicy(Policy):
             # steps, and each of their steps grows by one request's share.
             others = running * (uncached * prefill_s + slope * output)
             result[worker.url] = wait + uncached * prefill_s + decode + others
-            self._pending[worker.url] = Dispatch(
+            pending[worker.url] = Dispatch(
                 uncached, output, batch, keys, int(backlog), prefill_s
             )
         return result
@@ -307,10 +313,9 @@ class ExpectedCompletionPolicy(Policy):
     # --- learning ---------------------------------------------------------------------
 
     def on_request_start(self, worker: Worker, request: RequestInfo) -> None:
-        pending = self._pending.get(worker.url)
+        pending = self._pending.get(id(request), {}).get(worker.url)
         if pending is None:  # not chosen through `select` (a retry's forced pick)
             pending = Dispatch(1, self._expected_output(request), worker.in_flight - 1, [])
-        self._pending = {}
         model = self.model_of(worker)
         model.dispatched[id(request)] = pending
         now = self._clock()
@@ -319,6 +324,7 @@ class ExpectedCompletionPolicy(Policy):
         model.add_coming(pending.keys, 1)
 
     def on_request_complete(self, worker: Worker, request: RequestInfo, ok: bool) -> None:
+        self._pending.pop(id(request), None)
         model = self.model_of(worker)
         dispatch = model.dispatched.pop(id(request), None)
         if dispatch is not None:
