@@ -47,6 +47,10 @@ CHARS_PER_TOKEN = 4.0
 """Prompt size estimate when no tokenizer is configured."""
 _DEFAULT_MAX_RUNNING = 256  # SGLang's usual cap when /server_info does not say
 _MAX_PENDING = 4096
+_PROBE_ROUNDS = 2
+_MIN_PREFILL_SAMPLE = 1024
+"""Prompt tokens a request's prefill (and those ahead of it) must reach for its time to
+first token to teach the prefill speed."""
 _MIN_BATCH_SPREAD = 25.0
 """Variance of the batch sizes seen (requests²) before the slope is fitted, not assumed:
 under a steady load the batch moves by a few requests and noise would set the slope."""
@@ -350,8 +354,12 @@ class ExpectedCompletionPolicy(Policy):
         )
         if ttft_s is not None and output_tokens > 1:
             model.observe_decode((e2e_s - ttft_s) / (output_tokens - 1), dispatch.batch + 1)
-            # Its first token waited for the prefills ahead of it and then its own.
-            model.observe_prefill(ttft_s / (dispatch.prefill_ahead + dispatch.uncached))
+            # Its first token waited for the prefills ahead of it and then its own. Only a
+            # long prefill says its speed: a short one's TTFT is mostly the decode step it
+            # waited behind, and would make every cache miss look dear.
+            prefilled = dispatch.prefill_ahead + dispatch.uncached
+            if prefilled >= _MIN_PREFILL_SAMPLE:
+                model.observe_prefill(ttft_s / prefilled)
         else:
             model.observe_decode(e2e_s / output_tokens, dispatch.batch + 1)
 
@@ -379,14 +387,18 @@ class ExpectedCompletionPolicy(Policy):
                 self.kv.blocks(worker.url)
         if not self.settings.speed_probe:
             return
-        samples = await asyncio.gather(*(probe(w) for w in workers if w.kind == "chat"))
-        for worker, sample in zip([w for w in workers if w.kind == "chat"], samples, strict=True):
-            if sample is None:
+        chat = [w for w in workers if w.kind == "chat"]
+        rounds = [await asyncio.gather(*(probe(w) for w in chat)) for _ in range(_PROBE_ROUNDS)]
+        for i, worker in enumerate(chat):
+            samples = [sample for r in rounds if (sample := r[i]) is not None]
+            if not samples:
                 continue
+            # The fastest round: a busy host only ever makes a probe slower than the engine.
+            best = min(samples, key=lambda sample: sample.decode_s_per_token)
             model = self.model_of(worker)
-            model.observe_decode(sample.decode_s_per_token, 1)
-            if sample.max_running:
-                model.max_running = sample.max_running
+            model.observe_decode(best.decode_s_per_token, 1)
+            if best.max_running:
+                model.max_running = best.max_running
 
     async def aclose(self) -> None:
         for task in list(self._forgetting):
