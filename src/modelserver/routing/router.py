@@ -294,7 +294,7 @@ class Router(Verdicts):
                 await self._availability.mark_up(model, self._models)
             return response
 
-    async def _attempt(
+    def _attempt(
         self,
         worker: Worker,
         request: RequestInfo,
@@ -303,7 +303,9 @@ class Router(Verdicts):
         headers: Mapping[str, str] | None,
         attempt: int,
         budget: AttemptBudget,
-    ) -> RoutedResponse:
+    ) -> Awaitable[RoutedResponse]:
+        """Count the attempt in at once (so a choice made before it is awaited, as a
+        hedge's, sees it in flight), and return the sending, to be awaited."""
         worker.in_flight += 1
         worker.requests += 1
         worker.breaker.on_request_start()
@@ -317,6 +319,19 @@ class Router(Verdicts):
         if headers:
             send_headers = {**send_headers, **headers}
         start = self._clock()
+        return self._send(worker, request, payload, stream, attempt, timeout_s, send_headers, start)
+
+    async def _send(
+        self,
+        worker: Worker,
+        request: RequestInfo,
+        payload: bytes,
+        stream: bool,
+        attempt: int,
+        timeout_s: float,
+        send_headers: Mapping[str, str],
+        start: float,
+    ) -> RoutedResponse:
         status: int | None = None
         try:
             answer = await self.transport.send(
