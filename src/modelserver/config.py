@@ -322,7 +322,7 @@ class HedgeConfig(Section):
     percentile: float = Field(default=95.0, gt=50, lt=100)
     budget: float = Field(default=0.05, ge=0, le=1)
     burst: float = Field(default=5.0, ge=1)
-    min_samples: int = Field(default=20, ge=1)
+    min_samples: int = Field(default=10, ge=1)
     """TTFT samples a worker needs before its requests may be hedged."""
     window: int = Field(default=200, ge=10)
     """TTFT samples kept per worker for the percentile."""
