@@ -220,7 +220,11 @@ class AsyncModelServer:
     ) -> AsyncGenerator[str, None]:
         """Chat with `stream=True`: yields the text pieces as the engine sends them.
 
-        Fails over to another worker only before the first piece arrives."""
+        Fails over to another worker before the first piece; after it, a worker that dies,
+        stalls or cuts the stream is replaced by another that continues the text (the
+        router's resume, `[router.resume]`): the pieces read on as one answer. A stream
+        that cannot be continued exactly (n > 1, logprobs) raises `StreamBroken` saying
+        why."""
         router = self.router if self._started else await self._ready()
         body = {"model": model, "messages": _user_messages(messages), **params, "stream": True}
         response = await router.forward(model, CHAT_PATH, body, stream=True)
@@ -237,7 +241,7 @@ class AsyncModelServer:
                         return
                     if piece:
                         yield piece
-        # A stream cut short before `data: [DONE]` raises from the router's relay above.
+        # A stream that broke and could not be resumed raises from the router's relay above.
 
     async def map(
         self,

@@ -21,7 +21,9 @@
             │   ├── WorkerTimeout       no answer within the attempt timeout
             │   ├── WorkerBadAnswer     2xx, but not JSON (or a stream that is not SSE)
             │   └── WorkerAuthRejected  401/403: the engine refused the worker's configured key
-            └── EngineRejected          4xx other than 401/403/408/429: the request is wrong
+            ├── EngineRejected          4xx other than 401/403/408/429: the request is wrong
+            └── StreamBroken            a stream broke after content reached the caller and
+                                        could not be resumed; says why
 
 A caller catches `RequestError` for "this request failed" and `ModelServerError`
 for anything of ours. Only `RetryableWorkerError` sends a request to another worker.
@@ -195,6 +197,12 @@ class EngineRejected(WorkerError):
     def __init__(self, worker: str, status: int, message: str, body: object = None) -> None:
         self.body = body
         super().__init__(worker, f"HTTP {status}: {message}", status)
+
+
+class StreamBroken(WorkerError):
+    """A stream broke after some of its answer reached the caller, and was not resumed on
+    another worker: the message gives the break, then why it was not resumed (the request
+    cannot be continued exactly, the resumes allowed ran out, or no worker was left)."""
 
 
 def is_retryable_status(status: int) -> bool:

@@ -17,6 +17,7 @@ from modelserver.gateway.auth import GatewayConfigError, KeyRing
 from modelserver.routing import MockRequest, MockResponse, MockTransport, Router
 from modelserver.sim import SimConfig, SimServer
 from tests.gateway.conftest import ADMIN_KEY, API_KEY, Stack
+from tests.routing.helpers import FakeClock
 from tests.waiting import wait_until
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -353,13 +354,20 @@ async def test_every_attempt_failing_is_502_and_a_passed_deadline_is_504() -> No
     assert_openai_error(body)
     assert "attempts failed" in body["error"]["message"]
 
+    clock = FakeClock()
+
     def slow(request: MockRequest) -> MockResponse:
         if request.method == "GET":  # health probes pass: the workers look fine
             return MockResponse(body=b"ok")
+        clock.advance(1.0)  # each attempt takes a second of the router's clock
         raise WorkerTimeout(request.worker, "no answer")
 
-    config = RouterConfig(request_timeout_s=0.001, max_attempts=32)
-    router = Router.from_mapping({"m": urls}, transport=MockTransport(slow), config=config)
+    # The deadline passes after 3 of the 32 attempts allowed (a 1 ms deadline on the real
+    # clock raced the mock's attempts, which can all fail within it).
+    config = RouterConfig(request_timeout_s=2.5, max_attempts=32)
+    router = Router.from_mapping(
+        {"m": urls}, transport=MockTransport(slow), config=config, clock=clock
+    )
     async with (
         GatewayServer(router, port=0, environ={}) as gateway,
         aiohttp.ClientSession() as http,

@@ -16,7 +16,7 @@ from modelserver.errors import ClientClosed
 from modelserver.routing import MockRequest, MockResponse, MockTransport, Router, WorkerEntry
 from modelserver.routing.availability import AVAILABILITY_FILE
 from modelserver.routing.breaker import BreakerState
-from modelserver.routing.stream import StreamRelay
+from modelserver.routing.resume import ResumingStream
 from modelserver.sim import SimConfig, SimThread
 from tests.waiting import wait_until
 
@@ -143,7 +143,7 @@ async def test_a_real_stream_waiting_for_its_next_chunk_at_close_gets_client_clo
             "m", CHAT, chat_body(stream=True, max_tokens=200), stream=True
         )
         chunks = response.chunks
-        assert isinstance(chunks, StreamRelay)
+        assert isinstance(chunks, ResumingStream)
         while True:  # until the close comes while a read waits, not between chunks
             reader = asyncio.create_task(anext(chunks))
             await wait_until(lambda read=reader: chunks.reading or read.done(), "a read under way")

@@ -196,13 +196,13 @@ async def test_stream_chunks_are_forwarded_as_they_come() -> None:
     assert router.worker(response.worker).in_flight == 0
 
 
-async def test_stream_fails_over_only_before_its_first_chunk() -> None:
+async def test_with_resume_off_a_stream_fails_over_only_before_its_first_chunk() -> None:
     def handler(request: MockRequest) -> MockResponse:
         if request.worker == URLS[0]:
             return MockResponse(chunks=[])  # closed before anything came
         return MockResponse(chunks=[sse("a")[0], WorkerUnreachable(request.worker, "reset")])
 
-    router, transport, *_ = make_router(handler)
+    router, transport, *_ = make_router(handler, resume={"enabled": False})
     response = await router.forward("m", CHAT, chat_body(stream=True), stream=True)
     assert response.worker != URLS[0] and response.attempts == 2
     assert response.chunks is not None
@@ -217,7 +217,9 @@ async def test_stream_fails_over_only_before_its_first_chunk() -> None:
 
 async def test_a_stream_ending_without_done_raises_and_counts_against_the_worker() -> None:
     cut = sse("a", "b")[:-1]  # two events, then a clean end with no `data: [DONE]`
-    router, _, _, _, recorder = make_router(lambda r: MockResponse(chunks=cut))
+    router, _, _, _, recorder = make_router(
+        lambda r: MockResponse(chunks=cut), resume={"enabled": False}
+    )
     response = await router.forward("m", CHAT, chat_body(stream=True), stream=True)
     assert response.chunks is not None
     with pytest.raises(WorkerUnreachable, match=r"ended before data: \[DONE\]"):

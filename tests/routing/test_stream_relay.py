@@ -86,7 +86,9 @@ async def test_a_stream_broken_while_waiting_for_a_chunk_is_blamed_and_frees_the
         raise WorkerUnreachable(URLS[0], "stream broke: reset")
 
     router, transport, *_ = make_router(
-        lambda r: MockResponse(chunks=breaking(), headers=SSE_HEADERS), urls=URLS[:1]
+        lambda r: MockResponse(chunks=breaking(), headers=SSE_HEADERS),
+        urls=URLS[:1],
+        resume={"enabled": False},  # the relay alone (test_stream_resume.py: resumed)
     )
     response = await router.forward("m", CHAT, chat_body(stream=True), stream=True)
     assert response.chunks is not None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -26,6 +26,12 @@ class Outcome:
     session: int = 0
     turn: int = 0
     streamed: bool = False
+    resume_gaps_s: list[float] = field(default_factory=list)
+    """Streams resumed on another worker (routing/resume.py): per resume, the seconds
+    between the last event before the break and the first one after it."""
+    prefilled_again: int = 0
+    """Tokens the resuming workers prefilled again: the prompt and the text delivered,
+    less what the last of them found in its prefix cache."""
 
 
 def usage_counts(usage: Mapping[str, Any] | None) -> tuple[int, int, int]:

@@ -278,8 +278,9 @@ async def _relay_stream(request: web.Request, routed: RoutedResponse) -> web.Str
         log.info("caller left a stream from %s; engine request closed", routed.worker)
         return response
     except WorkerError as exc:
-        # The first chunk is already out: no failover now. Tell the caller in the stream
-        # (a worker that died, stalled, or ended without `data: [DONE]`: see routing/stream.py).
+        # The router resumes a broken stream on another worker (routing/resume.py); what
+        # reaches here could not be resumed (StreamBroken says why) or resume is off. The
+        # first chunk is already out, so the caller is told in the stream.
         with contextlib.suppress(ConnectionError):
             await response.write(b"data: " + error_body(502, str(exc), "worker_failed") + b"\n\n")
         return response

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from modelserver.routing.events import AttemptResult, RouterObserver
+from modelserver.routing.events import AttemptResult, ResumeRecord, RouterObserver
 from modelserver.routing.router import Router
 
 # Seconds; spans an engine answering at once (embeddings) to a long generation.
@@ -58,6 +58,13 @@ class GatewayMetrics(RouterObserver):
         self.retries = Counter(
             "modelserver_retries",
             "Failed attempts that were retried.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.resumes = Counter(
+            "modelserver_stream_resumes",
+            "Streams that broke after content reached the caller and went on on another"
+            " worker.",
             ["model"],
             registry=self.registry,
         )
@@ -105,6 +112,9 @@ class GatewayMetrics(RouterObserver):
         self, model: str, failed_worker: str, error: str, next_attempt: int, backoff_s: float
     ) -> None:
         self.retries.labels(model).inc()
+
+    def on_resume(self, record: ResumeRecord) -> None:
+        self.resumes.labels(record.model).inc()
 
     def on_no_healthy_worker(self, model: str, reasons: dict[str, str]) -> None:
         self.no_worker.labels(model).inc()

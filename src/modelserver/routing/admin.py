@@ -88,6 +88,7 @@ class WorkerSet:
         *,
         name: str | None = None,
         api_key: str | None = None,
+        backend: str | None = None,
     ) -> Worker:
         """Start routing `model` requests to `url` as well.
 
@@ -105,7 +106,7 @@ class WorkerSet:
             raise WrongModelKind(model, known_kind, kind)
         if api_key is None:
             api_key = self._api_keys.get(model)
-        worker = Worker(url, model, kind, self.config.breaker, self._clock, name, api_key)
+        worker = Worker(url, model, kind, self.config.breaker, self._clock, name, api_key, backend)
         if worker.url in self._by_url:
             raise ValueError(f"a worker at {worker.url} is already routed to")
         self._kinds[model] = kind

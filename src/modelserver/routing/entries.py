@@ -16,23 +16,28 @@ class WorkerEntry:
     kind: str = "chat"
     name: str | None = None
     api_key: str | None = None
+    backend: str | None = None
+    """"sglang", "vllm", "llamacpp" or "sim", when known (how a broken stream is resumed)."""
 
 
 def entries_from_mapping(mapping: Mapping[str, Any]) -> list[WorkerEntry]:
-    """`{model: [url, ...]}` or `{model: {"kind": "embedding", "urls": [...]}}` -> entries."""
+    """`{model: [url, ...]}` or `{model: {"kind": "embedding", "urls": [...]}}` -> entries
+    (`"api_key"` and `"backend"` may be given too)."""
     entries: list[WorkerEntry] = []
     for model, value in mapping.items():
         kind = "chat"
         api_key = None
+        backend = None
         if isinstance(value, Mapping):
-            unknown = set(value) - {"kind", "urls", "api_key"}
+            unknown = set(value) - {"kind", "urls", "api_key", "backend"}
             if unknown:
                 raise ValueError(
                     f"fleet[{model!r}]: unknown keys {sorted(unknown)}; allowed: kind, urls,"
-                    " api_key"
+                    " api_key, backend"
                 )
             kind = str(value.get("kind", "chat"))
             api_key = value.get("api_key")
+            backend = value.get("backend")
             urls = value.get("urls", [])
         else:
             urls = value
@@ -46,5 +51,5 @@ def entries_from_mapping(mapping: Mapping[str, Any]) -> list[WorkerEntry]:
         for url in urls:
             if not isinstance(url, str) or not url.startswith(("http://", "https://")):
                 raise ValueError(f"fleet[{model!r}]: {url!r} is not an http(s) URL")
-            entries.append(WorkerEntry(model, url, kind, api_key=api_key))
+            entries.append(WorkerEntry(model, url, kind, api_key=api_key, backend=backend))
     return entries

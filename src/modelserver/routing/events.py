@@ -32,6 +32,21 @@ class AttemptResult:
     """Completion tokens from `usage` (streams: SSE events counted), when known."""
 
 
+@dataclass(frozen=True)
+class ResumeRecord:
+    """One resume, for observers (the gateway's metrics, the bench)."""
+
+    model: str
+    failed_worker: str
+    worker: str
+    """The worker that continues the stream."""
+    error: str
+    delivered_tokens: int
+    gap_s: float
+    """Seconds between the last event handed on before the break and the first one after
+    it: what the resume added to the caller's wait."""
+
+
 class RouterObserver:
     """Base class with no-op hooks; override the ones you need and pass an instance to
     `Router(observers=[...])` or `Router.add_observer`."""
@@ -47,6 +62,9 @@ class RouterObserver:
     ) -> None:
         """A failed attempt will be retried (elsewhere if possible; after `backoff_s`
         seconds when only the worker that just failed is left)."""
+
+    def on_resume(self, record: ResumeRecord) -> None:
+        """A stream that broke after content reached its caller goes on on another worker."""
 
     def on_no_healthy_worker(self, model: str, reasons: dict[str, str]) -> None:
         """Every worker of `model` was out when a request came; `reasons` maps URL -> why."""

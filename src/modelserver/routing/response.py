@@ -16,9 +16,10 @@ class RoutedResponse:
     sent it) and `chunks` None; a streamed one has `chunks`, an async iterator of the raw SSE
     bytes as they arrive (nothing buffered), and `body` None. A stream must be consumed to
     the end or closed with `aclose()` (or `async with response:`), which frees the worker's
-    in-flight slot and the engine connection, whether any chunk was read or not. After the
-    first chunk has been handed out there is no failover: a worker dying mid-stream raises
-    `WorkerUnreachable` / `WorkerTimeout` from the iterator.
+    in-flight slot and the engine connection, whether any chunk was read or not. A worker
+    that dies, cuts or stalls the stream after its first chunk is replaced by another that
+    continues it (routing/resume.py; `worker` stays the first one); a stream that cannot be
+    resumed raises `StreamBroken` from the iterator, saying why.
     """
 
     __slots__ = (

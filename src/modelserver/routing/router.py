@@ -33,6 +33,7 @@ from modelserver.errors import (
     UnknownModel,
     WorkerBadAnswer,
     WorkerRefused,
+    WorkerTimeout,
     WorkerUnreachable,
     WrongModelKind,
 )
@@ -48,23 +49,25 @@ from modelserver.routing.availability import Availability
 from modelserver.routing.closing import STOPPED, InFlight
 from modelserver.routing.entries import WorkerEntry, entries_from_mapping
 from modelserver.routing.events import RouterObserver
-from modelserver.routing.health import probe_round, read_launcher_states
 from modelserver.routing.hedge import Hedger, hedging_allowed, next_best
 from modelserver.routing.policies import Policy, make_policy, usable_workers
+from modelserver.routing.probing import Probing
 from modelserver.routing.request_key import RequestInfo, kind_of_path, render_text
 from modelserver.routing.response import RoutedResponse
+from modelserver.routing.resume import PayloadFor, ResumingStream, request_json
 from modelserver.routing.retry import AttemptBudget, backoff_delay, error_for_status
-from modelserver.routing.speed_probe import SpeedSample, probe_speed
+from modelserver.routing.stalls import StallBounds, stall_bounds
 from modelserver.routing.stream import StreamRelay, looks_like_json, looks_like_sse, no_chunks
-from modelserver.routing.transport import AiohttpTransport, Transport, TransportResponse
-from modelserver.routing.verdicts import Verdicts, take_out_until_probed
+from modelserver.routing.transport import Transport, TransportResponse
+from modelserver.routing.verdicts import take_out_until_probed
 from modelserver.routing.worker import Worker
 
 log = logging.getLogger(__name__)
 
 __all__ = ["RoutedResponse", "Router", "WorkerEntry", "entries_from_mapping"]
 
-class Router(Verdicts):
+
+class Router(Probing):
     """Routes requests for the models of a fleet to their workers.
 
     Build it with `Router.from_fleet(fleet)`, `Router.from_mapping({model: [url, ...]})`
@@ -115,7 +118,12 @@ class Router(Verdicts):
             self._observers.append(self._hedger)
         for entry in entries:
             self.add_worker(
-                entry.model, entry.url, entry.kind, name=entry.name, api_key=entry.api_key
+                entry.model,
+                entry.url,
+                entry.kind,
+                name=entry.name,
+                api_key=entry.api_key,
+                backend=entry.backend,
             )
 
     # -- construction --------------------------------------------------------------------
@@ -125,7 +133,7 @@ class Router(Verdicts):
         """Workers from the fleet file; `[router]` settings; state dir for the launcher's
         state files and `availability.json`."""
         entries = [
-            WorkerEntry(w.model, w.url, w.kind, name=w.name, api_key=w.api_key)
+            WorkerEntry(w.model, w.url, w.kind, name=w.name, api_key=w.api_key, backend=w.backend)
             for w in fleet.workers()
         ]
         kwargs.setdefault("config", fleet.router)
@@ -138,27 +146,9 @@ class Router(Verdicts):
         return cls(entries_from_mapping(mapping), **kwargs)
 
     @property
-    def state_dir(self) -> Path | None:
-        """Where the launcher's state files are read and `availability.json` is written."""
-        return self._availability.state_dir
-
-    @state_dir.setter
-    def state_dir(self, value: Path | None) -> None:
-        self._availability.state_dir = value
-
-    @property
     def hedger(self) -> Hedger | None:
         """The hedging of late streams (`[router.hedge] enabled`), with its counts."""
         return self._hedger
-
-    @property
-    def transport(self) -> Transport:
-        if self._closing is not None:
-            raise ClientClosed("the router is closed")
-        if self._transport is None:
-            # Created lazily: aiohttp binds its session to the running event loop.
-            self._transport = AiohttpTransport(self.config.connect_timeout_s)
-        return self._transport
 
     # -- the request path ------------------------------------------------------------------
 
@@ -185,7 +175,9 @@ class Router(Verdicts):
         Failover: connection refused or reset, timeouts, HTTP 408, 429 and 5xx are retried
         on a different worker within `[router] max_attempts` and `request_timeout_s`;
         backoff with jitter only when the worker that just failed is the only one left.
-        A stream fails over only before its first chunk.
+        A stream that breaks or stalls after its first chunk is resumed on another worker
+        (`[router.resume]`, resume.py): the caller reads one stream; one that cannot be
+        resumed raises `StreamBroken` from its iterator, saying why.
 
         Raises:
             UnknownModel: no such model in the fleet.
@@ -197,8 +189,38 @@ class Router(Verdicts):
                 `url: error` per failed attempt.
             ClientClosed: `close()` was called before, or while the request ran.
         """
+        deadline = self._clock() + self.config.request_timeout_s
         with self._in_flight.guard():
-            return await self._route(model, path, body, stream, headers, parsed)
+            response = await self._route(model, path, body, stream, headers, parsed, deadline)
+        relay = response.chunks
+        if isinstance(relay, StreamRelay) and relay.sse and self.config.resume.enabled:
+            response.chunks = ResumingStream(
+                model,
+                path,
+                response,
+                functools.partial(request_json, body, parsed),
+                functools.partial(self._resume_stream, model, path, headers, deadline),
+                self.config.resume,
+                self._notify_resume,
+                self._clock,
+            )
+        return response
+
+    async def _resume_stream(
+        self,
+        model: str,
+        path: str,
+        headers: Mapping[str, str] | None,
+        deadline: float,
+        body: dict[str, Any],
+        payload_for: PayloadFor,
+        never: frozenset[str],
+    ) -> RoutedResponse:
+        """A broken stream's request, continued, to a worker that has not failed it."""
+        with self._in_flight.guard():
+            return await self._route(
+                model, path, body, True, headers, body, deadline, never, payload_for
+            )
 
     async def _route(
         self,
@@ -208,10 +230,17 @@ class Router(Verdicts):
         stream: bool,
         headers: Mapping[str, str] | None,
         parsed: dict[str, Any] | None,
+        deadline: float,
+        never: frozenset[str] = frozenset(),
+        payload_for: PayloadFor | None = None,
     ) -> RoutedResponse:
         workers = self._models.get(model)
         if workers is None:
             raise UnknownModel(model, list(self._models))
+        if never:
+            workers = [w for w in workers if w.url not in never]
+            if not workers:
+                raise NoHealthyWorker(model, dict.fromkeys(never, "failed this request"))
         wanted = kind_of_path(path)
         if wanted is not None and wanted != self._kinds[model]:
             raise WrongModelKind(model, self._kinds[model], wanted)
@@ -232,9 +261,7 @@ class Router(Verdicts):
                 text = render_text(parsed_body)
         request = RequestInfo(model, path, text, parsed_body if text else None)
         config = self.config
-        budget = AttemptBudget(
-            config.max_attempts, self._clock() + config.request_timeout_s, self._clock
-        )
+        budget = AttemptBudget(config.max_attempts, deadline, self._clock)
         readmit = config.latency.readmit_after_s
         tried: set[str] = set()
         last_failed: Worker | None = None
@@ -269,8 +296,8 @@ class Router(Verdicts):
                 raise deadline_error(model, budget)
             worker = self.policy.select(candidates, request)
             send = functools.partial(
-                self._attempt, request=request, payload=payload, stream=stream, headers=headers,
-                attempt=len(budget.attempts) + 1, budget=budget,
+                self._attempt_for, request=request, payload=payload, payload_for=payload_for,
+                stream=stream, headers=headers, attempt=len(budget.attempts) + 1, budget=budget,
             )  # fmt: skip
             try:
                 if self._hedger is not None and stream and hedging_allowed(headers):
@@ -294,6 +321,23 @@ class Router(Verdicts):
                 await self._availability.mark_up(model, self._models)
             return response
 
+    def _attempt_for(
+        self,
+        worker: Worker,
+        *,
+        request: RequestInfo,
+        payload: bytes,
+        payload_for: PayloadFor | None,
+        stream: bool,
+        headers: Mapping[str, str] | None,
+        attempt: int,
+        budget: AttemptBudget,
+    ) -> Awaitable[RoutedResponse]:
+        """`_attempt` on `worker` with the body its backend takes (a resumed stream's may
+        differ per backend)."""
+        data = payload if payload_for is None else payload_for(worker.backend)
+        return self._attempt(worker, request, data, stream, headers, attempt, budget)
+
     def _attempt(
         self,
         worker: Worker,
@@ -314,12 +358,12 @@ class Router(Verdicts):
         self.policy.on_request_start(worker, request)
         for observer in self._observers:
             safely(observer.on_attempt, request.model, worker.url, attempt, request.path)
-        timeout_s = min(self.config.attempt_timeout_s, budget.remaining_s())
+        outer_s = min(self.config.attempt_timeout_s, budget.remaining_s())
         send_headers = self._headers[worker.url]
         if headers:
             send_headers = {**send_headers, **headers}
         start = self._clock()
-        return self._send(worker, request, payload, stream, attempt, timeout_s, send_headers, start)
+        return self._send(worker, request, payload, stream, attempt, outer_s, send_headers, start)
 
     async def _send(
         self,
@@ -328,10 +372,15 @@ class Router(Verdicts):
         payload: bytes,
         stream: bool,
         attempt: int,
-        timeout_s: float,
+        outer_s: float,
         send_headers: Mapping[str, str],
         start: float,
     ) -> RoutedResponse:
+        timeout_s = outer_s
+        bounds = stall_bounds(worker, self.config.resume, outer_s) if stream else None
+        stall = bounds.first if bounds is not None else None
+        if stall is not None:
+            timeout_s = stall.seconds
         status: int | None = None
         try:
             answer = await self.transport.send(
@@ -346,10 +395,19 @@ class Router(Verdicts):
             if status >= 400:
                 raise error_for_status(worker.url, status, await answer.read())
             if stream:
-                return await self._start_stream(worker, request, answer, attempt, start)
+                assert bounds is not None
+                return await self._start_stream(
+                    worker, request, answer, attempt, start, bounds, outer_s
+                )
             data = await answer.read()
             parsed = json_answer(worker.url, answer.headers, data)
-        except RetryableWorkerError as exc:
+        except RetryableWorkerError as original:
+            exc = original
+            if stall is not None and isinstance(exc, WorkerTimeout):
+                exc = WorkerTimeout(
+                    worker.url,
+                    f"stalled: no first chunk within {stall.seconds:.2f} s ({stall.basis})",
+                )
             # While closing, a failure may be the closing itself: no verdict then.
             verdict = None if self._in_flight.closing else False
             self._finish(
@@ -358,7 +416,9 @@ class Router(Verdicts):
             if isinstance(exc, WorkerRefused) and self._probe_task is not None:
                 # Only while probes run: they are what brings the worker back.
                 take_out_until_probed(worker, short(exc))
-            raise
+            if exc is original:
+                raise
+            raise exc from original
         except EngineRejected as exc:
             # The request was wrong, not the worker: no mark against its circuit.
             self._finish(
@@ -385,6 +445,8 @@ class Router(Verdicts):
         answer: TransportResponse,
         attempt: int,
         start: float,
+        bounds: StallBounds,
+        outer_s: float,
     ) -> RoutedResponse:
         chunks = answer.chunks()
         try:
@@ -406,6 +468,9 @@ class Router(Verdicts):
             json_answer(worker.url, answer.headers, first)
             chunks = no_chunks()
         ttft = self._clock() - start
+        if bounds.chunk is not None or bounds.first is not None:
+            # Each chunk from now on: its own learned bound, else the outer one.
+            answer.set_read_timeout(bounds.chunk.seconds if bounds.chunk else outer_s)
         relay = StreamRelay(
             worker.url,
             first,
@@ -438,87 +503,6 @@ class Router(Verdicts):
         if ok is False and self._in_flight.closing:
             ok = None  # broken by the closing itself
         self._finish(worker, request, attempt, ok, status, error, start, ttft, tokens, True)
-
-    def _notify_retry(
-        self, model: str, worker: Worker | None, budget: AttemptBudget, backoff_s: float
-    ) -> None:
-        if not self._observers:
-            return
-        error = budget.attempts[-1] if budget.attempts else ""
-        url = worker.url if worker is not None else ""
-        for observer in self._observers:
-            safely(observer.on_retry, model, url, error, len(budget.attempts) + 1, backoff_s)
-
-    async def _no_healthy_worker(
-        self, model: str, workers: Sequence[Worker], now: float, budget: AttemptBudget
-    ) -> NoHealthyWorker:
-        readmit = self.config.latency.readmit_after_s
-        reasons = {w.url: w.out_reason(now, readmit) or "up" for w in workers}
-        for attempt in budget.attempts:
-            url, _, error = attempt.partition(": ")
-            if url in reasons:
-                reasons[url] = f"{reasons[url]}; last error: {error}"
-        for observer in self._observers:
-            safely(observer.on_no_healthy_worker, model, reasons)
-        await self._availability.mark_down(model, reasons, self._models)
-        return NoHealthyWorker(model, reasons)
-
-    # -- health probing and the launcher's state file ---------------------------------------
-
-    async def start(self) -> None:
-        """Probe every worker now, then every `[router.health] interval_s` in the background."""
-        if self._closing is not None:
-            raise ClientClosed("the router is closed; it cannot start again")
-        if self._probe_task is None:
-            await self.probe_once()
-            await self.policy.prepare(list(self._by_url.values()), self._probe_speed)
-            self._probe_task = asyncio.create_task(self._probe_loop(), name="router-probes")
-            if self.state_dir is not None:
-                self._state_task = asyncio.create_task(
-                    self._state_loop(), name="router-state-files"
-                )
-
-    async def _probe_speed(self, worker: Worker) -> SpeedSample | None:
-        tokens = self.config.expected_completion.speed_probe_tokens
-        return await probe_speed(
-            worker, self.transport, self._headers[worker.url], self._clock, tokens
-        )
-
-    async def _state_loop(self) -> None:
-        """The launcher's state files on their own beat, not after each probe round: a round
-        lasts up to the probe timeout when a worker hangs, and what the launcher already
-        knows (a worker it saw die) must not wait for that."""
-        while True:
-            await self._sleep(self.config.health.interval_s)
-            try:
-                self.apply_state_files()
-            except Exception:  # must never kill the loop
-                log.exception("reading the launcher's state files failed")
-
-    async def _probe_loop(self) -> None:
-        while True:
-            await self._sleep(self.config.health.interval_s)
-            try:
-                await self.probe_once()
-            except Exception:  # a probe round must never kill the loop
-                log.exception("health probe round failed")
-
-    async def probe_once(self) -> None:
-        """One round: read the launcher's state files, GET the health endpoint of every
-        worker concurrently (short timeout), update each worker's probe health."""
-        self.apply_state_files()
-        await probe_round(
-            list(self._by_url.values()), self.transport, self.config.health, self._headers
-        )
-
-    def apply_state_files(self) -> None:
-        """Take workers the launcher reports not ready (failed, stopped, ...) out of rotation
-        (reads `{state_dir}/state-*.json`; absent files change nothing)."""
-        if self.state_dir is None:
-            return
-        statuses = read_launcher_states(self.state_dir)
-        for url, worker in self._by_url.items():
-            worker.launcher_status = statuses.get(url)
 
     # -- lifecycle ---------------------------------------------------------------------------
 

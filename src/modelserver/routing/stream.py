@@ -101,6 +101,11 @@ class StreamRelay:
         self._gen = cast(AsyncGeneratorType[bytes, None], self._relay(first))
 
     @property
+    def sse(self) -> bool:
+        """True for a stream of server-sent events (not a whole JSON answer)."""
+        return self._sse
+
+    @property
     def reading(self) -> bool:
         """True while a task waits for the next chunk."""
         return self._gen.ag_running

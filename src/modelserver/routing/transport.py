@@ -39,6 +39,11 @@ class TransportResponse(Protocol):
         """Give the connection back (or drop it if the body was not read to the end)."""
         ...
 
+    def set_read_timeout(self, seconds: float) -> None:
+        """From now on, wait at most `seconds` for each chunk (a stream's bound after its
+        first chunk, which may differ from the one for the first)."""
+        ...
+
 
 class Transport(Protocol):
     async def send(
@@ -93,6 +98,15 @@ class _AiohttpResponse:
 
     def release(self) -> None:
         self._response.release()
+
+    def set_read_timeout(self, seconds: float) -> None:
+        connection = self._response.connection
+        if connection is not None and connection.protocol is not None:
+            # aiohttp's own per-read timer (the `sock_read` of the request's ClientTimeout),
+            # restarted now: a timer already running would otherwise keep its old length
+            # until more data came. The next request on this connection sets its own.
+            connection.protocol.read_timeout = seconds
+            connection.protocol.start_timeout()
 
 
 class AiohttpTransport:
@@ -239,6 +253,9 @@ class _MockResponseHandle:
         finally:
             self._pending = None
 
+    def set_read_timeout(self, seconds: float) -> None:
+        self._transport.read_timeouts.append((self._worker, seconds))
+
     def release(self) -> None:
         if not self._released:
             self._released = True
@@ -263,6 +280,8 @@ class MockTransport:
         self.closed = False
         self.open_answers = 0
         """Answers not given back yet (read to the end, or released): held connections."""
+        self.read_timeouts: list[tuple[str, float]] = []
+        """(worker, seconds) for every `set_read_timeout` on an answer."""
 
     async def send(
         self,

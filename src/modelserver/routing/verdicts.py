@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import logging
 import statistics
+from collections.abc import Sequence
 
+from modelserver.errors import NoHealthyWorker
 from modelserver.routing.admin import WorkerSet
 from modelserver.routing.answers import safely
-from modelserver.routing.events import AttemptResult
+from modelserver.routing.availability import Availability
+from modelserver.routing.events import AttemptResult, ResumeRecord
 from modelserver.routing.request_key import RequestInfo
+from modelserver.routing.retry import AttemptBudget
 from modelserver.routing.worker import Worker
 
 log = logging.getLogger("modelserver.routing.router")
@@ -17,7 +21,10 @@ log = logging.getLogger("modelserver.routing.router")
 
 class Verdicts(WorkerSet):
     """`Router`'s accounting of attempts; `ok=None` is no verdict (the caller left, the
-    router closed, the engine rejected the request)."""
+    router closed, the engine rejected the request). Observers hear of each attempt's end,
+    retries, resumes and models without a usable worker."""
+
+    _availability: Availability
 
     def _finish(
         self,
@@ -123,6 +130,42 @@ class Verdicts(WorkerSet):
                 f" others; bound ×{settings.ejection_ratio:g}"
             )
             log.warning("ejected %s: %s", worker.url, worker.ejection_note)
+
+    def _notify_retry(
+        self, model: str, worker: Worker | None, budget: AttemptBudget, backoff_s: float
+    ) -> None:
+        if not self._observers:
+            return
+        error = budget.attempts[-1] if budget.attempts else ""
+        url = worker.url if worker is not None else ""
+        for observer in self._observers:
+            safely(observer.on_retry, model, url, error, len(budget.attempts) + 1, backoff_s)
+
+    def _notify_resume(self, record: ResumeRecord) -> None:
+        log.info(
+            "stream of %s resumed on %s after %s (%s), %d tokens delivered",
+            record.model,
+            record.worker,
+            record.failed_worker,
+            record.error,
+            record.delivered_tokens,
+        )
+        for observer in self._observers:
+            safely(observer.on_resume, record)
+
+    async def _no_healthy_worker(
+        self, model: str, workers: Sequence[Worker], now: float, budget: AttemptBudget
+    ) -> NoHealthyWorker:
+        readmit = self.config.latency.readmit_after_s
+        reasons = {w.url: w.out_reason(now, readmit) or "up" for w in workers}
+        for attempt in budget.attempts:
+            url, _, error = attempt.partition(": ")
+            if url in reasons:
+                reasons[url] = f"{reasons[url]}; last error: {error}"
+        for observer in self._observers:
+            safely(observer.on_no_healthy_worker, model, reasons)
+        await self._availability.mark_down(model, reasons, self._models)
+        return NoHealthyWorker(model, reasons)
 
 
 def take_out_until_probed(worker: Worker, error: str) -> None:

@@ -45,6 +45,7 @@ class Worker:
     __slots__ = (
         "_clock",
         "api_key",
+        "backend",
         "breaker",
         "draining",
         "ejected_at",
@@ -78,8 +79,12 @@ class Worker:
         clock: Callable[[], float],
         name: str | None = None,
         api_key: str | None = None,
+        backend: str | None = None,
     ) -> None:
         self.url = url.rstrip("/")
+        self.backend = backend
+        """The engine type ("sglang", "vllm", "llamacpp", "sim"), when known: a resumed
+        chat request is worded for it (resume.py)."""
         self.model = model
         self.kind = kind
         self.name = name or self.url
@@ -131,8 +136,10 @@ class Worker:
             if self.breaker.state is BreakerState.OPEN:
                 return f"circuit open after {self.breaker.consecutive_failures} failures"
             return "circuit half-open, trial request in flight"
-        if not last_resort and self.ejected_at is not None and (
-            self.trial_in_flight or now - self.ejected_at < readmit_after_s
+        if (
+            not last_resort
+            and self.ejected_at is not None
+            and (self.trial_in_flight or now - self.ejected_at < readmit_after_s)
         ):
             return f"ejected as slow ({self.ejection_note})"
         return None

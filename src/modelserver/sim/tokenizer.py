@@ -158,9 +158,7 @@ def apply_chat_template(
     turn's assistant message, yields the very ids that were generated.
     """
     listed = list(messages)
-    open_turn = (
-        continue_final_message and bool(listed) and listed[-1].get("role") == "assistant"
-    )
+    open_turn = continue_final_message and bool(listed) and listed[-1].get("role") == "assistant"
     ids = [BEGIN_OF_TEXT]
     for index, message in enumerate(listed):
         ids.extend(_header(str(message.get("role", "user"))))

@@ -68,7 +68,16 @@ class OursContender(Contender):
         response = await self.client.router.forward(self._model, CHAT_PATH, body, stream=True)
         assert response.chunks is not None
         async with response:
-            return await read_sse(response.chunks, start, worker=response.worker)
+            outcome = await read_sse(response.chunks, start, worker=response.worker)
+        records = getattr(response.chunks, "records", ())
+        if records:
+            outcome.resume_gaps_s = [r.gap_s for r in records]
+            outcome.prefilled_again = max(
+                sum(outcome.prompt_tokens + r.delivered_tokens for r in records)
+                - outcome.cached_tokens,
+                0,
+            )
+        return outcome
 
     async def embed(self, text: str) -> Outcome:
         start = time.monotonic()
