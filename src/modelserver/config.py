@@ -39,7 +39,9 @@ from modelserver.launcher.backends import check_options
 
 Kind = Literal["chat", "embedding"]
 BackendName = Literal["sglang", "vllm", "llamacpp", "sim"]
-PolicyName = Literal["fastest", "round_robin", "least_load", "cache_aware"]
+PolicyName = Literal[
+    "fastest", "round_robin", "least_load", "cache_aware", "expected_completion"
+]
 
 GPU_BACKENDS: frozenset[str] = frozenset({"sglang", "vllm"})
 
@@ -298,6 +300,62 @@ class ResumeConfig(Section):
     min_stall_s: float = Field(default=2.0, gt=0)
 
 
+class KvEventsConfig(Section):
+    """Exact prefix-cache knowledge from the engines' KV-cache events (routing/kv_events.py).
+
+    A worker at `http://HOST:PORT` publishes at `tcp://HOST:(PORT + events_port_offset)` and
+    replays at `tcp://HOST:(PORT + replay_port_offset)`: the ports the launcher gives the
+    engines it starts (`--kv-events-config`). `endpoints` / `replay_endpoints` (worker URL ->
+    `tcp://...`) override that rule for engines started otherwise."""
+
+    enabled: bool = False
+    events_port_offset: int = Field(default=1000, ge=1, le=60000)
+    replay_port_offset: int = Field(default=2000, ge=1, le=60000)
+    topic: str = ""
+    endpoints: dict[str, str] = Field(default_factory=dict)
+    replay_endpoints: dict[str, str] = Field(default_factory=dict)
+    replay_timeout_s: float = Field(default=2.0, gt=0)
+
+
+class ExpectedCompletionConfig(Section):
+    """Policy `expected_completion`: the worker where this request would finish first.
+
+    Priors, used until traffic (or the speed probe at start) has taught each worker's own
+    figures: `prefill_ratio` is seconds per uncached prompt token over seconds per output
+    token (~0.004 for Llama 3.1 8B on an H100: ~27 µs a prefilled token at 60% of 989
+    TFLOP/s against ~6.5 ms a decode step, sim/perf.py), `batch_growth` how much a decode
+    step grows per request running beside it (a fraction of the batch-1 step)."""
+
+    prefill_ratio: float = Field(default=0.004, gt=0)
+    batch_growth: float = Field(default=0.02, ge=0)
+    default_output_tokens: int = Field(default=256, ge=1)
+    """Expected output of a request without `max_tokens`, until the model's mean is learned."""
+    tokenizer: Literal["sim", "none"] = "sim"
+    """How the router turns a prompt into token ids for the exact (KV events) index: "sim"
+    is the simulated engine's Llama 3 stand-in; "none" estimates 4 characters a token and
+    leaves exact matching off."""
+    speed_probe: bool = True
+    """At start, one short streamed generation per worker measures its speed."""
+    speed_probe_tokens: int = Field(default=16, ge=2, le=256)
+    learning_alpha: float = Field(default=0.1, gt=0, le=1)
+
+
+class HedgeConfig(Section):
+    """Hedged streams (routing/hedge.py): a stream whose first token is later than the
+    worker's learned `percentile` time to first token gets a copy on the next best worker;
+    the first to answer wins, the other is closed. At most `budget` extra requests per
+    request over time (a token bucket filled by `budget` per request, capped at `burst`)."""
+
+    enabled: bool = False
+    percentile: float = Field(default=95.0, gt=50, lt=100)
+    budget: float = Field(default=0.05, ge=0, le=1)
+    burst: float = Field(default=5.0, ge=1)
+    min_samples: int = Field(default=10, ge=1)
+    """TTFT samples a worker needs before its requests may be hedged."""
+    window: int = Field(default=200, ge=10)
+    """TTFT samples kept per worker for the percentile."""
+
+
 class RouterConfig(Section):
     policy: PolicyName = "cache_aware"
     request_timeout_s: float = Field(default=600.0, gt=0)
@@ -312,6 +370,11 @@ class RouterConfig(Section):
     health: HealthConfig = Field(default_factory=HealthConfig)
     latency: LatencyConfig = Field(default_factory=LatencyConfig)
     cache_aware: CacheAwareConfig = Field(default_factory=CacheAwareConfig)
+    expected_completion: ExpectedCompletionConfig = Field(
+        default_factory=ExpectedCompletionConfig
+    )
+    kv_events: KvEventsConfig = Field(default_factory=KvEventsConfig)
+    hedge: HedgeConfig = Field(default_factory=HedgeConfig)
     resume: ResumeConfig = Field(default_factory=ResumeConfig)
     admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
 

@@ -66,11 +66,13 @@ def test_engines_are_relative_speeds_times_the_fleet_speed() -> None:
 
 def test_contender_groups_expand_in_canonical_order() -> None:
     assert resolve_names("oracle,ours") == [
-        "ours:fastest", "ours:round_robin", "ours:least_load", "ours:cache_aware", "oracle"]
+        "ours:fastest", "ours:round_robin", "ours:least_load", "ours:cache_aware",
+        "ours:expected_completion", "oracle"]
     assert "sglang:round_robin" not in resolve_names("all")
     assert "smg:round_robin" not in resolve_names("all")
     assert resolve_names("sglang:round_robin") == ["sglang:round_robin"]
-    assert set(resolve_names("all")) | {"sglang:round_robin", "smg:round_robin"} == set(
+    hedged = "ours:expected_completion+hedge"  # named only: it is the hedging experiment
+    assert set(resolve_names("all")) | {"sglang:round_robin", "smg:round_robin", hedged} == set(
         CONTENDERS)
     assert resolve_names("smg") == [
         "smg:cache_aware", "smg:prefix_hash", "smg:least_load", "smg:power_of_two"]

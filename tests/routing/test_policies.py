@@ -29,7 +29,9 @@ def test_unknown_policy_names_the_valid_ones() -> None:
 
 
 def test_every_policy_is_registered_under_its_name() -> None:
-    assert set(POLICIES) == {"fastest", "round_robin", "least_load", "cache_aware"}
+    assert set(POLICIES) == {
+        "fastest", "round_robin", "least_load", "cache_aware", "expected_completion"
+    }
     for name in POLICIES:
         assert make_policy(name, RouterConfig()).name == name
 

@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import IO, Any
 
 import aiohttp
+import orjson
 
 from modelserver.bench.procs import spawn, stop_group
 from modelserver.bench.tombstone import Tombstone
+from modelserver.config import KvEventsConfig
 from modelserver.errors import BenchError
 from modelserver.netinfo import free_port_range
 
@@ -39,6 +41,19 @@ class EngineSpec:
     gpu: str = "h100"
     """The GPU simulated (`modelserver sim --gpu`): its speed and, with the model, its pool."""
     model_size: str = "llama-3.1-8b"
+
+
+def kv_events_config(port: int) -> str:
+    """SGLang's `--kv-events-config` for an engine on `port`, at `[router.kv_events]`'s
+    default port offsets."""
+    rule = KvEventsConfig()
+    return orjson.dumps(
+        {
+            "publisher": "zmq",
+            "endpoint": f"tcp://*:{port + rule.events_port_offset}",
+            "replay_endpoint": f"tcp://*:{port + rule.replay_port_offset}",
+        }
+    ).decode()
 
 
 def free_port(host: str = HOST) -> int:
@@ -102,6 +117,10 @@ class SimFleet:
         if engine.spec.cache_tokens is not None:
             cmd += ["--cache-tokens", str(engine.spec.cache_tokens)]
         cmd += ["--gpu", engine.spec.gpu, "--model-size", engine.spec.model_size]
+        rule = KvEventsConfig()
+        top = engine.port + max(rule.events_port_offset, rule.replay_port_offset)
+        if self.kind == "chat" and top <= 65535:  # KV events where the router's rule looks
+            cmd += ["--kv-events-config", kv_events_config(engine.port)]
         return cmd
 
     async def __aenter__(self) -> SimFleet:

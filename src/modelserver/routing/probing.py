@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING, cast
 from modelserver.errors import ClientClosed
 from modelserver.routing.discovery import Discovery
 from modelserver.routing.health import probe_round, read_launcher_states
+from modelserver.routing.speed_probe import SpeedSample, probe_speed
 from modelserver.routing.transport import AiohttpTransport, Transport
 from modelserver.routing.verdicts import Verdicts
+from modelserver.routing.worker import Worker
 
 if TYPE_CHECKING:
     from modelserver.routing.router import Router
@@ -63,11 +65,19 @@ class Probing(Verdicts):
                     self._discovery.run(router), name="router-discovery"
                 )
             await self.probe_once()
+            await self.policy.prepare(list(self._by_url.values()), self._probe_speed)
             self._probe_task = asyncio.create_task(self._probe_loop(), name="router-probes")
             if self.state_dir is not None:
                 self._state_task = asyncio.create_task(
                     self._state_loop(), name="router-state-files"
                 )
+
+    async def _probe_speed(self, worker: Worker) -> SpeedSample | None:
+        """One short streamed generation on `worker` (`Policy.prepare` asks for it)."""
+        tokens = self.config.expected_completion.speed_probe_tokens
+        return await probe_speed(
+            worker, self.transport, self._headers[worker.url], self._clock, tokens
+        )
 
     async def _state_loop(self) -> None:
         """The launcher's state files on their own beat, not after each probe round: a round

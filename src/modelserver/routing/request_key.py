@@ -23,6 +23,8 @@ class RequestInfo:
     """The rendered conversation / prompt; empty when the policy does not need it."""
     tenant: str = ""
     """Who asked (the admission queue charges its tokens served to it)."""
+    body: Any = None
+    """The parsed request body, when the policy reads the text (else None)."""
 
 
 def kind_of_path(path: str) -> str | None:

@@ -38,7 +38,7 @@ from modelserver.errors import (
     WorkerUnreachable,
     WrongModelKind,
 )
-from modelserver.routing.admission import Admission, Asked
+from modelserver.routing.admission import Admission, Asked, Ticket
 from modelserver.routing.answers import (
     completion_tokens,
     deadline_error,
@@ -52,6 +52,7 @@ from modelserver.routing.closing import STOPPED, InFlight
 from modelserver.routing.discovery import Discovery
 from modelserver.routing.entries import WorkerEntry, entries_from_mapping
 from modelserver.routing.events import RouterObserver
+from modelserver.routing.hedge import Hedger, hedging_allowed, next_best
 from modelserver.routing.policies import Policy, make_policy, usable_workers
 from modelserver.routing.probing import Probing
 from modelserver.routing.request_key import RequestInfo, kind_of_path, render_text
@@ -120,6 +121,9 @@ class Router(Probing):
         self._streams: set[StreamRelay] = set()
         """Streams handed to callers and not ended yet (closed with the router)."""
         self._closing: asyncio.Future[None] | None = None
+        self._hedger = Hedger(self.config.hedge, sleep) if self.config.hedge.enabled else None
+        if self._hedger is not None:
+            self._observers.append(self._hedger)
         for entry in entries:
             self.add_worker(
                 entry.model,
@@ -155,6 +159,11 @@ class Router(Probing):
     def from_mapping(cls, mapping: Mapping[str, Any], **kwargs: Any) -> Router:
         """Workers from `{model: [url, ...]}` or `{model: {"kind": ..., "urls": [...]}}`."""
         return cls(entries_from_mapping(mapping), **kwargs)
+
+    @property
+    def hedger(self) -> Hedger | None:
+        """The hedging of late streams (`[router.hedge] enabled`), with its counts."""
+        return self._hedger
 
     # -- the request path ------------------------------------------------------------------
 
@@ -275,7 +284,7 @@ class Router(Probing):
             if isinstance(parsed_body, dict):
                 text = render_text(parsed_body)
         ticket = self.admission.ticket(*(asked or (model, None, None, 1.0)), len(payload))
-        request = RequestInfo(model, path, text, ticket.tenant)
+        request = RequestInfo(model, path, text, ticket.tenant, parsed_body if text else None)
         config = self.config
         budget = AttemptBudget(config.max_attempts, deadline, self._clock)
         readmit = config.latency.readmit_after_s
@@ -315,12 +324,17 @@ class Router(Probing):
                 await self.admission.wait(ticket, budget.remaining_s())
                 continue
             worker = self.policy.select(roomy, request)
-            data = payload if payload_for is None else payload_for(worker.backend)
-            data = self.admission.engine_body(worker, data, ticket)
+            send = functools.partial(
+                self._attempt_for, request=request, payload=payload, payload_for=payload_for,
+                ticket=ticket, stream=stream, headers=headers,
+                attempt=len(budget.attempts) + 1, budget=budget,
+            )  # fmt: skip
             try:
-                response = await self._attempt(
-                    worker, request, data, stream, headers, len(budget.attempts) + 1, budget
-                )
+                if self._hedger is not None and stream and hedging_allowed(headers):
+                    others = functools.partial(next_best, worker, candidates, request, self)
+                    response = await self._hedger.run(worker, send, others)
+                else:
+                    response = await send(worker)
             except RetryableWorkerError as exc:
                 budget.failed(worker.url, exc)
                 tried.add(worker.url)
@@ -337,7 +351,26 @@ class Router(Probing):
                 await self._availability.mark_up(model, self._models)
             return response
 
-    async def _attempt(
+    def _attempt_for(
+        self,
+        worker: Worker,
+        *,
+        request: RequestInfo,
+        payload: bytes,
+        payload_for: PayloadFor | None,
+        ticket: Ticket,
+        stream: bool,
+        headers: Mapping[str, str] | None,
+        attempt: int,
+        budget: AttemptBudget,
+    ) -> Awaitable[RoutedResponse]:
+        """`_attempt` on `worker` with the body its backend takes (a resumed stream's may
+        differ per backend, and an engine that schedules by priority gets the request's)."""
+        data = payload if payload_for is None else payload_for(worker.backend)
+        data = self.admission.engine_body(worker, data, ticket)
+        return self._attempt(worker, request, data, stream, headers, attempt, budget)
+
+    def _attempt(
         self,
         worker: Worker,
         request: RequestInfo,
@@ -346,7 +379,9 @@ class Router(Probing):
         headers: Mapping[str, str] | None,
         attempt: int,
         budget: AttemptBudget,
-    ) -> RoutedResponse:
+    ) -> Awaitable[RoutedResponse]:
+        """Count the attempt in at once (so a choice made before it is awaited, as a
+        hedge's, sees it in flight), and return the sending, to be awaited."""
         worker.in_flight += 1
         worker.requests += 1
         worker.breaker.on_request_start()
@@ -355,15 +390,29 @@ class Router(Probing):
         self.policy.on_request_start(worker, request)
         for observer in self._observers:
             safely(observer.on_attempt, request.model, worker.url, attempt, request.path)
-        timeout_s = outer_s = min(self.config.attempt_timeout_s, budget.remaining_s())
-        bounds = stall_bounds(worker, self.config.resume, outer_s) if stream else None
-        stall = bounds.first if bounds is not None else None
-        if stall is not None:
-            timeout_s = stall.seconds
+        outer_s = min(self.config.attempt_timeout_s, budget.remaining_s())
         send_headers = self._headers[worker.url]
         if headers:
             send_headers = {**send_headers, **headers}
         start = self._clock()
+        return self._send(worker, request, payload, stream, attempt, outer_s, send_headers, start)
+
+    async def _send(
+        self,
+        worker: Worker,
+        request: RequestInfo,
+        payload: bytes,
+        stream: bool,
+        attempt: int,
+        outer_s: float,
+        send_headers: Mapping[str, str],
+        start: float,
+    ) -> RoutedResponse:
+        timeout_s = outer_s
+        bounds = stall_bounds(worker, self.config.resume, outer_s) if stream else None
+        stall = bounds.first if bounds is not None else None
+        if stall is not None:
+            timeout_s = stall.seconds
         status: int | None = None
         try:
             answer = await self.transport.send(
@@ -505,6 +554,7 @@ class Router(Probing):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._probe_task = self._state_task = self._discovery_task = None
+        await self.policy.aclose()
         await self._in_flight.stop()
         # Streams handed out but not being read at this moment.
         for relay in list(self._streams):

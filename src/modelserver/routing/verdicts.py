@@ -59,6 +59,7 @@ class Verdicts(WorkerSet):
             worker.observe_latency(per_token, alpha)
             if ttft is not None:
                 worker.observe_ttft(ttft, alpha)
+            self.policy.on_attempt_measured(worker, request, e2e, ttft, tokens)
             self._check_ejection(worker, now)
         elif ok is False:
             worker.errors += 1

@@ -14,11 +14,13 @@ import sys
 from typing import Annotated
 
 import typer
+import zmq
 from aiohttp.http_exceptions import BadHttpMessage
 
 from modelserver.errors import LaunchError
 from modelserver.sim.config import Kind, SimConfig
 from modelserver.sim.faults import FaultSpecError
+from modelserver.sim.kv_events import DEFAULT_PAGE_SIZE
 from modelserver.sim.priority import DEFAULT_PREEMPTION_THRESHOLD
 from modelserver.sim.server import SimServer
 
@@ -51,6 +53,8 @@ async def serve(config: SimConfig, host: str, port: int) -> None:
         await server.start()
     except OSError as exc:
         raise LaunchError(f"sim: cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    except zmq.ZMQError as exc:
+        raise LaunchError(f"sim: cannot open the KV events socket: {exc}") from exc
     try:
         print(
             f"sim: {config.model} ({config.kind}, speed {config.speed:g}) on {server.url}",
@@ -111,6 +115,16 @@ def register(app: typer.Typer) -> None:
         disable_priority_preemption: Annotated[
             bool, typer.Option(help="SGLang's: priority orders the queue, never preempts.")
         ] = False,
+        kv_events_config: Annotated[
+            str | None,
+            typer.Option(
+                help="SGLang's KV-cache events JSON, e.g. "
+                '\'{"publisher": "zmq", "endpoint": "tcp://*:5557"}\'.'
+            ),
+        ] = None,
+        page_size: Annotated[
+            int, typer.Option(help="Tokens per KV-cache event block.", min=1)
+        ] = DEFAULT_PAGE_SIZE,
     ) -> None:
         """Run a simulated SGLang engine (no GPU): SGLang's HTTP surface, GPU-like timing."""
         try:
@@ -131,6 +145,8 @@ def register(app: typer.Typer) -> None:
                 low_priority_values_first=schedule_low_priority_values_first,
                 priority_preemption=not disable_priority_preemption,
                 preemption_threshold=priority_scheduling_preemption_threshold,
+                kv_events_config=kv_events_config or "",
+                page_size=page_size,
             )
         except FaultSpecError:
             raise  # already a ModelServerError: `modelserver` prints it and exits 2

@@ -7,6 +7,7 @@ from typing import Literal
 
 from modelserver.sim.engine import SchedulerConfig
 from modelserver.sim.faults import parse_faults
+from modelserver.sim.kv_events import DEFAULT_PAGE_SIZE, KvEventsConfig, parse_kv_events_config
 from modelserver.sim.perf import (
     DEFAULT_MAX_RUNNING,
     GPUS,
@@ -51,6 +52,10 @@ class SimConfig:
     low_priority_values_first: bool = False
     priority_preemption: bool = True
     preemption_threshold: int = DEFAULT_PREEMPTION_THRESHOLD
+    kv_events_config: str = ""
+    """SGLang's `--kv-events-config` JSON; publisher "zmq" turns KV-cache events on."""
+    page_size: int = DEFAULT_PAGE_SIZE
+    """Tokens per KV-cache event block."""
 
     def __post_init__(self) -> None:
         if self.gpu not in GPUS:
@@ -71,6 +76,15 @@ class SimConfig:
         if self.cache_tokens is not None and self.cache_tokens < 16:
             raise ValueError(f"cache_tokens must be at least 16, got {self.cache_tokens}")
         parse_faults(self.faults)  # fail now, not at start
+        if self.page_size < 1:
+            raise ValueError(f"page_size must be at least 1, got {self.page_size}")
+        self.kv_events  # noqa: B018  (a bad --kv-events-config fails now, not at start)
+
+    @property
+    def kv_events(self) -> KvEventsConfig:
+        if not self.kv_events_config:
+            return KvEventsConfig()
+        return parse_kv_events_config(self.kv_events_config)
 
     @property
     def effective_max_running(self) -> int:

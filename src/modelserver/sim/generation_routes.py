@@ -227,5 +227,4 @@ class GenerationRoutes:
             await response.write_eof()
             return response
         finally:
-            if not req.done:
-                self.server.engine.abort(req)
+            self.server.abort(req)

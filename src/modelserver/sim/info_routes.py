@@ -197,6 +197,8 @@ class InfoRoutes:
 
     async def flush_cache(self, request: web.Request) -> web.Response:
         flushed = self.server.engine.flush_cache()
+        if self.server.kv_events is not None:
+            self.server.kv_events.flush()
         return web.Response(
             text="Cache flushed.\nPlease check backend logs for more details. (When there are "
             "running or waiting requests, the operation will not be performed.)\n",

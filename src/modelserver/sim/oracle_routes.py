@@ -50,6 +50,7 @@ class OracleRoutes:
                 "steps": engine.steps,
                 "engine_held": self.server.engine_held,
                 "max_running": engine.max_running,
+                "aborted": self.server.aborted,
             }
         )
 

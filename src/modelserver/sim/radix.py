@@ -12,6 +12,15 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Sequence
+from typing import Protocol
+
+
+class CacheListener(Protocol):
+    """Told of every change of the tree's paths (sim/kv_events.py publishes them)."""
+
+    def stored(self, tokens: Sequence[int], start: int) -> None: ...
+    def removed(self, tokens: Sequence[int], start: int) -> None: ...
+    def cleared(self) -> None: ...
 
 
 class Node:
@@ -47,6 +56,7 @@ class RadixCache:
         self.size = 0  # tokens held in the tree
         self.locked_size = 0  # tokens on paths some running request holds
         self.evicted_total = 0  # tokens evicted since start: sglang:evicted_tokens_total
+        self.listener: CacheListener | None = None
 
     @property
     def evictable_size(self) -> int:
@@ -81,6 +91,8 @@ class RadixCache:
                 leaf = Node(list(tokens[i:]), node, now)
                 node.children[tokens[i]] = leaf
                 self.size += n - i
+                if self.listener is not None:
+                    self.listener.stored(tokens, i)
                 return leaf, n - i
             length = len(child.key)
             if tokens[i : i + length] == child.key:
@@ -139,12 +151,23 @@ class RadixCache:
             parent = leaf.parent
             assert parent is not None
             del parent.children[leaf.key[0]]
+            if self.listener is not None:
+                path = self._path_tokens(leaf)
+                self.listener.removed(path, len(path) - len(leaf.key))
             freed += len(leaf.key)
             self.size -= len(leaf.key)
             self.evicted_total += len(leaf.key)
             if parent is not self.root and not parent.children and parent.lock == 0:
                 heapq.heappush(heap, (parent.last_access, next(order), parent))
         return freed
+
+    def _path_tokens(self, node: Node) -> list[int]:
+        keys: list[list[int]] = []
+        current: Node | None = node
+        while current is not None:
+            keys.append(current.key)
+            current = current.parent
+        return [token for key in reversed(keys) for token in key]
 
     def _unlocked_leaves(self) -> list[Node]:
         leaves: list[Node] = []
@@ -163,3 +186,5 @@ class RadixCache:
         self.root.lock = 1
         self.size = 0
         self.locked_size = 0
+        if self.listener is not None:
+            self.listener.cleared()

@@ -36,6 +36,7 @@ from modelserver.sim.engine import Engine, Request, RequestTooLarge
 from modelserver.sim.faults import FaultState, parse_faults
 from modelserver.sim.generation_routes import GenerationRoutes
 from modelserver.sim.info_routes import InfoRoutes
+from modelserver.sim.kv_events import KvEventPublisher
 from modelserver.sim.language_model import next_words, weights_seed
 from modelserver.sim.metrics import SimMetrics
 from modelserver.sim.oracle_routes import OracleRoutes
@@ -67,6 +68,10 @@ class SimServer:
         self.port = port
         self._on_crash = on_crash
         self.fault_clock = fault_clock
+        events = config.kv_events
+        self.kv_events = KvEventPublisher(events, config.page_size) if events.enabled else None
+        self.aborted = 0
+        """Requests dropped because their client went away (a hedge's loser, ...)."""
         self.engine = self._new_engine()
         self.metrics = SimMetrics(self.engine, config.model)
         self.faults = FaultState(parse_faults(config.faults), fault_clock(), config.seed)
@@ -107,6 +112,8 @@ class SimServer:
         )
         await self._runner.setup()
         try:
+            if self.kv_events is not None:
+                await self.kv_events.start()
             await self._listen()
         except OSError:
             await self.stop()  # nothing half-started: the port was taken
@@ -124,6 +131,8 @@ class SimServer:
             self._driver = None
         self._fail_in_flight()
         self._unhang.set()
+        if self.kv_events is not None:
+            await self.kv_events.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -161,6 +170,9 @@ class SimServer:
         self._crashed = False
         self.engine = self._new_engine()
         self.metrics = SimMetrics(self.engine, self.config.model)
+        if self.kv_events is not None:
+            self.kv_events.cleared()  # as a restarted SGLang's empty cache: all blocks gone
+            self.kv_events.flush()
 
     def _new_engine(self) -> Engine:
         engine = Engine(
@@ -170,6 +182,7 @@ class SimServer:
             self.config.scheduler,
         )
         engine.scheduling = scheduling_of(self.config)
+        engine.cache.listener = self.kv_events
         return engine
 
     async def _listen(self) -> None:
@@ -269,6 +282,8 @@ class SimServer:
             if not self._unhang.is_set():  # the step under way never ends on a hung GPU
                 planned_end = await self._wait_out_hang(planned_end)
             engine.complete_step(step, planned_end)
+            if self.kv_events is not None:
+                self.kv_events.flush()
 
     async def _wait_out_hang(self, planned_end: float) -> float:
         """Hold the engine loop while `hang` is in force: a hung GPU runs no step at all.
@@ -347,8 +362,13 @@ class SimServer:
             await asyncio.gather(*futures)
         finally:
             for request in requests:
-                if not request.done:
-                    self.engine.abort(request)
+                self.abort(request)
+
+    def abort(self, request: Request) -> None:
+        """Drop a request whose client went away; counted in `aborted` (/sim/state)."""
+        if not request.done:
+            self.aborted += 1
+            self.engine.abort(request)
 
     async def gate(self, http: web.Request) -> web.StreamResponse | None:
         """Apply the faults to a generation request: an early answer, or None to serve it."""

@@ -15,7 +15,7 @@ from modelserver.errors import BenchError
 __all__ = ["CONTENDERS", "GROUPS", "Contender", "ContenderOptions", "Target", "make_contender",
            "resolve_names", "unavailable"]
 
-OUR_POLICIES = ("fastest", "round_robin", "least_load", "cache_aware")
+OUR_POLICIES = ("fastest", "round_robin", "least_load", "cache_aware", "expected_completion")
 # SGLang's gateway today (`smg`); `sglang:*` below is its older `sglang-router` 0.3.2 wheel,
 # kept as history.
 SMG_POLICIES = ("cache_aware", "prefix_hash", "least_load", "power_of_two")
@@ -31,12 +31,14 @@ CONTENDERS: tuple[str, ...] = (
     "litellm:latency",
     "litellm:shuffle",
     "oracle",
+    "ours:expected_completion+hedge",
 )
 
 # `smg:round_robin` and `sglang:round_robin` are only for reproducing SGLang's published
 # cache-aware vs round-robin result; name them explicitly (`ours:round_robin` is the
 # round-robin baseline otherwise).
-_ONLY_BY_NAME = ("smg:round_robin", "sglang:round_robin")
+# `ours:expected_completion+hedge` is the hedging experiment.
+_ONLY_BY_NAME = ("smg:round_robin", "sglang:round_robin", "ours:expected_completion+hedge")
 GROUPS: dict[str, tuple[str, ...]] = {
     "all": tuple(c for c in CONTENDERS if c not in _ONLY_BY_NAME),
     "ours": tuple(f"ours:{p}" for p in OUR_POLICIES),
@@ -108,8 +110,16 @@ def make_contender(name: str, options: ContenderOptions) -> Contender:
 
 def _ours(policy: str) -> Contender:
     from modelserver.bench.contenders.ours import OursContender
+    from modelserver.config import RouterConfig
 
-    return OursContender(policy)
+    policy, hedged, _ = policy.partition("+hedge")
+    if policy != "expected_completion":
+        return OursContender(policy)
+    # The bench's engines publish KV-cache events; `+hedge` turns hedged streams on too.
+    config = {"kv_events": {"enabled": True}, "hedge": {"enabled": bool(hedged)}}
+    contender = OursContender(policy, RouterConfig.model_validate(config))
+    contender.name = f"ours:{policy}{hedged}"
+    return contender
 
 
 def _seed(options: ContenderOptions) -> Contender:

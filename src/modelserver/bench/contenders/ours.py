@@ -7,6 +7,7 @@ makes, read here chunk by chunk so the final usage chunk (cached tokens) is kept
 
 from __future__ import annotations
 
+import sys
 import time
 
 from modelserver.bench.contenders.base import Contender, Target
@@ -87,6 +88,11 @@ class OursContender(Contender):
         return Outcome(ok=True, e2e_s=time.monotonic() - start)
 
     async def stop(self) -> None:
+        hedger = self._client.router.hedger if self._client is not None else None
+        if hedger is not None:  # what hedging cost: extra requests sent
+            budget = hedger.budget
+            print(f"{self.name}: {budget.hedges} hedged of {budget.requests} streams,"
+                  f" {hedger.won_by_copy} answered first by the copy", file=sys.stderr)
         if self._client is not None:
             await self._client.close()
             self._client = None

@@ -7,6 +7,7 @@ starting, `health_path` while running.
 
 from __future__ import annotations
 
+import json
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -112,6 +113,32 @@ def engine_env(placement: Placement, parent: Mapping[str, str] | None = None) ->
     env["CUDA_VISIBLE_DEVICES"] = ",".join(placement.gpu_ids)
     env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     return env
+
+
+def kv_events_flags(
+    placement: Placement, model: ModelConfig, fleet: Fleet, *, vllm: bool = False
+) -> list[str]:
+    """`--kv-events-config JSON` when `[router.kv_events] enabled` and the model generates:
+    PUB bound at the worker's port + `events_port_offset`, replay (ROUTER) at port +
+    `replay_port_offset`, where the router looks (routing/policies/expected_completion.py,
+    `events_endpoints`). SGLang's keys: sgl-project/sglang
+    python/sglang/srt/disaggregation/kv_events.py `KVEventsConfig`; vLLM's add
+    `enable_kv_cache_events` (vllm/config/kv_events.py)."""
+    rule = fleet.router.kv_events
+    if not rule.enabled or model.kind != "chat":
+        return []
+    port = placement.worker.port
+    if port + max(rule.events_port_offset, rule.replay_port_offset) > 65535:
+        return []  # no such port; the router, by the same rule, expects no events here
+    config: dict[str, Any] = {
+        "publisher": "zmq",
+        "endpoint": f"tcp://*:{port + rule.events_port_offset}",
+        "replay_endpoint": f"tcp://*:{port + rule.replay_port_offset}",
+        "topic": rule.topic,
+    }
+    if vllm:
+        config = {"enable_kv_cache_events": True, **config}
+    return ["--kv-events-config", json.dumps(config)]
 
 
 def flag_pairs(pairs: list[tuple[str, Any]]) -> list[str]:

@@ -20,7 +20,13 @@ import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from modelserver.launcher.backends.base import Backend, MemFraction, Program, flag_pairs
+from modelserver.launcher.backends.base import (
+    Backend,
+    MemFraction,
+    Program,
+    flag_pairs,
+    kv_events_flags,
+)
 
 if TYPE_CHECKING:  # types only: the fleet config imports this package to check options
     from modelserver.config import Fleet, ModelConfig
@@ -55,6 +61,8 @@ class SGLangBackend(Backend):
         if model.kind == "embedding":
             argv.append("--is-embedding")
         argv += self.api_key_flags(model)
+        # Only when `[router.kv_events] enabled`: 0.5.2 has the flag, 0.2.15 does not.
+        argv += kv_events_flags(placement, model, fleet)
         return argv + list(model.args)
 
     def engine_problem(self, index: int, model: ModelConfig) -> str | None:

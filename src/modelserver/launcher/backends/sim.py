@@ -6,7 +6,7 @@ import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, get_type_hints
 
-from modelserver.launcher.backends.base import Backend, flag_pairs
+from modelserver.launcher.backends.base import Backend, flag_pairs, kv_events_flags
 from modelserver.sim.config import SimConfig
 
 if TYPE_CHECKING:  # types only: the fleet config imports this package to check options
@@ -81,6 +81,7 @@ class SimBackend(Backend):
             options["speed"] = speeds[worker.replica]
         argv += flag_pairs([(flag, options.get(key)) for key, flag in _OPTION_FLAGS.items()])
         argv += self.api_key_flags(model)
+        argv += kv_events_flags(placement, model, fleet)
         return argv + list(model.args)
 
 

@@ -19,7 +19,13 @@ import shutil
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from modelserver.launcher.backends.base import Backend, MemFraction, Program, flag_pairs
+from modelserver.launcher.backends.base import (
+    Backend,
+    MemFraction,
+    Program,
+    flag_pairs,
+    kv_events_flags,
+)
 
 if TYPE_CHECKING:  # types only: the fleet config imports this package to check options
     from modelserver.config import Fleet, ModelConfig
@@ -54,6 +60,7 @@ class VllmBackend(Backend):
         if model.kind == "embedding":
             argv += ["--runner", "pooling"]
         argv += self.api_key_flags(model)
+        argv += kv_events_flags(placement, model, fleet, vllm=True)
         return argv + list(model.args)
 
     def engine_problem(self, index: int, model: ModelConfig) -> str | None:

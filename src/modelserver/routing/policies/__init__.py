@@ -12,12 +12,20 @@ from modelserver.config import RouterConfig
 from modelserver.errors import UnknownPolicy
 from modelserver.routing.policies.base import Policy, least_loaded, usable_workers
 from modelserver.routing.policies.cache_aware import CacheAwarePolicy
+from modelserver.routing.policies.expected_completion import ExpectedCompletionPolicy
 from modelserver.routing.policies.fastest import FastestPolicy
 from modelserver.routing.policies.least_load import LeastLoadPolicy
 from modelserver.routing.policies.round_robin import RoundRobinPolicy
 
 POLICIES: dict[str, type[Policy]] = {
-    cls.name: cls for cls in (FastestPolicy, RoundRobinPolicy, LeastLoadPolicy, CacheAwarePolicy)
+    cls.name: cls
+    for cls in (
+        FastestPolicy,
+        RoundRobinPolicy,
+        LeastLoadPolicy,
+        CacheAwarePolicy,
+        ExpectedCompletionPolicy,
+    )
 }
 
 
@@ -33,6 +41,7 @@ def make_policy(name: str, config: RouterConfig, rng: random.Random | None = Non
 __all__ = [
     "POLICIES",
     "CacheAwarePolicy",
+    "ExpectedCompletionPolicy",
     "FastestPolicy",
     "LeastLoadPolicy",
     "Policy",

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import ClassVar
 
 from modelserver.config import RouterConfig
 from modelserver.routing.request_key import RequestInfo
+from modelserver.routing.speed_probe import SpeedSample
 from modelserver.routing.worker import Worker
 
 
@@ -40,6 +41,26 @@ class Policy(ABC):
 
     def on_worker_removed(self, worker: Worker) -> None:  # noqa: B027
         """Called when a worker leaves the fleet; forget anything kept about it."""
+
+    def on_attempt_measured(  # noqa: B027
+        self,
+        worker: Worker,
+        request: RequestInfo,
+        e2e_s: float,
+        ttft_s: float | None,
+        output_tokens: int | None,
+    ) -> None:
+        """Called with a successful attempt's times, before `on_request_complete`."""
+
+    async def prepare(  # noqa: B027
+        self,
+        workers: Sequence[Worker],
+        probe: Callable[[Worker], Awaitable[SpeedSample | None]],
+    ) -> None:
+        """Called once when the router starts (`probe` measures a worker's speed)."""
+
+    async def aclose(self) -> None:  # noqa: B027
+        """Called when the router closes: stop any task or socket the policy runs."""
 
 
 def usable_workers(workers: Sequence[Worker], now: float, readmit_after_s: float) -> list[Worker]:
