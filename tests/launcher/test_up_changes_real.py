@@ -172,6 +172,11 @@ async def test_up_on_a_changed_fleet_replaces_adds_and_removes_without_failing_a
             code, out = await run_cli(launched, "up")
             assert code == 0, out
             served_during = traffic.ok - served_before
+            # The gateway, started before the change, sends to the added replica too.
+            await wait_until(
+                lambda: any(w.name == "chat-2@local" and w.requests > 0
+                            for w in router.workers()),
+                "the running gateway sending to the added replica", DEADLINE_S)
         finally:
             traffic.stop.set()
             await asyncio.gather(*clients)

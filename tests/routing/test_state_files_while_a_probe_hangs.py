@@ -84,3 +84,37 @@ async def test_a_worker_the_launcher_reports_ready_again_is_back_before_its_prob
     router.apply_state_files()
     assert not worker.probe_healthy
     await router.close()
+
+
+async def test_a_replica_up_added_is_routed_to_and_dropped_once_the_launcher_drops_it(
+    tmp_path: Path,
+) -> None:
+    """`up` on a changed file adds a replica to a running fleet: a gateway started before
+    routes to it (with its model's engine key) without a restart, and stops once the
+    launcher no longer names it; a model the gateway does not serve is not taken up."""
+    seen: list[tuple[str, str | None]] = []
+
+    async def engines(request: MockRequest) -> MockResponse:
+        if request.path != "/health":
+            seen.append((request.worker, request.headers.get("authorization")))
+        return MockResponse(json={}) if request.path == "/health" else chat_answer()
+
+    router = Router([WorkerEntry("m", URLS[0], api_key="k")],
+                    transport=MockTransport(engines), state_dir=tmp_path,
+                    rng=random.Random(0))
+    added = {"url": URLS[1], "name": "m-1@h", "model": "m", "kind": "chat", "status": "ready"}
+    other = {"url": URLS[2], "name": "x-0@h", "model": "x", "kind": "chat", "status": "ready"}
+    state = tmp_path / "state-h.json"
+    state.write_bytes(orjson.dumps({"workers": [added, other]}))
+    router.apply_state_files()
+    assert sorted(w.name for w in router.workers()) == [URLS[0], "m-1@h"]
+    assert "x" not in router.models()
+
+    router.worker(URLS[0]).draining = True  # so the next request can only go to the new one
+    await router.forward("m", "/v1/chat/completions", {"messages": []})
+    assert seen == [(URLS[1], "Bearer k")]
+
+    state.write_bytes(orjson.dumps({"workers": [other]}))
+    router.apply_state_files()
+    assert [w.url for w in router.workers()] == [URLS[0]]  # the file's own worker stays
+    await router.close()

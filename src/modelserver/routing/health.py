@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from modelserver import _files
@@ -69,11 +70,23 @@ async def _probe(
     return None
 
 
-def read_launcher_states(state_dir: Path) -> dict[str, str]:
-    """URL -> status ("ready", "failed", ...) from every host's state file.
+@dataclass(frozen=True)
+class LaunchedWorker:
+    """What a launcher's state file says of one worker."""
+
+    url: str
+    name: str
+    model: str
+    kind: str
+    status: str
+
+
+def read_launched_workers(state_dir: Path) -> dict[str, LaunchedWorker]:
+    """URL -> each worker every host's state file names, with its status ("ready",
+    "failed", ...).
 
     Absent or unreadable files mean "no news" (probes and traffic then decide alone)."""
-    statuses: dict[str, str] = {}
+    found: dict[str, LaunchedWorker] = {}
     for path in sorted(state_dir.glob("state-*.json")):
         try:
             state = _files.read_json(path)
@@ -82,5 +95,12 @@ def read_launcher_states(state_dir: Path) -> dict[str, str]:
         records = state.get("workers", []) if isinstance(state, dict) else []
         for record in records if isinstance(records, list) else []:
             if isinstance(record, dict) and isinstance(record.get("url"), str):
-                statuses[record["url"].rstrip("/")] = str(record.get("status"))
-    return statuses
+                url = record["url"].rstrip("/")
+                found[url] = LaunchedWorker(
+                    url,
+                    str(record.get("name") or url),
+                    str(record.get("model") or ""),
+                    str(record.get("kind") or ""),
+                    str(record.get("status")),
+                )
+    return found

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from modelserver.errors import ClientClosed
 from modelserver.routing.discovery import Discovery
-from modelserver.routing.health import probe_round, read_launcher_states
+from modelserver.routing.health import LaunchedWorker, probe_round, read_launched_workers
 from modelserver.routing.speed_probe import SpeedSample, probe_speed
 from modelserver.routing.transport import AiohttpTransport, Transport
 from modelserver.routing.verdicts import Verdicts
@@ -33,6 +33,7 @@ class Probing(Verdicts):
     _state_task: asyncio.Task[None] | None
     _discovery: Discovery | None
     _discovery_task: asyncio.Task[None] | None
+    _added_by_launcher: set[str]
     _closing: asyncio.Future[None] | None
 
     @property
@@ -109,13 +110,17 @@ class Probing(Verdicts):
 
     def apply_state_files(self) -> None:
         """Take workers the launcher reports not ready (failed, stopped, draining, ...) out of
-        rotation, and back when it reports them ready again (reads
-        `{state_dir}/state-*.json`; absent files change nothing)."""
+        rotation, and back when it reports them ready again; route to the replicas `up` added
+        to a model this router serves, and stop routing to those it added once they are gone
+        from the state files (reads `{state_dir}/state-*.json`; absent files change
+        nothing)."""
         if self.state_dir is None:
             return
-        statuses = read_launcher_states(self.state_dir)
+        launched = read_launched_workers(self.state_dir)
+        self._follow_added_replicas(launched)
         for url, worker in self._by_url.items():
-            status = statuses.get(url)
+            record = launched.get(url)
+            status = record.status if record is not None else None
             if status == "ready" and worker.launcher_status not in (None, "ready"):
                 # The launcher just saw it pass its readiness probe (restarted, or replaced
                 # by `up`): back now, not after `success_threshold` probes of our own, which
@@ -123,3 +128,20 @@ class Probing(Verdicts):
                 worker.probe_healthy = True
                 worker.probe_failures = 0
             worker.launcher_status = status
+
+    def _follow_added_replicas(self, launched: Mapping[str, LaunchedWorker]) -> None:
+        """A replica `up` added to a running fleet is routed to without restarting the
+        gateway: it is in the state file, of a model this router serves with the same kind
+        (its engine key and backend are its siblings'). A model new to the file is not: its
+        key is not in any state file, so serving it takes the gateway started anew."""
+        for url, record in launched.items():
+            siblings = self._models.get(record.model)
+            if url in self._by_url or not siblings or self._kinds[record.model] != record.kind:
+                continue
+            self.add_worker(record.model, url, record.kind, name=record.name,
+                            backend=siblings[0].backend)
+            self._added_by_launcher.add(url)
+        for url in [u for u in self._added_by_launcher if u not in launched]:
+            self._added_by_launcher.discard(url)
+            if url in self._by_url:
+                self.remove_worker(url)  # requests in flight there finish normally

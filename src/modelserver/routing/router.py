@@ -111,6 +111,8 @@ class Router(Sending):
         self._probe_task: asyncio.Task[None] | None = None
         self._state_task: asyncio.Task[None] | None = None
         self._discovery_task: asyncio.Task[None] | None = None
+        self._added_by_launcher: set[str] = set()
+        """Workers routed to because the launcher's state files name them (probing.py)."""
         self._in_flight = InFlight()
         self._streams: set[StreamRelay] = set()
         """Streams handed to callers and not ended yet (closed with the router)."""
