@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import statistics
 import sys
 import tempfile
@@ -48,7 +47,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from modelserver.bench.procs import spawn, stop_group
+from modelserver.bench.sim_gateway_fleet import sims_behind_router
 from modelserver.bench.workloads import mixed
 from modelserver.netinfo import free_port_range
 
@@ -112,18 +111,6 @@ tenant_policies:
 capped to `bulk`, long queue timeouts so nothing is shed in the window."""
 
 
-async def healthy(http: aiohttp.ClientSession, url: str) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        with contextlib.suppress(aiohttp.ClientError):
-            async with http.get(url + "/health") as r:
-                if r.status == 200:
-                    return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{url} never became healthy")
-        await asyncio.sleep(0.1)
-
-
 SMG_CLASS = {KEYS["lab"]: "interactive", KEYS["eval"]: "bulk"}
 
 
@@ -177,91 +164,71 @@ async def run_contender(name: str, flood: int, seconds: float, speed: float,
     if not spec["tenants"]:
         text = text.replace("[gateway]\n", '[gateway]\napi_keys = ["k-lab", "k-eval"]\n')
     fleet.write_text(text)
-    procs = []
-    logs = []
-    try:
-        for i in range(2):
-            argv = [sys.executable, "-m", "modelserver", "sim", "--port", str(port + i),
-                    "--model", MODEL, "--max-running", str(SLOTS), "--speed", str(speed),
-                    "--seed", str(i)]
-            if spec["engine_priority"]:
-                argv.append("--enable-priority-scheduling")
-            proc, log = spawn(argv, workdir / f"{name}-sim-{i}.log")
-            procs.append(proc)
-            logs.append(log)
-        async with aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=600)
-        ) as http:
-            for i in range(2):
-                await healthy(http, f"http://127.0.0.1:{port + i}")
-            if spec.get("smg"):
-                config = workdir / "smg-scheduler.yaml"
-                config.write_text(SMG_SCHEDULER)
-                argv = [str(Path(sys.executable).parent / "smg"), "launch",
-                        "--worker-urls", *[f"http://127.0.0.1:{port + i}" for i in range(2)],
-                        "--host", "127.0.0.1", "--port", str(gateway_port),
-                        "--policy", "round_robin", "--max-concurrent-requests", str(2 * SLOTS),
-                        "--priority-scheduler-enabled", "--priority-scheduler-config",
-                        str(config), "--tenant-api-key", "lab:k-lab",
-                        "--tenant-api-key", "eval:k-eval"]
-            else:
-                argv = [sys.executable, "-m", "modelserver", "gateway", str(fleet)]
-            proc, log = spawn(argv, workdir / f"{name}-gateway.log")
-            procs.append(proc)
-            logs.append(log)
-            url = f"http://127.0.0.1:{gateway_port}"
-            await healthy(http, url)
-            asked = iter(interactive)
+    if spec.get("smg"):
+        config = workdir / "smg-scheduler.yaml"
+        config.write_text(SMG_SCHEDULER)
+        router = [str(Path(sys.executable).parent / "smg"), "launch",
+                  "--worker-urls", *[f"http://127.0.0.1:{port + i}" for i in range(2)],
+                  "--host", "127.0.0.1", "--port", str(gateway_port),
+                  "--policy", "round_robin", "--max-concurrent-requests", str(2 * SLOTS),
+                  "--priority-scheduler-enabled", "--priority-scheduler-config",
+                  str(config), "--tenant-api-key", "lab:k-lab",
+                  "--tenant-api-key", "eval:k-eval"]
+    else:
+        router = [sys.executable, "-m", "modelserver", "gateway", str(fleet)]
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=600)
+    ) as http, sims_behind_router(
+        http, workdir, router, model=MODEL, port=port, router_port=gateway_port,
+        slots=SLOTS, speed=speed, engine_priority=spec["engine_priority"],
+        log_prefix=f"{name}-",
+    ):
+        url = f"http://127.0.0.1:{gateway_port}"
+        asked = iter(interactive)
 
-            async def interactive_window() -> list[float]:
-                seen = []
-                end = time.monotonic() + seconds
-                while time.monotonic() < end:
-                    session = next(asked)
-                    ttft, _ = await chat(http, url, KEYS["lab"], session.turns[0],
-                                         session.max_tokens, True)
-                    seen.append(ttft)
-                    await asyncio.sleep(max(0.0, 1.0 - ttft))
-                return seen
+        async def interactive_window() -> list[float]:
+            seen = []
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                session = next(asked)
+                ttft, _ = await chat(http, url, KEYS["lab"], session.turns[0],
+                                     session.max_tokens, True)
+                seen.append(ttft)
+                await asyncio.sleep(max(0.0, 1.0 - ttft))
+            return seen
 
-            await warm(http, url)
-            alone = await interactive_window() if name == "ours" else []
-            done: list[tuple[float, int]] = []
-            turns = iter(batch * 8)
+        await warm(http, url)
+        alone = await interactive_window() if name == "ours" else []
+        done: list[tuple[float, int]] = []
+        turns = iter(batch * 8)
 
-            async def caller() -> None:
-                while True:
-                    session = next(turns)
-                    _, tokens = await chat(http, url, KEYS["eval"], session.turns[0],
-                                           session.max_tokens, False)
-                    done.append((time.monotonic(), tokens))
+        async def caller() -> None:
+            while True:
+                session = next(turns)
+                _, tokens = await chat(http, url, KEYS["eval"], session.turns[0],
+                                       session.max_tokens, False)
+                done.append((time.monotonic(), tokens))
 
-            callers = [asyncio.create_task(caller()) for _ in range(flood)]
-            try:
-                await asyncio.sleep(3.0)  # the flood fills every engine
-                t0 = time.monotonic()
-                under = await interactive_window()
-                t1 = time.monotonic()
-            finally:
-                for task in callers:
-                    task.cancel()
-                await asyncio.gather(*callers, return_exceptions=True)
-        in_window = [tokens for at, tokens in done if t0 <= at <= t1]
-        return {
-            "contender": name,
-            "interactive_samples": len(under),
-            "ttft_p50_s": statistics.median(under),
-            "ttft_p99_s": _p99(under),
-            "ttft_alone_p50_s": statistics.median(alone) if alone else None,
-            "batch_requests_per_s": len(in_window) / (t1 - t0),
-            "batch_tokens_per_s": sum(in_window) / (t1 - t0),
-        }
-    finally:
-        for proc in procs:
-            await stop_group(proc)
-        for log in logs:
-            if log is not None:
-                log.close()
+        callers = [asyncio.create_task(caller()) for _ in range(flood)]
+        try:
+            await asyncio.sleep(3.0)  # the flood fills every engine
+            t0 = time.monotonic()
+            under = await interactive_window()
+            t1 = time.monotonic()
+        finally:
+            for task in callers:
+                task.cancel()
+            await asyncio.gather(*callers, return_exceptions=True)
+    in_window = [tokens for at, tokens in done if t0 <= at <= t1]
+    return {
+        "contender": name,
+        "interactive_samples": len(under),
+        "ttft_p50_s": statistics.median(under),
+        "ttft_p99_s": _p99(under),
+        "ttft_alone_p50_s": statistics.median(alone) if alone else None,
+        "batch_requests_per_s": len(in_window) / (t1 - t0),
+        "batch_tokens_per_s": sum(in_window) / (t1 - t0),
+    }
 
 
 def _p99(values: list[float]) -> float:

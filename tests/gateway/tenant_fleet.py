@@ -1,14 +1,13 @@
 """A shared fleet as processes: two `modelserver sim` engines (4 running slots each, SGLang's
 priority scheduling on) and a `modelserver gateway` process in front of them, with tenants.
-Every process is started in its own session and stopped (SIGTERM, wait, SIGKILL)."""
+The processes are started and stopped by `modelserver.bench.sim_gateway_fleet`, which
+the mixed-tenants benchmark shares."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 import sys
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +16,9 @@ from typing import Any
 import aiohttp
 import orjson
 
-from modelserver.bench.procs import spawn, stop_group
+from modelserver.bench.sim_gateway_fleet import HOST, sims_behind_router
 from modelserver.netinfo import free_port_range
 
-HOST = "127.0.0.1"
 MODEL = "chat"
 SLOTS = 4
 ADMIN = "admin-key-0001"
@@ -125,18 +123,6 @@ class SharedFleet:
         return total
 
 
-async def _wait_healthy(http: aiohttp.ClientSession, url: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        with contextlib.suppress(aiohttp.ClientError):
-            async with http.get(url + "/health") as r:
-                if r.status == 200:
-                    return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{url} did not become healthy in {timeout_s} s")
-        await asyncio.sleep(0.1)
-
-
 @contextlib.asynccontextmanager
 async def shared_fleet(
     tmp: Path, speed: float = 0.5, reserved_where: str = "below_cap"
@@ -148,35 +134,11 @@ async def shared_fleet(
         state=tmp / "state", model=MODEL, port=port, gateway_port=gateway_port, admin=ADMIN,
         reserved_where=reserved_where, **KEYS,
     ))
-    procs = []
-    logs = []
-    try:
-        for replica in range(2):
-            proc, log = spawn(
-                [sys.executable, "-m", "modelserver", "sim", "--port", str(port + replica),
-                 "--model", MODEL, "--max-running", str(SLOTS), "--speed", str(speed),
-                 "--seed", str(replica), "--enable-priority-scheduling"],
-                tmp / f"sim-{replica}.log",
-            )
-            procs.append(proc)
-            logs.append(log)
-        engines = [f"http://{HOST}:{port + i}" for i in range(2)]
-        async with aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=120)
-        ) as http:
-            for url in engines:
-                await _wait_healthy(http, url)
-            proc, log = spawn(
-                [sys.executable, "-m", "modelserver", "gateway", str(fleet)], tmp / "gateway.log"
-            )
-            procs.append(proc)
-            logs.append(log)
-            gateway_url = f"http://{HOST}:{gateway_port}"
-            await _wait_healthy(http, gateway_url)
-            yield SharedFleet(gateway_url, engines, http)
-    finally:
-        for proc in procs:
-            await stop_group(proc)
-        for log in logs:
-            if log is not None:
-                log.close()
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=120)
+    ) as http, sims_behind_router(
+        http, tmp, [sys.executable, "-m", "modelserver", "gateway", str(fleet)],
+        model=MODEL, port=port, router_port=gateway_port, slots=SLOTS, speed=speed,
+        engine_priority=True,
+    ) as engines:
+        yield SharedFleet(f"http://{HOST}:{gateway_port}", engines, http)
