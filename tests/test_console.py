@@ -11,7 +11,7 @@ from rich.table import Table
 
 from modelserver import cli
 from modelserver._console import print_whole
-from modelserver.launcher import commands
+from modelserver.launcher import status_commands
 
 LONG_HOST = "gpu-node-in-the-basement-rack-7"
 FLEET = f"""
@@ -74,7 +74,7 @@ def test_status_lists_long_worker_names_whole_in_a_pipe(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = io.StringIO()
-    monkeypatch.setattr(commands, "console", Console(file=out, soft_wrap=True))
-    commands.status(_fleet(tmp_path), host=LONG_HOST)
+    monkeypatch.setattr(status_commands, "console", Console(file=out, soft_wrap=True))
+    status_commands.status(_fleet(tmp_path), host=LONG_HOST)
     shown = out.getvalue()
     _assert_whole(shown, [*NAMES, f"no supervisor runs on {LONG_HOST}"])

@@ -10,7 +10,6 @@ from typing import Any
 import psutil
 
 from modelserver.config import Fleet, parse_fleet
-from modelserver.launcher.commands import _state_rows
 from modelserver.launcher.gpus import GIB, Gpu, StaticInventory
 from modelserver.launcher.lifecycle import WorkerStatus
 from modelserver.launcher.local import worker_plan
@@ -24,6 +23,7 @@ from modelserver.launcher.reconcile import (
 )
 from modelserver.launcher.state import HostState, WorkerRecord, read_state
 from modelserver.launcher.supervisor import Supervisor, fingerprint
+from modelserver.launcher.worker_table import state_rows
 from modelserver.netinfo import free_port_range
 
 from .fakes import FakeClock, FakeProbe, FakeSpawner
@@ -215,7 +215,7 @@ def test_status_shows_a_worker_being_removed_beside_the_files_layout(tmp_path: P
                          port + 1, "draining", pid=me.pid, create_time=me.create_time())
     finished = WorkerRecord("done-0@h", "done", "chat", "http://127.0.0.1:1", "h", 1,
                             "stopped")
-    rows = _state_rows(fleet, "h", HostState("h", "demo", workers=[going, finished]))
+    rows = state_rows(fleet, "h", HostState("h", "demo", workers=[going, finished]))
     assert [(r["name"], r["status"]) for r in rows] == [
         ("a-0@h", "stopped"), ("gone-0@h", "draining")]
     assert rows[1]["last_error"] == "not in the fleet file: being removed"

@@ -1,10 +1,10 @@
-"""`modelserver up / down / status / logs`: the launcher's commands."""
+"""`modelserver up / down / status / logs`: the launcher's commands; `up` here, `down` and
+`status` in status_commands, `logs` in log_commands."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import signal
@@ -15,18 +15,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-import orjson
-import psutil
 import typer
-from rich.console import Console
 from rich.live import Live
-from rich.table import Table
 
 from modelserver._console import print_whole
 from modelserver.clock import SystemClock
-from modelserver.config import Fleet, WorkerSpec, load_fleet
+from modelserver.config import Fleet, load_fleet
 from modelserver.errors import LaunchError
-from modelserver.launcher.backends import backend_for
 from modelserver.launcher.executor import cluster_executor
 from modelserver.launcher.gpus import inventory_for
 from modelserver.launcher.local import HttpProbe, detect_host, gpu_view, launch
@@ -34,7 +29,7 @@ from modelserver.launcher.log_commands import logs
 from modelserver.launcher.logfiles import keep_logs_capped
 from modelserver.launcher.placement import GpuView
 from modelserver.launcher.preflight import preflight
-from modelserver.launcher.processes import SubprocessSpawner, stop_groups, stop_unrecorded_engines
+from modelserver.launcher.processes import SubprocessSpawner
 from modelserver.launcher.reconcile import REQUEST_SIGNAL, Reconciler, plan_for, send_request
 from modelserver.launcher.secrets import fleet_secrets
 from modelserver.launcher.state import (
@@ -49,31 +44,23 @@ from modelserver.launcher.state import (
     read_state,
     state_path,
     supervisor_log_path,
-    write_state,
 )
+from modelserver.launcher.status_commands import down, status
 from modelserver.launcher.supervisor import Supervisor
-
-# Messages are never wrapped by us: a path or an error cut across lines in a log cannot be
-# searched for; a terminal wraps long lines itself.
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
-
-FleetArg = Annotated[Path, typer.Argument(help="The fleet file (TOML).", show_default=False)]
-HostOpt = Annotated[
-    str | None,
-    typer.Option("--host", help="Which host of the fleet this machine is (default: by address)."),
-]
-
-STATUS_STYLE = {
-    "waiting": "yellow", "ready": "green", "starting": "yellow", "backoff": "yellow",
-    "failed": "red", "stopping": "yellow", "draining": "yellow", "stopped": "dim", "gone": "red",
-    "unreachable": "red",
-}
+from modelserver.launcher.worker_table import (
+    FleetArg,
+    HostOpt,
+    console,
+    err_console,
+    local_rows,
+    state_rows,
+    worker_table,
+)
 
 
 def register(app: typer.Typer) -> None:
     app.command()(up)
-    app.command()(down)
+    app.command()(down)  # in status_commands
     app.command()(status)
     app.command()(logs)  # in log_commands, beside reading rotated logs
 
@@ -162,11 +149,11 @@ async def _serve(
             supervisor.listeners.append(_transition_logger())
         settled = asyncio.ensure_future(supervisor.wait_until(Supervisor.settled))
         if progress and console.is_terminal:
-            with Live(get_renderable=lambda: _table(_local_rows(supervisor)), console=console):
+            with Live(get_renderable=lambda: worker_table(local_rows(supervisor)), console=console):
                 await _first(settled, stop)
         elif progress:  # a pipe or a log: no live redraws, the table once, lines whole
             await _first(settled, stop)
-            print_whole(console, _table(_local_rows(supervisor)))
+            print_whole(console, worker_table(local_rows(supervisor)))
         else:
             await _first(settled, stop)
             _log(f"{host}: " + ", ".join(f"{w.record.name} {w.status}" for w in
@@ -252,7 +239,7 @@ def apply_to_running(fleet_file: Path, fleet: Fleet, host: str, *, dry_run: bool
                           " `modelserver status` shows how far it got")
         return 130
     assert state is not None and state.applying is not None
-    console.print(_table(_state_rows(fleet, host, state)))
+    console.print(worker_table(state_rows(fleet, host, state)))
     problems = state.applying.get("problems") or []
     for problem in problems:
         err_console.print(f"[red]{problem}[/]", highlight=False)
@@ -332,8 +319,8 @@ def _detach(fleet_file: Path, fleet: Fleet, host: str) -> int:
         written_now = state is not None and state.updated_at >= started
         if not (state and written_now and _all_failed(state, expected)):
             return _supervisor_exited(fleet, host, state, code, log)
-    rows = _state_rows(fleet, host, state)
-    print_whole(console, _table(rows))
+    rows = state_rows(fleet, host, state)
+    print_whole(console, worker_table(rows))
     failed = [r for r in rows if r["status"] == "failed"]
     for row in failed:
         err_console.print(f"[red]{row['name']} failed:[/] {row['last_error']}", highlight=False)
@@ -356,9 +343,9 @@ def _supervisor_exited(
 ) -> int:
     """The detached supervisor ended before every worker was ready: say what each worker
     came to (`state`, the state file it left) and why, and return 1."""
-    rows = _state_rows(fleet, host, state)
+    rows = state_rows(fleet, host, state)
     if state is not None and state.workers:
-        print_whole(console, _table(rows))
+        print_whole(console, worker_table(rows))
     for row in rows:
         if row["status"] not in ("ready", "stopped") and row["last_error"]:
             err_console.print(f"[red]{row['name']} {row['status']}:[/] {row['last_error']}",
@@ -384,193 +371,3 @@ def _launch_done(state: HostState, supervisor_pid: int, expected: set[str]) -> b
     return expected <= statuses.keys() and all(
         statuses[name] in ("ready", "failed") for name in expected
     )
-
-
-# -- down ----------------------------------------------------------------------------------
-
-
-def down(fleet: FleetArg, host: HostOpt = None) -> None:
-    """Stop this host's supervisor and every worker it started; nothing is left running."""
-    loaded = load_fleet(fleet)
-    if loaded.cluster is not None:
-        sys.exit(cluster_executor(loaded, host).down(loaded))
-    name = detect_host(loaded, host)
-    path = state_path(loaded, name)
-    grace = loaded.launcher.stop_grace_s
-    try:
-        state = read_state(path)
-    except LaunchError as exc:
-        # Unreadable: the engines started for it still carry its name in their environment.
-        err_console.print(f"[yellow]warning:[/] {exc}", highlight=False)
-        state = None
-        unreadable = True
-    else:
-        unreadable = False
-    supervisors = _supervisor_pids(loaded, name, state)
-    was_running = [w.name for w in (state.workers if state else [])
-                   if process_is(w.pid, w.create_time)]
-    for pid in supervisors:
-        # The supervisor stops its workers first (grace each, in parallel), waiting ones too.
-        with contextlib.suppress(psutil.Error):
-            proc = psutil.Process(pid)
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=grace + 30)
-            except psutil.TimeoutExpired:
-                proc.kill()
-    if supervisors and not unreadable:
-        with contextlib.suppress(LaunchError):
-            state = read_state(path) or state
-    # Whatever still runs (a supervisor killed with SIGKILL left its workers): stop by group.
-    leftovers = [w for w in (state.workers if state else [])
-                 if process_is(w.pid, w.create_time)]
-    stop_groups([w.pid for w in leftovers if w.pid is not None], grace)
-    # Engines no state file names (a launcher killed between spawning and recording them).
-    unrecorded = stop_unrecorded_engines(path, keep=())
-    if state is None and not unreadable and not supervisors and not unrecorded:
-        console.print(f"nothing runs on {name} (no state file at {path})")
-        return
-    if state is None:
-        state = HostState(host=name, fleet=loaded.fleet.name)
-    for worker in state.workers:
-        worker.status = "stopped"
-        worker.pid = None
-        worker.create_time = None
-        worker.waiting_for = None
-    state.supervisor = None
-    try:
-        write_state(path, state)
-    except OSError as exc:
-        raise LaunchError(f"{path}: cannot write the state file ({exc.strerror or exc})") from None
-    stopped = len(set(was_running) | {w.name for w in leftovers}) + len(unrecorded)
-    if not supervisors and not stopped:
-        console.print(f"nothing runs on {name} (its workers were stopped already)")
-        return
-    what = [f"supervisor pid {', '.join(map(str, supervisors))}"] if supervisors else []
-    what.append(f"{stopped} running worker{'s' if stopped != 1 else ''}")
-    console.print(f"stopped {name}: " + ", ".join(what))
-
-
-def _supervisor_pids(fleet: Fleet, host: str, state: HostState | None) -> list[int]:
-    """The live supervisor of `host`: the one the state file names, and the lock holder (a
-    supervisor that has not written the state file yet)."""
-    pids = []
-    sup = state.supervisor if state else None
-    if sup is not None and process_is(sup.pid, sup.create_time):
-        pids.append(sup.pid)
-    holder = SupervisorLock(fleet, host).holder()
-    if holder is not None and holder not in pids and holder != os.getpid():
-        pids.append(holder)
-    return pids
-
-
-# -- status --------------------------------------------------------------------------------
-
-
-def status(
-    fleet: FleetArg,
-    host: HostOpt = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print JSON, one object per worker.")]
-    = False,
-) -> None:
-    """Every worker of the fleet: this host's from its state file, the others' by probing."""
-    loaded = load_fleet(fleet)
-    if loaded.cluster is not None:
-        sys.exit(cluster_executor(loaded, host).status(loaded, json_out))
-    try:
-        local: str | None = detect_host(loaded, host)
-    except LaunchError:
-        if host is not None:
-            raise
-        local = None  # this machine is none of the hosts: probe them all
-    rows: list[dict[str, Any]] = []
-    state = read_state(state_path(loaded, local)) if local is not None else None
-    if local is not None:
-        rows += _state_rows(loaded, local, state)
-    remote = [w for w in loaded.workers() if w.host != local]
-    rows += asyncio.run(_probe_rows(loaded, remote))
-    if json_out:
-        sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n")
-        return
-    table = _table(rows)
-    if local is not None:
-        pids = _supervisor_pids(loaded, local, state)
-        table.caption = (
-            f"supervisor of {local}: pid {', '.join(map(str, pids))}" if pids
-            else f"no supervisor runs on {local}"
-        )
-    print_whole(console, table)
-
-
-def _state_rows(fleet: Fleet, host: str, state: HostState | None) -> list[dict[str, Any]]:
-    rows = []
-    for spec in fleet.workers(host):
-        record = state.worker(spec.name) if state else None
-        row = _row(spec, status="stopped")
-        if record is not None:
-            row.update(
-                status=record.status, pid=record.pid, restarts=record.restarts,
-                gpus=record.gpus, last_error=record.last_error, started_at=record.started_at,
-                waiting_for=record.waiting_for,
-            )
-            if record.pid is not None and not process_is(record.pid, record.create_time):
-                row.update(status="gone", last_error="its process is no longer running")
-        rows.append(row)
-    named = {row["name"] for row in rows}
-    for record in state.workers if state else []:
-        if record.name not in named and process_is(record.pid, record.create_time):
-            # Not in this file but still running: `up` is draining it away.
-            rows.append({
-                "name": record.name, "model": record.model, "kind": record.kind,
-                "backend": "", "host": record.host, "url": record.url,
-                "status": record.status, "pid": record.pid, "restarts": record.restarts,
-                "gpus": record.gpus, "last_error": "not in the fleet file: being removed",
-                "started_at": record.started_at, "waiting_for": None,
-            })
-    return rows
-
-
-async def _probe_rows(fleet: Fleet, workers: list[WorkerSpec]) -> list[dict[str, Any]]:
-    # A glance from outside, as the router's probes see them (not the supervisor's patience).
-    probe = HttpProbe(fleet.router.health.timeout_s)
-    try:
-        answers = await asyncio.gather(
-            *(probe(w.url, (backend_for(w.backend).health_path,), w.api_key) for w in workers)
-        )
-    finally:
-        await probe.close()
-    return [
-        _row(w, status="ready" if why is None else "unreachable", last_error=why)
-        for w, why in zip(workers, answers, strict=True)
-    ]
-
-
-def _row(spec: WorkerSpec, **fields: Any) -> dict[str, Any]:
-    # Keys (api_key) never appear here: the row is built field by field.
-    row: dict[str, Any] = {
-        "name": spec.name, "model": spec.model, "kind": spec.kind, "backend": spec.backend,
-        "host": spec.host, "url": spec.url, "status": "", "pid": None, "restarts": 0,
-        "gpus": [], "last_error": None, "started_at": None, "waiting_for": None,
-    }
-    row.update(fields)
-    return row
-
-
-def _local_rows(supervisor: Supervisor) -> list[dict[str, Any]]:
-    return [dataclasses.asdict(w.record) for w in supervisor.workers.values()]
-
-
-def _table(rows: list[dict[str, Any]]) -> Table:
-    table = Table()
-    for column in ("worker", "url", "status", "pid", "restarts", "gpus", "last error"):
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        style = STATUS_STYLE.get(row["status"], "")
-        why = row.get("waiting_for") if row["status"] == "waiting" else row.get("last_error")
-        error = (why or "").splitlines()
-        table.add_row(
-            row["name"], row["url"], f"[{style}]{row['status']}[/]" if style else row["status"],
-            str(row["pid"] or ""), str(row["restarts"]), ",".join(row["gpus"]) or "-",
-            error[0] if error else "",
-        )
-    return table
