@@ -36,8 +36,14 @@ POLICIES = ("cache_aware", "power_of_two", "round_robin", "random")
 
 def router_command(policy: str, port: int, metrics_port: int, urls: list[str],
                    attempt_timeout_s: float) -> list[str]:
+    return [sys.executable, "-m", "sglang_router.launch_router",
+            *router_arguments(policy, port, metrics_port, urls, attempt_timeout_s)]
+
+
+def router_arguments(policy: str, port: int, metrics_port: int, urls: list[str],
+                     attempt_timeout_s: float) -> list[str]:
+    """The flags SGLang's router and SMG (`smg launch`, its successor) both take."""
     return [
-        sys.executable, "-m", "sglang_router.launch_router",
         "--host", HOST, "--port", str(port),
         "--worker-urls", *urls,
         "--policy", policy,

@@ -20,8 +20,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from modelserver.bench.contenders.sglang_router import SglangRouterContender
-from modelserver.bench.fleet import HOST
+from modelserver.bench.contenders.sglang_router import SglangRouterContender, router_arguments
 from modelserver.errors import BenchError
 
 # The four policies the benchmark runs by default (smg `--policy` accepts more:
@@ -43,16 +42,8 @@ def smg_executable() -> str:
 
 def smg_command(policy: str, port: int, metrics_port: int, urls: list[str],
                 attempt_timeout_s: float) -> list[str]:
-    return [
-        smg_executable(), "launch",
-        "--host", HOST, "--port", str(port),
-        "--worker-urls", *urls,
-        "--policy", policy,
-        "--prometheus-host", HOST, "--prometheus-port", str(metrics_port),
-        "--worker-startup-check-interval", "1",
-        "--request-timeout-secs", str(max(1, round(attempt_timeout_s))),
-        "--log-level", "warn",
-    ]
+    return [smg_executable(), "launch",
+            *router_arguments(policy, port, metrics_port, urls, attempt_timeout_s)]
 
 
 class SmgContender(SglangRouterContender):
