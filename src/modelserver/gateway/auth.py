@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from modelserver.config import GatewayConfig
 from modelserver.errors import ModelServerError
+from modelserver.gateway.credentials import bearer_token, split_keys
 from modelserver.gateway.tenants import tenant_keys
 
 API_KEYS_ENV = "MODELSERVER_API_KEYS"
@@ -25,10 +26,6 @@ ADMIN_KEYS_ENV = "MODELSERVER_ADMIN_KEYS"
 
 class GatewayConfigError(ModelServerError):
     """The gateway cannot start with these settings (e.g. open and not on loopback)."""
-
-
-def _split(value: str | None) -> list[str]:
-    return [part.strip() for part in (value or "").split(",") if part.strip()]
 
 
 def _fingerprint(key: str) -> str:
@@ -46,8 +43,8 @@ class KeyRing:
     ) -> KeyRing:
         env = os.environ if environ is None else environ
         tenants = [k for tenant in config.tenants for k in tenant_keys(tenant, env)]
-        api = [*config.api_keys, *tenants, *_split(env.get(API_KEYS_ENV))]
-        admin = [*config.admin_keys, *_split(env.get(ADMIN_KEYS_ENV))]
+        api = [*config.api_keys, *tenants, *split_keys(env.get(API_KEYS_ENV))]
+        admin = [*config.admin_keys, *split_keys(env.get(ADMIN_KEYS_ENV))]
         return cls(tuple(k.encode() for k in api), tuple(k.encode() for k in admin))
 
     @property
@@ -58,12 +55,12 @@ class KeyRing:
         if self.is_open:
             return True
         # An admin key is also good for the API: an operator can test what they run.
-        return _matches(_bearer(authorization), (*self.api_keys, *self.admin_keys))
+        return _matches(bearer_token(authorization), (*self.api_keys, *self.admin_keys))
 
     def allows_admin(self, authorization: str | None) -> bool:
         if self.is_open:
             return True
-        return _matches(_bearer(authorization), self.admin_keys)
+        return _matches(bearer_token(authorization), self.admin_keys)
 
     def check_bind(self, host: str) -> None:
         """An open gateway (no keys) may only listen on loopback."""
@@ -80,17 +77,6 @@ class KeyRing:
         api = ", ".join(_fingerprint(k.decode()) for k in self.api_keys) or "none"
         admin = ", ".join(_fingerprint(k.decode()) for k in self.admin_keys) or "none"
         return f"api keys [{api}], admin keys [{admin}] (sha256 fingerprints)"
-
-
-def _bearer(authorization: str | None) -> bytes | None:
-    if not authorization:
-        return None
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    # aiohttp decodes header bytes that are not UTF-8 as lone surrogates; this gives those
-    # bytes back, so a caller's junk is compared (and refused) rather than raising.
-    return token.strip().encode("utf-8", "surrogateescape")
 
 
 def _matches(token: bytes | None, keys: Iterable[bytes]) -> bool:

@@ -40,6 +40,7 @@ from prometheus_client.registry import Collector
 from modelserver import _files
 from modelserver._tenant_config import TenantConfig, priority_number
 from modelserver.config import GatewayConfig
+from modelserver.gateway.credentials import bearer_token, split_keys
 from modelserver.routing.admission import DEFAULT_TENANT, Admission
 
 log = logging.getLogger(__name__)
@@ -180,7 +181,7 @@ class TenantBook:
 
     def of(self, authorization: str | None) -> Tenant:
         """The tenant whose key this is; keys outside every tenant are the default one."""
-        token = _bearer(authorization)
+        token = bearer_token(authorization)
         found = self.default
         if token is None:
             return found
@@ -374,7 +375,7 @@ class TenantCollector(Collector):
 
 def tenant_keys(config: TenantConfig, environ: Mapping[str, str]) -> list[str]:
     """A tenant's keys: those in the file and those in its `keys_env` variable."""
-    from_env = _split(environ.get(config.keys_env)) if config.keys_env else []
+    from_env = split_keys(environ.get(config.keys_env)) if config.keys_env else []
     return [*config.keys, *from_env]
 
 
@@ -411,16 +412,3 @@ def _is_pair(value: Any) -> bool:
         and len(value) == 2
         and all(isinstance(v, int | float) and math.isfinite(v) for v in value)
     )
-
-
-def _split(value: str | None) -> list[str]:
-    return [part.strip() for part in (value or "").split(",") if part.strip()]
-
-
-def _bearer(authorization: str | None) -> bytes | None:
-    if not authorization:
-        return None
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip().encode("utf-8", "surrogateescape")
