@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import os
-
 import aiohttp
 import pytest
 
 from modelserver.bench.fleet import EngineSpec, SimFleet
 from modelserver.bench.openai_http import chat_body, post_chat
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+from tests.processes import pid_exists
 
 
 async def test_kill_counts_requests_to_the_dead_engine_and_reset_revives_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -34,7 +25,7 @@ async def test_kill_counts_requests_to_the_dead_engine_and_reset_revives_it(tmp_
             assert again.cached_tokens > 0
 
             await fleet.kill(1)
-            assert not _alive(pids[1])
+            assert not pid_exists(pids[1])
             dead = await post_chat(http, fleet.urls[1], body, timeout_s=30)
             assert not dead.ok
             assert fleet.requests_to_dead() == 1
@@ -53,7 +44,7 @@ async def test_kill_counts_requests_to_the_dead_engine_and_reset_revives_it(tmp_
             pids += [e.process.pid for e in fleet.engines if e.process]
     finally:
         await fleet.stop()
-    assert not any(_alive(pid) for pid in pids)
+    assert not any(pid_exists(pid) for pid in pids)
 
 
 async def test_an_engine_that_cannot_start_is_reported_and_nothing_is_left(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -10,14 +10,7 @@ import pytest
 from modelserver.bench.contenders import ContenderOptions, Target, make_contender, unavailable
 from modelserver.bench.contenders.smg_gateway import smg_command
 from modelserver.bench.fleet import EngineSpec, SimFleet
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+from tests.processes import pid_exists
 
 
 def test_smg_is_launched_as_users_launch_it_with_the_policy_named() -> None:
@@ -41,7 +34,7 @@ async def test_smg_cache_aware_starts_routes_to_both_engines_and_stops(tmp_path)
         await contender.start(Target(model="m", kind="chat", urls=tuple(fleet.urls),
                                      attempt_timeout_s=30.0))
         [pid] = contender.external_pids()
-        assert _alive(pid)
+        assert pid_exists(pid)
         prompt = [{"role": "user", "content": "the same long question " * 40}]
         first = await contender.chat(prompt, 4, stream=False)
         again = await contender.chat(prompt, 4, stream=True)
@@ -51,4 +44,4 @@ async def test_smg_cache_aware_starts_routes_to_both_engines_and_stops(tmp_path)
     finally:
         await contender.stop()
         await fleet.stop()
-    assert not _alive(pid)
+    assert not pid_exists(pid)

@@ -28,6 +28,7 @@ from modelserver.config import GatewayConfig, load_fleet
 from modelserver.gateway import GatewayServer
 from modelserver.netinfo import free_port_range
 from modelserver.routing import Router
+from tests.processes import still_running
 from tests.reliability.launched import QUICK_LAUNCHER, LaunchedFleet
 from tests.waiting import wait_until, wait_until_sync
 
@@ -128,13 +129,6 @@ def status_json(launched: LaunchedFleet) -> dict[str, dict[str, object]]:
     return {row["name"]: row for row in orjson.loads(done.stdout)}
 
 
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 @pytest.mark.timeout(400)
 async def test_up_on_a_changed_fleet_replaces_adds_and_removes_without_failing_a_request(
     fleet: tuple[LaunchedFleet, Layout],
@@ -193,7 +187,7 @@ async def test_up_on_a_changed_fleet_replaces_adds_and_removes_without_failing_a
     assert set(after) == set(rows)
     assert {n: rows[n]["pid"] for n in rows} == after
     for name in ("chat-0@local", "chat-1@local", "old-0@local"):
-        assert not alive(before[name]), f"{name}'s old process {before[name]} still runs"
+        assert not still_running(before[name]), f"{name}'s old process {before[name]} still runs"
     running = launched.engine_processes()
     assert sorted(running) == sorted(after.values())
     for pid in running:
@@ -242,7 +236,8 @@ def test_a_supervisor_restarted_on_a_changed_file_replaces_the_adopted_workers_i
         wait_until_sync(replaced, "the changed workers replaced", DEADLINE_S)
         after = launched.recorded_pids()
         assert after["old-0@local"] == before["old-0@local"]  # unchanged: adopted, kept
-        assert not alive(before["chat-0@local"]) and not alive(before["chat-1@local"])
+        assert not still_running(before["chat-0@local"])
+        assert not still_running(before["chat-1@local"])
         for pid in (after["chat-0@local"], after["chat-1@local"]):
             assert psutil.Process(pid).cmdline()[-2:] == ["--max-running", "8"]
     finally:

@@ -29,6 +29,7 @@ import psutil
 
 from modelserver.launcher.processes import STATE_FILE_ENV
 from modelserver.netinfo import free_port_range
+from tests.processes import still_running
 
 DEADLINE_S = 60.0
 
@@ -145,7 +146,7 @@ class LaunchedFleet:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def running(self, pids: Iterable[int]) -> list[int]:
-        return [pid for pid in pids if _alive(pid)]
+        return [pid for pid in pids if still_running(pid)]
 
     # -- cleanup --
 
@@ -179,13 +180,6 @@ def is_ours(pid: int, state_file: Path, fleet_file: Path) -> bool:
             return True
         return str(fleet_file) in proc.cmdline()
     except psutil.Error:
-        return False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
         return False
 
 

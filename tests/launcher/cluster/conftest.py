@@ -21,6 +21,7 @@ import orjson
 import psutil
 import pytest
 
+from tests.processes import group_alive as group_alive  # re-exported: the cluster tests use it
 from tests.waiting import wait_until_sync
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
@@ -72,14 +73,6 @@ def cli(*args: str, check: bool = True, timeout: float = 240) -> subprocess.Comp
 def rows(fleet: Path) -> list[dict[str, Any]]:
     result: list[dict[str, Any]] = orjson.loads(cli("status", str(fleet), "--json").stdout)
     return result
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def free_port() -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psutil
 
+from tests.processes import group_alive
 from tests.waiting import wait_until_sync
 
 # Stands for the actor: starts the guard the way GuardedSpawner does (own session), with an
@@ -30,14 +31,6 @@ ACTOR = textwrap.dedent("""
 """)
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def test_the_engine_group_dies_with_the_actor_process() -> None:
     actor = subprocess.Popen([sys.executable, "-c", ACTOR], stdout=subprocess.PIPE, text=True)
     try:
@@ -46,7 +39,7 @@ def test_the_engine_group_dies_with_the_actor_process() -> None:
         assert os.getpgid(grandchild) == guard_pid  # the engine's child is in the group
         actor.kill()  # SIGKILL: the actor gets no chance to clean up
         actor.wait()
-        wait_until_sync(lambda: not _group_alive(guard_pid), "the engine group to be gone", 30)
+        wait_until_sync(lambda: not group_alive(guard_pid), "the engine group to be gone", 30)
         assert not psutil.pid_exists(grandchild) or \
             psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE
     finally:

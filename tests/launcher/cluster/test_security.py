@@ -15,6 +15,7 @@ from ray.experimental import internal_kv
 
 from tests.launcher.cluster.conftest import ADMIN_KEY, API_KEY, RayCluster, cli, rows
 from tests.launcher.cluster.test_replicas_on_the_cluster import sims
+from tests.processes import group_alive
 from tests.waiting import wait_until_sync
 
 # Real Ray on a shared 2-core machine: the session's cluster starts in the first test that
@@ -76,13 +77,5 @@ def test_a_private_ray_uses_a_token_and_loopback_and_down_stops_it(tmp_path: Pat
     finally:
         cli("down", str(fleet))
     assert not record.exists()
-    wait_until_sync(lambda: not _group_alive(private["pid"]), "the private Ray to be gone", 60)
+    wait_until_sync(lambda: not group_alive(private["pid"]), "the private Ray to be gone", 60)
     assert not os.path.exists(private["temp_dir"])
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
