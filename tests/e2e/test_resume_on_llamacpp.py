@@ -22,16 +22,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import openai
 import pytest
 
 from modelserver import AsyncModelServer
 from modelserver.config import RouterConfig
-from modelserver.gateway import GatewayServer
 from modelserver.models import PreparedModels, prepare_models
 from modelserver.routing import Router
 from tests.models.runner_process import Runner, start_runner
-from tests.routing.broken_streams import FAULTS, ResettingProxy, Resumes
+from tests.routing.broken_streams import FAULTS, ResettingProxy, Resumes, sdk_through_gateway
 
 MODEL = "tiny-chat"
 MESSAGES = [{"role": "user", "content": "Say something."}]
@@ -131,12 +129,7 @@ async def test_a_llamacpp_stream_through_the_gateway_keeps_its_id_and_usage(
             router = Router.from_mapping(
                 {MODEL: {"urls": [proxy.url], "backend": "llamacpp"}}, config=RouterConfig()
             )
-            async with (
-                GatewayServer(router, port=0, environ={}) as gateway,
-                openai.AsyncOpenAI(
-                    base_url=gateway.url + "/v1", api_key="unused", max_retries=0
-                ) as sdk,
-            ):
+            async with sdk_through_gateway(router) as (_, sdk):
                 stream = await sdk.chat.completions.create(
                     model=MODEL, messages=MESSAGES,  # type: ignore[arg-type]
                     max_tokens=MAX_TOKENS, stream=True, stream_options={"include_usage": True},

@@ -12,7 +12,6 @@ import openai
 import pytest
 
 from modelserver.config import RouterConfig
-from modelserver.gateway import GatewayServer
 from modelserver.routing import Router
 from modelserver.routing.resume import MANY_CHOICES
 from tests.reliability.fake_engine import FakeEngine
@@ -24,6 +23,7 @@ from tests.routing.broken_streams import (
     ResettingProxy,
     Resumes,
     inject,
+    sdk_through_gateway,
     slow_and_fast_sims,
     unbroken_answer,
 )
@@ -42,12 +42,7 @@ async def test_an_sdk_stream_broken_after_its_5th_chunk_arrives_whole_as_one_str
             resumes = Resumes()
             router = Router.from_mapping({MODEL: [target]}, config=RouterConfig())
             router.add_observer(resumes)
-            async with (
-                GatewayServer(router, port=0, environ={}) as gateway,
-                openai.AsyncOpenAI(
-                    base_url=gateway.url + "/v1", api_key="unused", max_retries=0
-                ) as sdk,
-            ):
+            async with sdk_through_gateway(router) as (gateway, sdk):
                 if fault == "hang":  # what the router learns of the slow engine
                     for _ in range(2):
                         await sdk.chat.completions.create(
@@ -97,12 +92,7 @@ async def test_an_sdk_stream_with_n_2_that_breaks_fails_with_the_documented_mess
         FakeEngine("good") as good,
     ):
         router = Router.from_mapping({MODEL: [breaking.url]}, config=RouterConfig())
-        async with (
-            GatewayServer(router, port=0, environ={}) as gateway,
-            openai.AsyncOpenAI(
-                base_url=gateway.url + "/v1", api_key="unused", max_retries=0
-            ) as sdk,
-        ):
+        async with sdk_through_gateway(router) as (_, sdk):
             stream = await sdk.chat.completions.create(
                 model=MODEL,
                 messages=MESSAGES,

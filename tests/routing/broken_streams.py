@@ -22,8 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import openai
 
+from modelserver.gateway import GatewayServer
 from modelserver.netinfo import free_port_range
+from modelserver.routing import Router
 from modelserver.routing.events import ResumeRecord, RouterObserver
 
 MODEL = "llama"
@@ -97,6 +100,19 @@ async def slow_and_fast_sims(log_dir: Path) -> AsyncIterator[tuple[SimProcess, S
     finally:
         for sim in started:
             sim.stop()
+
+
+@contextlib.asynccontextmanager
+async def sdk_through_gateway(
+    router: Router,
+) -> AsyncIterator[tuple[GatewayServer, openai.AsyncOpenAI]]:
+    """An open gateway on a real socket in front of `router`, and the `openai` SDK pointed at
+    it (no retries of its own: a failure the gateway passes on reaches the test)."""
+    async with (
+        GatewayServer(router, port=0, environ={}) as gateway,
+        openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0) as sdk,
+    ):
+        yield gateway, sdk
 
 
 class ResettingProxy:
