@@ -92,16 +92,36 @@ def test_four_replicas_spread_reach_the_gateway_are_adopted_and_down_elsewhere_e
     assert "nothing runs" in cli("down", str(fleet)).stdout
 
 
-def test_up_with_a_changed_file_adds_removes_and_replaces(ray_cluster: RayCluster) -> None:
-    fleet = ray_cluster.fleet("change", sims(replicas=2) + sims("n", replicas=1, gpus=0))
+def _actor_ids(fleet: str) -> dict[str, str]:
+    return {n: ray.get_actor(n)._actor_id.hex() for n in ray.util.list_named_actors()
+            if n.startswith(f"{fleet}/")}
+
+
+def test_up_with_a_changed_file_plans_dry_then_drains_adds_removes_and_replaces(
+    ray_cluster: RayCluster,
+) -> None:
+    fleet = ray_cluster.fleet("change", sims(replicas=2) + sims("n", replicas=1, gpus=0),
+                              launcher="drain_notice_s = 1\ndrain_timeout_s = 30")
     try:
         cli("up", str(fleet))
         before = {r["name"]: r for r in rows(fleet)}
+        actors = _actor_ids("change")
         fleet.write_text(fleet.read_text().replace("replicas = 2", "replicas = 3")
                          .replace('name = "n"\nbackend = "sim"',
                                   'name = "n"\nbackend = "sim"\nargs = ["--seed", "7"]'))
+        dry = cli("up", "--dry-run", str(fleet)).stdout
+        assert "cluster: 1 to add, 1 to replace, 0 to remove, 2 kept" in dry, dry
+        assert "m-2@cluster  new in the fleet file" in dry, dry
+        assert 'n-0@cluster  args: [] -> ["--seed", "7"]' in dry, dry
+        assert "dry run: nothing was changed" in dry
+        now = {r["name"]: r for r in rows(fleet)}
+        assert {n: now[n] for n in before} == before  # nothing changed
+        assert now["m-2@cluster"]["status"] == "stopped"  # nothing added
+        assert _actor_ids("change") == actors
+
         out = cli("up", str(fleet)).stdout
         assert "1 added" in out and "2 kept" in out and "1 replaced" in out, out
+        assert "n-0@cluster: drained" in out, out  # the engine reported nothing in flight
         after = {r["name"]: r for r in rows(fleet)}
         assert all(r["status"] == "ready" for r in after.values()), after
         assert after["m-0@cluster"]["pid"] == before["m-0@cluster"]["pid"]
@@ -110,7 +130,7 @@ def test_up_with_a_changed_file_adds_removes_and_replaces(ray_cluster: RayCluste
 
         fleet.write_text(fleet.read_text().replace("replicas = 3", "replicas = 1"))
         out = cli("up", str(fleet)).stdout
-        assert "2 removed" in out, out
+        assert "2 removed" in out and "m-2@cluster: drained" in out, out
         assert not group_alive(after["m-2@cluster"]["pid"])
         assert not [n for n in ray.util.list_named_actors() if n.startswith("change/m-2")]
     finally:

@@ -31,6 +31,7 @@ from modelserver.errors import NoGpuInventory
 from modelserver.launcher.backends import backend_for
 from modelserver.launcher.backends.base import LaunchSpec
 from modelserver.launcher.cluster.names import fleet_key, record_key
+from modelserver.launcher.cluster.rollout import settings_of
 from modelserver.launcher.gpus import (
     GIB,
     Gpu,
@@ -43,6 +44,7 @@ from modelserver.launcher.lifecycle import WorkerStatus
 from modelserver.launcher.local import HttpProbe
 from modelserver.launcher.placement import Placement, mem_fraction_for
 from modelserver.launcher.processes import ProcessHandle, SubprocessSpawner
+from modelserver.launcher.reconcile import EngineLoad
 from modelserver.launcher.secrets import fleet_secrets
 from modelserver.launcher.state import WorkerRecord, log_path
 from modelserver.launcher.supervisor import Supervisor, Worker, WorkerPlan
@@ -108,6 +110,7 @@ class ReplicaActor:
         self._spec = dataclasses.replace(
             spec, address=address, port=spec.port or free_port(address)
         )
+        self._settings = settings_of(self._fleet, spec)
         self._record: dict[str, Any] = {}
         self._loop = asyncio.new_event_loop()
         threading.Thread(target=self._loop.run_forever, name=f"supervise {worker}",
@@ -182,6 +185,7 @@ class ReplicaActor:
 
         self._record = {
             **dataclasses.asdict(record), "node": self._node, "fingerprint": self.fingerprint,
+            "settings": self._settings,
             "actor_pid": os.getpid(), "updated_at": time.time(),
         }
         internal_kv._internal_kv_put(
@@ -201,6 +205,26 @@ class ReplicaActor:
         stopping = asyncio.run_coroutine_threadsafe(self._supervisor.stop_all(), self._loop)
         stopping.result(timeout=grace + 30)
         return self.record()
+
+    def drain(self) -> str:
+        """Take the replica out of service (local mode's `Worker.drain`: record `draining`,
+        `drain_notice_s`, then until its engine reports nothing in flight, at most
+        `drain_timeout_s`), then stop its engine; how it went. The actor stays until
+        `remove` kills it, so nothing restarts the engine meanwhile."""
+        settings = self._fleet.launcher
+
+        async def draining() -> str:
+            load = EngineLoad(settings.probe_timeout_s)
+            try:
+                return await self._worker.drain(
+                    settings.drain_notice_s, settings.drain_timeout_s,
+                    load.of(self._worker.record, self._spec.backend))
+            finally:
+                await load.close()
+
+        done = asyncio.run_coroutine_threadsafe(draining(), self._loop)
+        return done.result(timeout=settings.drain_notice_s + settings.drain_timeout_s
+                           + settings.stop_grace_s + 30)
 
     def log_chunk(self, offset: int, max_bytes: int) -> tuple[int, bytes]:
         """Bytes of the engine's log from `offset` (negative: from the end); the new offset."""
