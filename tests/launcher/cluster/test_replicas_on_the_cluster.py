@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 import ray
 import requests
 from ray.experimental import internal_kv
+from ray.util.placement_group import placement_group_table
 
 from tests.launcher.cluster.conftest import (
     ADMIN_KEY,
@@ -172,3 +174,46 @@ def test_killing_the_supervising_actor_kills_its_engine_group(ray_cluster: RayCl
     finally:
         cli("down", str(fleet))
     assert leftovers("kill") == {}
+
+
+RANK_1_STARTED = r"ranks started: 1 on node \w+ \(pid (\d+)\)"
+
+
+def _pid_in(log: str, pattern: str) -> int:
+    found = re.findall(pattern, log)
+    assert found, log
+    return int(found[-1])
+
+
+def test_a_replica_larger_than_a_node_spans_two_nodes_and_restarts_whole(
+    ray_cluster: RayCluster,
+) -> None:
+    # 4 GPUs a replica, 2 a node: one process on each node, rank 0's URL the replica's.
+    fleet = ray_cluster.fleet("span", sims(replicas=1, gpus=4))
+    logs = ray_cluster.tmp / "span" / "logs"
+    try:
+        cli("up", str(fleet))
+        [first] = rows(fleet)
+        assert first["status"] == "ready" and first["url"], first
+        [group] = [e for e in placement_group_table().values()
+                   if e["name"] == "span/m-0@cluster/pg"]
+        assert group["strategy"] == "STRICT_SPREAD"
+        assert len(set(group["bundles_to_node_id"].values())) == 2
+        assert first["node"] == group["bundles_to_node_id"][0]
+        rank1 = _pid_in((logs / "m-0@cluster.log").read_text(), RANK_1_STARTED)
+        assert group_alive(rank1)
+        waiting = (logs / "m-0@cluster.rank1.log").read_text()
+        assert re.search(r"sim rank 1 of 2 \(tp 4\) joined 127\.0\.0\.1:\d+; waiting", waiting)
+
+        # Rank 1's process dies: the whole replica starts again, rank 0 too.
+        os.killpg(rank1, signal.SIGKILL)
+        back = wait_rows(fleet, lambda rs: rs[0]["status"] == "ready"
+                         and rs[0]["pid"] != first["pid"],
+                         "the replica to be ready again with a new rank 0")
+        assert not group_alive(first["pid"])
+        again = _pid_in((logs / "m-0@cluster.log").read_text(), RANK_1_STARTED)
+        assert again != rank1 and group_alive(again) and group_alive(back[0]["pid"])
+    finally:
+        cli("down", str(fleet))
+    assert leftovers("span") == {}
+    assert not group_alive(again) and not group_alive(back[0]["pid"])

@@ -38,16 +38,24 @@ from modelserver.config import Fleet, WorkerSpec
 from modelserver.errors import ClusterError
 from modelserver.launcher.cluster import rollout
 from modelserver.launcher.cluster.actor import ReplicaActor
-from modelserver.launcher.cluster.checks import PLACING, NodeView, refusals, why_waiting
+from modelserver.launcher.cluster.checks import (
+    PLACING,
+    NodeView,
+    nodes_per_replica,
+    refusals,
+    why_waiting,
+)
 from modelserver.launcher.cluster.names import (
     NAMESPACE,
     actor_name,
     fleet_key,
     placement_group_name,
+    rank_actor_name,
     record_key,
     record_prefix,
     worker_of,
 )
+from modelserver.launcher.cluster.ranks import RankActor
 from modelserver.launcher.cluster.rollout import Outcome, carry_out, fingerprint, settings_of
 from modelserver.launcher.plan import Action, RolloutPlan
 
@@ -201,12 +209,18 @@ def drain(fleet: Fleet, workers: Iterable[str]) -> dict[str, str]:
 
 
 def _create(fleet: Fleet, spec: WorkerSpec) -> None:
+    """One placement group and its actors: one bundle on one node (STRICT_PACK), or, for a
+    replica larger than a node, one bundle per node (STRICT_SPREAD, its GPUs split evenly)
+    with a rank actor in each bundle after the first (`ranks`)."""
     assert fleet.cluster is not None
     model = fleet.model(spec.model)
     name = fleet.fleet.name
+    nnodes = nodes_per_replica(model, nodes_now())
+    if isinstance(nnodes, str):  # the cluster changed since `check`
+        raise ClusterError(f"{spec.name}: {nnodes}")
     bundle: dict[str, float] = {"CPU": fleet.cluster.cpus_per_replica, **(model.resources or {})}
     if model.gpus_each:
-        bundle["GPU"] = float(model.gpus_each)
+        bundle["GPU"] = float(model.gpus_each // nnodes)
     fp = fingerprint(fleet, spec)
     settings = settings_of(fleet, spec)
     # Recorded before anything is placed: `status` and the next `up` see it at once.
@@ -214,28 +228,37 @@ def _create(fleet: Fleet, spec: WorkerSpec) -> None:
         "name": spec.name, "model": spec.model, "kind": spec.kind, "url": "", "host": spec.host,
         "port": spec.port, "status": "waiting", "waiting_for": "not placed yet",
         "node": None, "fingerprint": fp, "settings": settings, "restarts": 0, "gpus": [],
+        "nnodes": nnodes,
     })
     group = placement_group(
-        [bundle], strategy="STRICT_PACK", name=placement_group_name(name, spec.name),
-        lifetime="detached",
-        bundle_label_selector=[dict(model.node_labels)] if model.node_labels else None,
+        [dict(bundle) for _ in range(nnodes)],
+        strategy="STRICT_PACK" if nnodes == 1 else "STRICT_SPREAD",
+        name=placement_group_name(name, spec.name), lifetime="detached",
+        bundle_label_selector=[dict(model.node_labels)] * nnodes if model.node_labels else None,
     )
     # Ray warns that a restartable detached actor dies with its placement group when the
     # group is removed: here that is the point (`remove` kills both together).
     with _quiet("ray.actor"):
-        _start_actor(fleet, spec, group, fp)
+        _start_actor(fleet, spec, group, fp, nnodes)
 
 
-def _start_actor(fleet: Fleet, spec: WorkerSpec, group: Any, fp: str) -> None:
+def _start_actor(fleet: Fleet, spec: WorkerSpec, group: Any, fp: str, nnodes: int) -> None:
     assert fleet.cluster is not None
     model = fleet.model(spec.model)
     name = fleet.fleet.name
-    ray.remote(ReplicaActor).options(
-        name=actor_name(name, spec.name), namespace=NAMESPACE, lifetime="detached",
-        max_restarts=-1, max_concurrency=4, num_cpus=fleet.cluster.cpus_per_replica,
-        num_gpus=model.gpus_each, resources=dict(model.resources or {}),
-        scheduling_strategy=PlacementGroupSchedulingStrategy(group, 0),
-    ).remote(name, spec.name, fp)
+    for rank in range(nnodes):
+        options = dict(
+            namespace=NAMESPACE, lifetime="detached", max_restarts=-1, max_concurrency=4,
+            num_cpus=fleet.cluster.cpus_per_replica, num_gpus=model.gpus_each // nnodes,
+            resources=dict(model.resources or {}),
+            scheduling_strategy=PlacementGroupSchedulingStrategy(group, rank),
+        )
+        if rank == 0:
+            ray.remote(ReplicaActor).options(name=actor_name(name, spec.name), **options) \
+                .remote(name, spec.name, fp, nnodes)
+        else:
+            ray.remote(RankActor).options(name=rank_actor_name(name, spec.name, rank),
+                                          **options).remote(name, spec.name, rank, nnodes)
 
 
 @contextlib.contextmanager
@@ -304,7 +327,8 @@ def status_rows(fleet: Fleet) -> list[dict[str, Any]]:
         if group["state"] != "CREATED":
             nodes = nodes if nodes is not None else nodes_now()
             model = fleet.model(spec.model)
-            why = why_waiting(model, fleet.cluster.cpus_per_replica, nodes)
+            why = why_waiting(model, fleet.cluster.cpus_per_replica, nodes,
+                              len(group.get("bundles") or {}) or 1)
             row.update(status="waiting", url="", waiting_for=why)
             # Settled for `up` once Ray tried and no node has room: then only a node joining
             # or GPUs freeing up places it.
@@ -355,6 +379,8 @@ def remove(fleet: Fleet, workers: Iterable[str]) -> None:
         ray.wait(stops, num_returns=len(stops), timeout=fleet.launcher.stop_grace_s + 30)
     for handle in handles.values():
         ray.kill(handle, no_restart=True)
+    for rank_actor in _rank_actors(name, workers):
+        ray.kill(rank_actor, no_restart=True)
     for worker in workers:
         with contextlib.suppress(ValueError):
             remove_placement_group(get_placement_group(placement_group_name(name, worker)))
@@ -362,6 +388,18 @@ def remove(fleet: Fleet, workers: Iterable[str]) -> None:
     deadline = time.monotonic() + 60
     while _live_actors(name) & set(workers) and time.monotonic() < deadline:
         time.sleep(0.2)
+
+
+def _rank_actors(fleet_name: str, workers: Iterable[str]) -> list[Any]:
+    """The rank actors (ranks >= 1) of `workers` that still live."""
+    wanted = set(workers)
+    found = []
+    for actor in ray.util.list_named_actors():
+        worker, _, rank = actor[len(fleet_name) + 1:].rpartition("/rank")
+        if actor.startswith(f"{fleet_name}/") and worker in wanted and rank.isdigit():
+            with contextlib.suppress(ValueError):
+                found.append(ray.get_actor(actor, namespace=NAMESPACE))
+    return found
 
 
 def down(fleet: Fleet) -> list[str]:
