@@ -193,8 +193,10 @@ def test_a_replica_larger_than_a_node_spans_two_nodes_and_restarts_whole(
     logs = ray_cluster.tmp / "span" / "logs"
     try:
         cli("up", str(fleet))
-        [first] = rows(fleet)
-        assert first["status"] == "ready" and first["url"], first
+        # The previous test's GPUs may still be on their way back to Ray: then `up` left it
+        # waiting for two nodes with room, and Ray places it once they are free.
+        [first] = wait_rows(fleet, all_ready(1), "the spanning replica to be ready")
+        assert first["url"], first
         [group] = [e for e in placement_group_table().values()
                    if e["name"] == "span/m-0@cluster/pg"]
         assert group["strategy"] == "STRICT_SPREAD"
