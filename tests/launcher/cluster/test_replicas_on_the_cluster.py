@@ -218,4 +218,6 @@ def test_a_replica_larger_than_a_node_spans_two_nodes_and_restarts_whole(
     finally:
         cli("down", str(fleet))
     assert leftovers("span") == {}
-    assert not group_alive(again) and not group_alive(back[0]["pid"])
+    # Gone once the kernel has reaped them (a killed engine's children are reaped by init).
+    wait_until_sync(lambda: not group_alive(again) and not group_alive(back[0]["pid"]),
+                    "every rank's process group to be gone", 30)

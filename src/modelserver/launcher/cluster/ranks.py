@@ -127,6 +127,8 @@ class SpanHandle:
         self.pid = lead.pid
         self.create_time = lead.create_time
         self._ended: asyncio.Task[int | None] | None = None
+        self._signalled = False
+        """Stopping: ranks that end first are expected, rank 0 ends of the same signal."""
 
     async def wait(self) -> int | None:
         if self._ended is None:
@@ -138,7 +140,7 @@ class SpanHandle:
         others = [asyncio.ensure_future(asyncio.to_thread(_rank_end, actor, pid, rank))
                   for rank, (actor, pid) in enumerate(self._ranks, start=1)]
         await asyncio.wait([lead, *others], return_when=asyncio.FIRST_COMPLETED)
-        if not lead.done():  # a rank ended first: the whole replica goes
+        if not lead.done() and not self._signalled:  # a rank died: the whole replica goes
             why = next(o.result() for o in others if o.done())
             _note(self._log, f"{why}; stopping every rank of the replica")
             self._lead.signal_group(signal.SIGKILL)
@@ -156,6 +158,7 @@ class SpanHandle:
             ray.wait(stops, num_returns=len(stops), timeout=60)
 
     def signal_group(self, signum: int) -> None:
+        self._signalled = True
         self._lead.signal_group(signum)
         for actor, _ in self._ranks:
             actor.signal.remote(signum)
