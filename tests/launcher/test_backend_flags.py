@@ -15,6 +15,7 @@ import pytest
 from modelserver.config import parse_fleet
 from modelserver.errors import FleetFileError
 from modelserver.launcher.backends import backend_for
+from modelserver.launcher.backends.base import Span
 from modelserver.launcher.gpus import GIB, Gpu
 from modelserver.launcher.placement import GpuView, plan
 
@@ -157,3 +158,76 @@ def test_a_gpu_layers_option_llama_cpp_cannot_read_is_refused(asked: Any) -> Non
             "models": [{"name": "q", "backend": "llamacpp", "path": "/w/q.gguf", "port": 1,
                         "options": {"gpu_layers": asked}}],
         })
+
+
+def _span_argv(backend: str, rank: int, args: list[str] | None = None) -> list[str]:
+    """One node's command line of a replica of 4 GPUs over 2 nodes (2 GPUs on this one)."""
+    fleet = parse_fleet({"hosts": [{"name": "h"}], "models": [
+        {"name": "m", "backend": backend, "path": "/w", "port": 30000, "gpus_per_replica": 2,
+         "args": args or []}]})
+    view = GpuView(tuple(Gpu(i, f"GPU-{i}", "H100", 80 * GIB, 0) for i in range(2)))
+    [placement] = plan(fleet, "h", view).placed
+    span = Span(nnodes=2, rank=rank, dist_init_addr="10.0.0.7:41000", total_gpus=4)
+    return list(backend_for(backend).command(placement, fleet, span).argv)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_an_sglang_replica_over_two_nodes_gets_sglangs_multi_node_flags(rank: int) -> None:
+    argv = _span_argv("sglang", rank, ["--trust-remote-code"])
+    assert {a for a in argv if a.startswith("--")} - _flags("sglang-0.5.2-flags.txt") == set()
+    value = {flag: argv[argv.index(flag) + 1] for flag in
+             ("--tp-size", "--nnodes", "--node-rank", "--dist-init-addr")}
+    assert value == {"--tp-size": "4", "--nnodes": "2", "--node-rank": str(rank),
+                     "--dist-init-addr": "10.0.0.7:41000"}
+    assert argv[-1] == "--trust-remote-code"  # the user's args stay last
+    assert _visible(rank) == "GPU-0,GPU-1"  # this node's share
+
+
+def _visible(rank: int) -> str:
+    """CUDA_VISIBLE_DEVICES of one node's process of a spanning SGLang replica."""
+    fleet = parse_fleet({"hosts": [{"name": "h"}], "models": [
+        {"name": "m", "backend": "sglang", "path": "/w", "port": 1, "gpus_per_replica": 2}]})
+    view = GpuView(tuple(Gpu(i, f"GPU-{i}", "H100", 80 * GIB, 0) for i in range(2)))
+    [placement] = plan(fleet, "h", view).placed
+    span = Span(2, rank, "10.0.0.7:41000", 4)
+    return str(backend_for("sglang").command(placement, fleet, span).env["CUDA_VISIBLE_DEVICES"])
+
+
+def test_a_sim_replica_over_two_nodes_runs_the_simulator_and_a_waiting_rank() -> None:
+    from modelserver.launcher.backends import sim_rank
+
+    assert _span_argv("sim", 0) == _plain_sim_argv()
+    argv = _span_argv("sim", 1)
+    assert argv[1:3] == ["-m", sim_rank.__name__]
+    assert {a for a in argv if a.startswith("--")} <= _flags("sglang-0.5.2-flags.txt")
+    args = sim_rank.parse(argv[3:])
+    assert (args.nnodes, args.node_rank, args.dist_init_addr, args.tp_size) == (
+        2, 1, "10.0.0.7:41000", 4)
+
+
+@pytest.mark.parametrize("bad", [
+    ["--nnodes", "2", "--node-rank", "2", "--dist-init-addr", "h:1", "--tp-size", "4"],
+    ["--nnodes", "2", "--node-rank", "1", "--dist-init-addr", "h:1", "--tp-size", "3"],
+    ["--nnodes", "2", "--node-rank", "1", "--dist-init-addr", "h", "--tp-size", "4"],
+])
+def test_a_waiting_sim_rank_refuses_what_sglang_would(bad: list[str]) -> None:
+    from modelserver.launcher.backends import sim_rank
+
+    with pytest.raises(SystemExit):
+        sim_rank.parse(bad)
+
+
+def _plain_sim_argv() -> list[str]:
+    fleet = parse_fleet({"hosts": [{"name": "h"}], "models": [
+        {"name": "m", "backend": "sim", "path": "/w", "port": 30000, "gpus_per_replica": 2}]})
+    view = GpuView(tuple(Gpu(i, f"GPU-{i}", "H100", 80 * GIB, 0) for i in range(2)))
+    [placement] = plan(fleet, "h", view).placed
+    return list(backend_for("sim").command(placement, fleet).argv)
+
+
+def test_backends_that_cannot_span_nodes_say_why() -> None:
+    assert backend_for("sglang").spans_nodes is None and backend_for("sim").spans_nodes is None
+    assert "--distributed-executor-backend" in _flags("vllm-0.11.0-flags.txt")
+    assert "--nnodes" not in _flags("vllm-0.11.0-flags.txt")  # what vllm.py's refusal says
+    assert "Ray" in str(backend_for("vllm").spans_nodes)
+    assert backend_for("llamacpp").spans_nodes is not None

@@ -83,7 +83,7 @@ def up(
     fleet, apply the fleet file's changes: add, drain and remove, replace one at a time."""
     loaded = load_fleet(fleet)
     if loaded.cluster is not None:
-        sys.exit(cluster_executor(loaded, host).up(loaded))
+        sys.exit(cluster_executor(loaded, host).up(loaded, dry_run=dry_run))
     name = detect_host(loaded, host)
     check_state_dir(loaded)
     running = not supervise and SupervisorLock(loaded, name).held_by_other()

@@ -19,8 +19,9 @@ from modelserver.errors import LaunchError
 
 
 class Executor(Protocol):
-    def up(self, fleet: Fleet) -> int:
-        """Bring what runs to the fleet file (add, keep, replace, remove); an exit code."""
+    def up(self, fleet: Fleet, dry_run: bool = False) -> int:
+        """Bring what runs to the fleet file (add, keep, replace, remove); an exit code.
+        `dry_run`: print what would change, change nothing."""
         ...
 
     def down(self, fleet: Fleet) -> int:

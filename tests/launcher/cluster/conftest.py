@@ -48,14 +48,14 @@ class RayCluster:
         self.cluster.wait_for_nodes()
         return node
 
-    def fleet(self, name: str, models: str, extra: str = "") -> Path:
+    def fleet(self, name: str, models: str, extra: str = "", launcher: str = "") -> Path:
         """A fleet file on this cluster; `down` is run for it at the end of the session."""
         path = self.tmp / f"{name}.toml"
         path.write_text(
             f'[fleet]\nname = "{name}"\nstate_dir = "{self.tmp / name}"\n'
             f'[cluster]\naddress = "{self.address}"\n{extra}\n'
             f'[gateway]\nadmin_keys = ["{ADMIN_KEY}"]\napi_keys = ["{API_KEY}"]\n'
-            "[launcher]\nstop_grace_s = 5\nhealth_interval_s = 1\n" + models
+            f"[launcher]\nstop_grace_s = 5\nhealth_interval_s = 1\n{launcher}\n" + models
         )
         self.fleets.append(path)
         return path

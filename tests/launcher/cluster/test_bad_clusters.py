@@ -57,13 +57,14 @@ def test_a_cluster_of_another_ray_version_is_refused(ray_cluster: RayCluster) ->
     [
         (sims(replicas=3, gpus=2), ["models: the fleet asks for 6 GPUs (m: 3 × 2)",
                                     "the whole cluster has 4"]),
-        (sims(replicas=1, gpus=3), ["models[0].gpus_per_replica: 3 GPUs", "largest node has 2"]),
+        (sims(replicas=1, gpus=3), ["models[0].gpus_per_replica: 3 GPUs cannot be split evenly",
+                                    "(GPUs per node: 2, 2)", "gpus_per_replica / N"]),
         (sims(replicas=1, more='node_labels = {zone = "mars"}\n'),
          ["models[0].node_labels.zone: no node of the cluster carries zone=mars"]),
         (sims(replicas=1, more="resources = {tpu = 1}\n"),
          ["models[0].resources.tpu: no node of the cluster has 1 of resource 'tpu'"]),
     ],
-    ids=["more GPUs than the cluster", "more GPUs than a node", "a label no node carries",
+    ids=["more GPUs than the cluster", "an uneven split over nodes", "a label no node carries",
          "a resource no node has"],
 )
 def test_a_fleet_the_cluster_cannot_run_is_refused_before_anything_starts(

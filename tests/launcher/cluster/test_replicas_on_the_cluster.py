@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 import ray
 import requests
 from ray.experimental import internal_kv
+from ray.util.placement_group import placement_group_table
 
 from tests.launcher.cluster.conftest import (
     ADMIN_KEY,
@@ -92,16 +94,36 @@ def test_four_replicas_spread_reach_the_gateway_are_adopted_and_down_elsewhere_e
     assert "nothing runs" in cli("down", str(fleet)).stdout
 
 
-def test_up_with_a_changed_file_adds_removes_and_replaces(ray_cluster: RayCluster) -> None:
-    fleet = ray_cluster.fleet("change", sims(replicas=2) + sims("n", replicas=1, gpus=0))
+def _actor_ids(fleet: str) -> dict[str, str]:
+    return {n: ray.get_actor(n)._actor_id.hex() for n in ray.util.list_named_actors()
+            if n.startswith(f"{fleet}/")}
+
+
+def test_up_with_a_changed_file_plans_dry_then_drains_adds_removes_and_replaces(
+    ray_cluster: RayCluster,
+) -> None:
+    fleet = ray_cluster.fleet("change", sims(replicas=2) + sims("n", replicas=1, gpus=0),
+                              launcher="drain_notice_s = 1\ndrain_timeout_s = 30")
     try:
         cli("up", str(fleet))
         before = {r["name"]: r for r in rows(fleet)}
+        actors = _actor_ids("change")
         fleet.write_text(fleet.read_text().replace("replicas = 2", "replicas = 3")
                          .replace('name = "n"\nbackend = "sim"',
                                   'name = "n"\nbackend = "sim"\nargs = ["--seed", "7"]'))
+        dry = cli("up", "--dry-run", str(fleet)).stdout
+        assert "cluster: 1 to add, 1 to replace, 0 to remove, 2 kept" in dry, dry
+        assert "m-2@cluster  new in the fleet file" in dry, dry
+        assert 'n-0@cluster  args: [] -> ["--seed", "7"]' in dry, dry
+        assert "dry run: nothing was changed" in dry
+        now = {r["name"]: r for r in rows(fleet)}
+        assert {n: now[n] for n in before} == before  # nothing changed
+        assert now["m-2@cluster"]["status"] == "stopped"  # nothing added
+        assert _actor_ids("change") == actors
+
         out = cli("up", str(fleet)).stdout
         assert "1 added" in out and "2 kept" in out and "1 replaced" in out, out
+        assert "n-0@cluster: drained" in out, out  # the engine reported nothing in flight
         after = {r["name"]: r for r in rows(fleet)}
         assert all(r["status"] == "ready" for r in after.values()), after
         assert after["m-0@cluster"]["pid"] == before["m-0@cluster"]["pid"]
@@ -110,7 +132,7 @@ def test_up_with_a_changed_file_adds_removes_and_replaces(ray_cluster: RayCluste
 
         fleet.write_text(fleet.read_text().replace("replicas = 3", "replicas = 1"))
         out = cli("up", str(fleet)).stdout
-        assert "2 removed" in out, out
+        assert "2 removed" in out and "m-2@cluster: drained" in out, out
         assert not group_alive(after["m-2@cluster"]["pid"])
         assert not [n for n in ray.util.list_named_actors() if n.startswith("change/m-2")]
     finally:
@@ -152,3 +174,50 @@ def test_killing_the_supervising_actor_kills_its_engine_group(ray_cluster: RayCl
     finally:
         cli("down", str(fleet))
     assert leftovers("kill") == {}
+
+
+RANK_1_STARTED = r"ranks started: 1 on node \w+ \(pid (\d+)\)"
+
+
+def _pid_in(log: str, pattern: str) -> int:
+    found = re.findall(pattern, log)
+    assert found, log
+    return int(found[-1])
+
+
+def test_a_replica_larger_than_a_node_spans_two_nodes_and_restarts_whole(
+    ray_cluster: RayCluster,
+) -> None:
+    # 4 GPUs a replica, 2 a node: one process on each node, rank 0's URL the replica's.
+    fleet = ray_cluster.fleet("span", sims(replicas=1, gpus=4))
+    logs = ray_cluster.tmp / "span" / "logs"
+    try:
+        cli("up", str(fleet))
+        # The previous test's GPUs may still be on their way back to Ray: then `up` left it
+        # waiting for two nodes with room, and Ray places it once they are free.
+        [first] = wait_rows(fleet, all_ready(1), "the spanning replica to be ready")
+        assert first["url"], first
+        [group] = [e for e in placement_group_table().values()
+                   if e["name"] == "span/m-0@cluster/pg"]
+        assert group["strategy"] == "STRICT_SPREAD"
+        assert len(set(group["bundles_to_node_id"].values())) == 2
+        assert first["node"] == group["bundles_to_node_id"][0]
+        rank1 = _pid_in((logs / "m-0@cluster.log").read_text(), RANK_1_STARTED)
+        assert group_alive(rank1)
+        waiting = (logs / "m-0@cluster.rank1.log").read_text()
+        assert re.search(r"sim rank 1 of 2 \(tp 4\) joined 127\.0\.0\.1:\d+; waiting", waiting)
+
+        # Rank 1's process dies: the whole replica starts again, rank 0 too.
+        os.killpg(rank1, signal.SIGKILL)
+        back = wait_rows(fleet, lambda rs: rs[0]["status"] == "ready"
+                         and rs[0]["pid"] != first["pid"],
+                         "the replica to be ready again with a new rank 0")
+        assert not group_alive(first["pid"])
+        again = _pid_in((logs / "m-0@cluster.log").read_text(), RANK_1_STARTED)
+        assert again != rank1 and group_alive(again) and group_alive(back[0]["pid"])
+    finally:
+        cli("down", str(fleet))
+    assert leftovers("span") == {}
+    # Gone once the kernel has reaped them (a killed engine's children are reaped by init).
+    wait_until_sync(lambda: not group_alive(again) and not group_alive(back[0]["pid"]),
+                    "every rank's process group to be gone", 30)

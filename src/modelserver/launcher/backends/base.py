@@ -33,6 +33,19 @@ class LaunchSpec:
         return " ".join(masked_argv(self.argv))
 
 
+@dataclass(frozen=True)
+class Span:
+    """One node's share of a replica that spans nodes (cluster mode, `gpus_per_replica` more
+    than one node has): `nnodes` processes, one per node, that meet at `dist_init_addr`
+    (HOST:PORT on rank 0's node); rank 0 serves HTTP, the others only compute."""
+
+    nnodes: int
+    rank: int
+    dist_init_addr: str
+    total_gpus: int
+    """GPUs of the whole replica (every node's share)."""
+
+
 # Types of options several backends take.
 MemFraction = Annotated[float, Field(gt=0, le=1)]
 """Share of each GPU's memory the engine may take (overrides the free-memory rule)."""
@@ -51,11 +64,21 @@ class Backend(ABC):
     then goes there (readable by the owner only) instead of on the command line, which
     every user of the host can read with `ps`."""
 
+    spans_nodes: ClassVar[str | None] = "it runs each replica as one process on one node"
+    """Why this backend cannot run a replica over several nodes; None: it can (`span_argv`)."""
+
     @abstractmethod
     def argv(self, placement: Placement, model: ModelConfig, fleet: Fleet) -> list[str]:
         """The engine's command line (no shell), the user's `args` last."""
 
-    def command(self, placement: Placement, fleet: Fleet) -> LaunchSpec:
+    def span_argv(
+        self, placement: Placement, model: ModelConfig, fleet: Fleet, span: Span
+    ) -> list[str]:
+        """The command line of one node's process of a spanning replica (`placement` holds
+        this node's GPUs)."""
+        raise NotImplementedError(self.spans_nodes)
+
+    def command(self, placement: Placement, fleet: Fleet, span: Span | None = None) -> LaunchSpec:
         model = fleet.model(placement.worker.model)
         env = engine_env(placement)
         if self.api_key_env is not None:
@@ -63,7 +86,9 @@ class Backend(ABC):
             env.pop(self.api_key_env, None)
             if model.api_key:
                 env[self.api_key_env] = model.api_key
-        return LaunchSpec(tuple(self.argv(placement, model, fleet)), env)
+        argv = (self.argv(placement, model, fleet) if span is None
+                else self.span_argv(placement, model, fleet, span))
+        return LaunchSpec(tuple(argv), env)
 
     def api_key_flags(self, model: ModelConfig) -> list[str]:
         """`--api-key KEY` for engines that only take it on the command line."""
@@ -139,6 +164,12 @@ def kv_events_flags(
     if vllm:
         config = {"enable_kv_cache_events": True, **config}
     return ["--kv-events-config", json.dumps(config)]
+
+
+def before_user_args(argv: list[str], model: ModelConfig, flags: list[str]) -> list[str]:
+    """`argv` with `flags` inserted before the user's `args` (which stay last)."""
+    cut = len(argv) - len(model.args)
+    return argv[:cut] + flags + argv[cut:]
 
 
 def flag_pairs(pairs: list[tuple[str, Any]]) -> list[str]:

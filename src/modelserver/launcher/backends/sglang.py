@@ -3,7 +3,12 @@
 Flags (checked by tests/launcher/test_backend_flags.py against the flag lists of SGLang
 v0.5.2 and v0.2.15, `python/sglang/srt/server_args.py`, kept in tests/launcher/data/):
 --model-path, --host, --port, --tp-size, --mem-fraction-static, --served-model-name,
---is-embedding, --api-key.
+--is-embedding, --api-key; for a replica over several nodes (cluster mode) also --nnodes,
+--node-rank and --dist-init-addr (ServerArgs.add_cli_args, "Multi-node distributed serving";
+--tp-size is then the GPUs of all nodes, which SGLang requires to be divisible by --nnodes:
+ServerArgs.check_server_args). Every node runs `launch_server` with the same flags but its
+--node-rank; only rank 0 serves HTTP (in v0.5.2 python/sglang/srt/entrypoints/engine.py, a
+rank >= 1 launches its schedulers and waits on them).
 
 Readiness (python/sglang/srt/entrypoints/http_server.py at v0.5.2): GET /health answers 503
 while the server status is Starting and 200 once a one-token generation went through; in
@@ -24,6 +29,8 @@ from modelserver.launcher.backends.base import (
     Backend,
     MemFraction,
     Program,
+    Span,
+    before_user_args,
     flag_pairs,
     kv_events_flags,
 )
@@ -39,6 +46,7 @@ class SGLangBackend(Backend):
     """`python`: the interpreter that has SGLang installed (default: this one)."""
     ready_paths = ("/health", "/v1/models")
     health_path = "/health"
+    spans_nodes = None
 
     def argv(self, placement: Placement, model: ModelConfig, fleet: Fleet) -> list[str]:
         worker = placement.worker
@@ -64,6 +72,16 @@ class SGLangBackend(Backend):
         # Only when `[router.kv_events] enabled`: 0.5.2 has the flag, 0.2.15 does not.
         argv += kv_events_flags(placement, model, fleet)
         return argv + list(model.args)
+
+    def span_argv(
+        self, placement: Placement, model: ModelConfig, fleet: Fleet, span: Span
+    ) -> list[str]:
+        argv = self.argv(placement, model, fleet)
+        argv[argv.index("--tp-size") + 1] = str(span.total_gpus)
+        return before_user_args(argv, model, flag_pairs([
+            ("--nnodes", span.nnodes), ("--node-rank", span.rank),
+            ("--dist-init-addr", span.dist_init_addr),
+        ]))
 
     def engine_problem(self, index: int, model: ModelConfig) -> str | None:
         python = str(model.options.get("python") or sys.executable)

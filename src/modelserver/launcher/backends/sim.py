@@ -6,7 +6,7 @@ import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, get_type_hints
 
-from modelserver.launcher.backends.base import Backend, flag_pairs, kv_events_flags
+from modelserver.launcher.backends.base import Backend, Span, flag_pairs, kv_events_flags
 from modelserver.sim.config import SimConfig
 
 if TYPE_CHECKING:  # types only: the fleet config imports this package to check options
@@ -44,6 +44,7 @@ class SimBackend(Backend):
     ready_paths = ("/health",)
     health_path = "/health"
     api_key_env = "MODELSERVER_SIM_API_KEY"
+    spans_nodes = None
 
     def option_value_problem(self, key: str, value: Any, model: ModelConfig) -> str | None:
         """The type, then the simulator's own checks: a fleet file is refused for whatever
@@ -83,6 +84,21 @@ class SimBackend(Backend):
         argv += self.api_key_flags(model)
         argv += kv_events_flags(placement, model, fleet)
         return argv + list(model.args)
+
+
+    def span_argv(
+        self, placement: Placement, model: ModelConfig, fleet: Fleet, span: Span
+    ) -> list[str]:
+        """Rank 0 is the simulator itself (it serves the replica's URL; it has no tensor
+        parallelism to spread); a rank >= 1 is `sim_rank`, a process that checks SGLang's
+        multi-node flags and waits to be stopped, so placing and supervising a replica over
+        several nodes is exercised for real without GPUs."""
+        if span.rank == 0:
+            return self.argv(placement, model, fleet)
+        return [sys.executable, "-m", "modelserver.launcher.backends.sim_rank",
+                *flag_pairs([("--nnodes", span.nnodes), ("--node-rank", span.rank),
+                             ("--dist-init-addr", span.dist_init_addr),
+                             ("--tp-size", span.total_gpus)])]
 
 
 def _speeds_problem(speeds: list[float], model: ModelConfig) -> str | None:

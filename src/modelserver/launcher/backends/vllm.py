@@ -39,6 +39,12 @@ class VllmBackend(Backend):
     ready_paths = ("/health",)
     health_path = "/health"
     api_key_env = "VLLM_API_KEY"
+    spans_nodes = (
+        "vLLM 0.11 runs a model over several nodes from one `vllm serve` process that places"
+        " its own workers through Ray (--distributed-executor-backend ray, TP x PP;"
+        " docs/serving/parallelism_scaling.md); it has no per-node process to supervise"
+        " (no --nnodes / --node-rank in v0.11.0): give it gpus_per_replica one node has"
+    )
 
     def argv(self, placement: Placement, model: ModelConfig, fleet: Fleet) -> list[str]:
         worker = placement.worker

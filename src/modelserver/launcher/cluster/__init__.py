@@ -4,8 +4,10 @@
     connect.py    joining the cluster (address forms, versions, token auth, a private Ray)
     guard.py      the process between the actor and its engine: no engine outlives its actor
     actor.py      the supervising actor of one replica, on its node
+    ranks.py      a replica larger than a node: a process per node, rank 0's actor leading
     executor.py   up / down / status rows / logs from any machine of the cluster
-    checks.py     what `up` refuses before starting anything; why a replica waits
+    rollout.py    what `up` changes and in which order (adds ready first, drains); no Ray
+    checks.py     what `up` refuses before starting anything; why a replica waits; spans
     discovery.py  the router's workers, read from the cluster
     commands.py   the CLI's cluster-mode `up`, `down`, `status`, `logs`
 

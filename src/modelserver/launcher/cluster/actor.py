@@ -29,8 +29,16 @@ from modelserver.clock import SystemClock
 from modelserver.config import Fleet, parse_fleet
 from modelserver.errors import NoGpuInventory
 from modelserver.launcher.backends import backend_for
-from modelserver.launcher.backends.base import LaunchSpec
-from modelserver.launcher.cluster.names import fleet_key, record_key
+from modelserver.launcher.backends.base import LaunchSpec, Span
+from modelserver.launcher.cluster.names import (
+    KEPT_FROM_ENGINES,
+    NAMESPACE,
+    fleet_key,
+    rank_actor_name,
+    record_key,
+)
+from modelserver.launcher.cluster.ranks import SpanningSpawner
+from modelserver.launcher.cluster.rollout import settings_of
 from modelserver.launcher.gpus import (
     GIB,
     Gpu,
@@ -43,14 +51,13 @@ from modelserver.launcher.lifecycle import WorkerStatus
 from modelserver.launcher.local import HttpProbe
 from modelserver.launcher.placement import Placement, mem_fraction_for
 from modelserver.launcher.processes import ProcessHandle, SubprocessSpawner
+from modelserver.launcher.reconcile import EngineLoad
 from modelserver.launcher.secrets import fleet_secrets
 from modelserver.launcher.state import WorkerRecord, log_path
 from modelserver.launcher.supervisor import Supervisor, Worker, WorkerPlan
 
 S = WorkerStatus
 
-KEPT_FROM_ENGINES = ("RAY_AUTH_TOKEN",)
-"""Not passed on to engines: the cluster's token opens the whole cluster."""
 
 
 class GuardedSpawner(SubprocessSpawner):
@@ -94,10 +101,11 @@ class ReplicaActor:
     """One replica, supervised on its node. Methods are called from drivers (`status`,
     `logs`, `down`); the actor runs with several threads so they answer while it works."""
 
-    def __init__(self, fleet_name: str, worker: str, fingerprint: str) -> None:
+    def __init__(self, fleet_name: str, worker: str, fingerprint: str, nnodes: int = 1) -> None:
         import ray
 
         self.fingerprint = fingerprint
+        self._nnodes = nnodes
         self._fleet_name = fleet_name
         context = ray.get_runtime_context()
         self._node = context.get_node_id()
@@ -108,6 +116,11 @@ class ReplicaActor:
         self._spec = dataclasses.replace(
             spec, address=address, port=spec.port or free_port(address)
         )
+        self._settings = settings_of(self._fleet, spec)
+        self._spanning: SpanningSpawner | None = None
+        if nnodes > 1:  # rank 0 of a replica over several nodes: the others meet it here
+            self._spanning = SpanningSpawner(
+                GuardedSpawner(), self._rank_actors, f"{address}:{free_port(address)}")
         self._record: dict[str, Any] = {}
         self._loop = asyncio.new_event_loop()
         threading.Thread(target=self._loop.run_forever, name=f"supervise {worker}",
@@ -118,7 +131,8 @@ class ReplicaActor:
     async def _begin(self) -> tuple[Supervisor, Worker]:
         fleet = self._fleet
         supervisor = Supervisor(
-            self._node, fleet.fleet.name, fleet.launcher, spawner=GuardedSpawner(),
+            self._node, fleet.fleet.name, fleet.launcher,
+            spawner=self._spanning or GuardedSpawner(),
             probe=HttpProbe(fleet.launcher.probe_timeout_s), clock=SystemClock(),
             state_file=None, secrets=fleet_secrets(fleet),
         )
@@ -145,7 +159,11 @@ class ReplicaActor:
             elif why is None:
                 placement = Placement(spec, tuple(gpus), fraction)
                 backend = backend_for(spec.backend)
-                launch = backend.command(placement, fleet)
+                span = None
+                if self._spanning is not None:
+                    self._spanning.mem_fraction = fraction
+                    span = Span(self._nnodes, 0, self._spanning.dist_init_addr, model.gpus_each)
+                launch = backend.command(placement, fleet, span)
                 env = {k: v for k, v in launch.env.items() if k not in KEPT_FROM_ENGINES}
                 worker.start(plan=WorkerPlan(
                     spec, LaunchSpec(launch.argv, env), tuple(placement.gpu_ids),
@@ -175,6 +193,12 @@ class ReplicaActor:
             gpus.append(gpu)
         return gpus, None
 
+    def _rank_actors(self) -> list[Any]:
+        import ray
+
+        return [ray.get_actor(rank_actor_name(self._fleet_name, self._spec.name, rank),
+                              namespace=NAMESPACE) for rank in range(1, self._nnodes)]
+
     def _publish(self, record: WorkerRecord) -> None:
         from ray.experimental import internal_kv
 
@@ -182,6 +206,7 @@ class ReplicaActor:
 
         self._record = {
             **dataclasses.asdict(record), "node": self._node, "fingerprint": self.fingerprint,
+            "settings": self._settings, "nnodes": self._nnodes,
             "actor_pid": os.getpid(), "updated_at": time.time(),
         }
         internal_kv._internal_kv_put(
@@ -201,6 +226,26 @@ class ReplicaActor:
         stopping = asyncio.run_coroutine_threadsafe(self._supervisor.stop_all(), self._loop)
         stopping.result(timeout=grace + 30)
         return self.record()
+
+    def drain(self) -> str:
+        """Take the replica out of service (local mode's `Worker.drain`: record `draining`,
+        `drain_notice_s`, then until its engine reports nothing in flight, at most
+        `drain_timeout_s`), then stop its engine; how it went. The actor stays until
+        `remove` kills it, so nothing restarts the engine meanwhile."""
+        settings = self._fleet.launcher
+
+        async def draining() -> str:
+            load = EngineLoad(settings.probe_timeout_s)
+            try:
+                return await self._worker.drain(
+                    settings.drain_notice_s, settings.drain_timeout_s,
+                    load.of(self._worker.record, self._spec.backend))
+            finally:
+                await load.close()
+
+        done = asyncio.run_coroutine_threadsafe(draining(), self._loop)
+        return done.result(timeout=settings.drain_notice_s + settings.drain_timeout_s
+                           + settings.stop_grace_s + 30)
 
     def log_chunk(self, offset: int, max_bytes: int) -> tuple[int, bytes]:
         """Bytes of the engine's log from `offset` (negative: from the end); the new offset."""

@@ -55,17 +55,43 @@ def refusals(fleet: Fleet, nodes: Sequence[NodeView]) -> list[str]:
                 problems.append(f"models[{index}].resources.{name}: no node of the cluster has"
                                 f" {amount:g} of resource {name!r} (the most any node has:"
                                 f" {most:g})")
-        fitting = [n for n in nodes if _carries(n, model)]
-        largest = max((n.total.get("GPU", 0.0) for n in fitting), default=0.0)
-        if fitting and model.gpus_each > largest:
-            may_use = " it may use" if model.node_labels or model.resources else ""
-            problems.append(f"models[{index}].gpus_per_replica: {model.gpus_each} GPUs, but the"
-                            f" largest node{may_use} has {largest:g}; a replica runs on one node")
+        if any(_carries(n, model) for n in nodes):
+            span = nodes_per_replica(model, nodes)
+            if isinstance(span, str):
+                problems.append(f"models[{index}].gpus_per_replica: {span}")
     return problems
 
 
-def why_waiting(model: ModelConfig, cpus: float, nodes: Sequence[NodeView]) -> str:
-    """Why a replica of `model` fits on no node now ("no node has 2 free GPUs (free: ...)")."""
+def nodes_per_replica(model: ModelConfig, nodes: Sequence[NodeView]) -> int | str:
+    """How many nodes one replica of `model` spans: 1 when a node it may use has all its
+    GPUs; else the fewest N >= 2 over which its GPUs split evenly (gpus_per_replica / N on
+    each of N distinct nodes it may use); or why it cannot be run at all."""
+    need = model.gpus_each
+    sizes = sorted((gpus for n in nodes if _carries(n, model)
+                    and (gpus := n.total.get("GPU", 0.0)) > 0), reverse=True)
+    if not need or not sizes or need <= sizes[0]:
+        return 1
+    may_use = " it may use" if model.node_labels or model.resources else ""
+    larger = (f"{need} GPUs, more than the largest node{may_use} has ({sizes[0]:g}), and"
+              f" backend {model.backend!r} cannot span nodes:")
+    from modelserver.launcher.backends import backend_for
+
+    why_not = backend_for(model.backend).spans_nodes
+    if why_not is not None:
+        return f"{larger} {why_not}"
+    for count in range(2, len(sizes) + 1):
+        if need % count == 0 and sum(1 for size in sizes if size >= need // count) >= count:
+            return count
+    shown = ", ".join(f"{size:g}" for size in sizes)
+    return (f"{need} GPUs cannot be split evenly over distinct nodes{may_use} (GPUs per node:"
+            f" {shown});"
+            " a replica larger than a node takes gpus_per_replica / N GPUs on each of N nodes")
+
+
+def why_waiting(model: ModelConfig, cpus: float, nodes: Sequence[NodeView],
+                nnodes: int = 1) -> str:
+    """Why a replica of `model` fits on no node now ("no node has 2 free GPUs (free: ...)");
+    one spanning `nnodes` nodes needs gpus_per_replica / nnodes free on as many nodes."""
     fitting = [n for n in nodes if _carries(n, model)]
     pinned = ""
     if model.node_labels or model.resources:
@@ -74,8 +100,11 @@ def why_waiting(model: ModelConfig, cpus: float, nodes: Sequence[NodeView]) -> s
         pinned = f" with {'; '.join(pins)}"
         if not fitting:
             return f"no node{pinned} is in the cluster"
-    need = model.gpus_each
+    need = model.gpus_each // nnodes
     free = ", ".join(f"{n.short}: {n.available.get('GPU', 0):g}" for n in fitting)
+    if nnodes > 1 and sum(1 for n in fitting if n.available.get("GPU", 0.0) >= need) < nnodes:
+        return (f"fewer than {nnodes} nodes{pinned} have {need} free GPU{'s' if need != 1 else ''}"
+                f" each (free: {free})")
     if need and all(n.available.get("GPU", 0.0) < need for n in fitting):
         return f"no node{pinned} has {need} free GPU{'s' if need != 1 else ''} (free: {free})"
     if all(n.available.get("CPU", 0.0) < cpus for n in fitting):

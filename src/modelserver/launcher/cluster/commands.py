@@ -25,9 +25,12 @@ STYLE = {"ready": "green", "waiting": "yellow", "starting": "yellow", "backoff":
          "failed": "red", "stopped": "dim"}
 
 
-def up(fleet: Fleet) -> int:
+def up(fleet: Fleet, dry_run: bool = False) -> int:
     """Place every replica (adopting live ones), wait until each is ready, failed or waiting
-    for room, print the table. The replicas live on under their actors after `up` exits."""
+    for room, print the table. The replicas live on under their actors after `up` exits.
+    `dry_run`: print the plan (add / replace / remove, with reasons) and change nothing."""
+    if dry_run:
+        return _dry_run(fleet)
     connect(fleet, start_local=True)
     from modelserver.launcher.cluster import executor
 
@@ -42,6 +45,10 @@ def up(fleet: Fleet) -> int:
             fleet, fleet.cluster.ready_wait_s, lambda rs: shown.update(_progress(rs))
         )
     console.print(table(rows))
+    for problem in done.outcome.problems:
+        err_console.print(f"[red]{problem}[/]", highlight=False)
+    for worker, outcome in sorted(done.outcome.drained.items()):
+        console.print(f"{worker}: {outcome}", highlight=False)
     failed = [r for r in rows if r["status"] == "failed"]
     for row in failed:
         err_console.print(f"[red]{row['name']} failed:[/] {row['last_error']}", highlight=False)
@@ -50,6 +57,34 @@ def up(fleet: Fleet) -> int:
             console.print(f"{row['name']} waits: {row['waiting_for']}; Ray places it when a"
                           " node with room joins", highlight=False)
     return 1 if failed else 0
+
+
+def _dry_run(fleet: Fleet) -> int:
+    """The plan `up` would carry out; nothing is started, stopped or written (a private Ray
+    that does not run is not started: then everything would be added)."""
+    from modelserver.launcher.cluster.rollout import plan
+
+    assert fleet.cluster is not None
+    if fleet.cluster.address == "local":
+        try:
+            connect(fleet)
+        except ClusterError:
+            changes = plan(fleet, set(), set(), {})
+            _print_plan([*changes.describe(), "(its private Ray does not run)"])
+            return 0
+    else:
+        connect(fleet)
+    from modelserver.launcher.cluster import executor
+
+    executor.check(fleet)
+    _print_plan(executor.plan(fleet).describe())
+    return 0
+
+
+def _print_plan(lines: list[str]) -> None:
+    for line in lines:
+        console.print(line, highlight=False, soft_wrap=True)
+    console.print("dry run: nothing was changed", highlight=False)
 
 
 def _progress(rows: list[dict[str, Any]]) -> str:
@@ -139,8 +174,8 @@ def logs(fleet: Fleet, worker: str, follow: bool, lines: int) -> int:
 class RayExecutor:
     """The `ray` executor (launcher.executor.Executor): the commands above."""
 
-    def up(self, fleet: Fleet) -> int:
-        return up(fleet)
+    def up(self, fleet: Fleet, dry_run: bool = False) -> int:
+        return up(fleet, dry_run)
 
     def down(self, fleet: Fleet) -> int:
         return down(fleet)

@@ -3,10 +3,11 @@ its record (model, kind, URL, status) in Ray's key-value store, and the router r
 every `cluster.discovery_interval_s`. No URL is written in the fleet file.
 
 A replica's URL is routed to from the first read that finds it ready; a URL no record names
-any more (the replica moved to another node, or was removed) is dropped. A replica that only
-crashed keeps its URL, and the router's own health probes and circuit judge it, as in local
-mode. The process becomes a Ray driver (`connect`), in a thread, so the event loop never
-blocks on Ray.
+any more (the replica moved to another node, or was removed) is dropped, and so is one whose
+record says it is draining or stopped (`up` takes it out of service: see `rollout`). A
+replica that only crashed keeps its URL, and the router's own health probes and circuit
+judge it, as in local mode. The process becomes a Ray driver (`connect`), in a thread, so
+the event loop never blocks on Ray.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ if TYPE_CHECKING:
     from modelserver.routing.router import Router
 
 log = logging.getLogger(__name__)
+
+OUT_OF_SERVICE = ("draining", "stopping", "stopped")
+"""Record statuses of a replica taken out of service on purpose: routed to no more."""
 
 
 class ClusterDiscovery:
@@ -42,7 +46,8 @@ class ClusterDiscovery:
     async def refresh(self, router: Router) -> None:
         """Bring the router's workers to the records read now."""
         records = await asyncio.to_thread(self._read)
-        named = {r["url"] for r in records.values() if r.get("url")}
+        named = {r["url"] for r in records.values()
+                 if r.get("url") and r.get("status") not in OUT_OF_SERVICE}
         for url in [u for u in self._routed if u not in named]:
             log.info("%s left %s", self._routed.pop(url), url)
             router.remove_worker(url)

@@ -10,17 +10,17 @@ places the groups still pending. Both are Ray's own reconciling, not ours.
 
 `up` run again is a reconcile: a replica whose actor lives with the same model settings is
 kept (adopted), one whose settings changed is replaced, one no longer in the file removed,
-a new one added. The fingerprint of a replica's model settings travels with its record.
+a new one added (`rollout`: the plan, and the order that drains replicas before they go).
+A replica's model settings, and their fingerprint, travel with its record.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,17 +36,28 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from modelserver.config import Fleet, WorkerSpec
 from modelserver.errors import ClusterError
+from modelserver.launcher.cluster import rollout
 from modelserver.launcher.cluster.actor import ReplicaActor
-from modelserver.launcher.cluster.checks import PLACING, NodeView, refusals, why_waiting
+from modelserver.launcher.cluster.checks import (
+    PLACING,
+    NodeView,
+    nodes_per_replica,
+    refusals,
+    why_waiting,
+)
 from modelserver.launcher.cluster.names import (
     NAMESPACE,
     actor_name,
     fleet_key,
     placement_group_name,
+    rank_actor_name,
     record_key,
     record_prefix,
     worker_of,
 )
+from modelserver.launcher.cluster.ranks import RankActor
+from modelserver.launcher.cluster.rollout import Outcome, carry_out, fingerprint, settings_of
+from modelserver.launcher.plan import Action, RolloutPlan
 
 SETTLED = ("ready", "failed")
 
@@ -70,17 +81,6 @@ def check(fleet: Fleet) -> None:
     if problems:
         raise ClusterError(f"{fleet.source}: the cluster cannot run this fleet:\n  "
                            + "\n  ".join(problems))
-
-
-def fingerprint(fleet: Fleet, spec: WorkerSpec) -> str:
-    """What a running replica must share with the file to be kept: its model's settings
-    (replicas aside) and the node inventory it checks GPUs against."""
-    model = fleet.model(spec.model)
-    assert fleet.cluster is not None
-    text = model.model_dump_json(exclude={"replicas"}) + json.dumps(
-        [g.model_dump() for g in fleet.cluster.inventory or []]
-    )
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def publish_fleet(fleet: Fleet) -> None:
@@ -131,70 +131,134 @@ class Reconciled:
     kept: list[str] = field(default_factory=list)
     replaced: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    outcome: Outcome = field(default_factory=Outcome)
+
+
+def plan(fleet: Fleet) -> RolloutPlan:
+    """What `up` would change (reads only): `rollout.plan` on what the cluster holds."""
+    name = fleet.fleet.name
+    return rollout.plan(fleet, _live_actors(name), set(_groups(name)), read_records(name))
 
 
 def reconcile(fleet: Fleet) -> Reconciled:
-    """Bring what runs in the cluster to the fleet file (see the module's docstring)."""
-    name = fleet.fleet.name
+    """Bring what runs in the cluster to the fleet file (see `rollout`: adds ready first,
+    replacements one at a time per model, drained before they go; removals drained last)."""
     publish_fleet(fleet)
-    live = _live_actors(name)
-    groups = _groups(name).keys()
-    records = read_records(name)
-    done = Reconciled()
-    wanted = {spec.name: spec for spec in fleet.workers()}
-    stale = sorted((live | groups) - wanted.keys())
-    done.removed = list(stale)
-    for worker, spec in wanted.items():
-        if worker in live:
-            if records.get(worker, {}).get("fingerprint") == fingerprint(fleet, spec):
-                done.kept.append(worker)
-                continue
-            done.replaced.append(worker)
-        else:
-            done.added.append(worker)
-        if worker in live or worker in groups:  # what is left of it goes first
-            stale.append(worker)
-    remove(fleet, stale)
-    for worker in done.added + done.replaced:
-        _create(fleet, wanted[worker])
+    changes = plan(fleet)
+    done = Reconciled(
+        added=[c.worker for c in changes.of(Action.ADD)], kept=list(changes.kept),
+        replaced=[c.worker for c in changes.of(Action.REPLACE)],
+        removed=[c.worker for c in changes.of(Action.REMOVE)],
+    )
+    done.outcome = carry_out(changes, RayOps(fleet), fleet.launcher.drain_notice_s)
     return done
 
 
+class RayOps:
+    """`rollout.ClusterOps` on the Ray cluster."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+        self.specs = {spec.name: spec for spec in fleet.workers()}
+
+    def create(self, worker: str) -> None:
+        name = self.fleet.fleet.name
+        if worker in _groups(name) or worker in _live_actors(name):
+            remove(self.fleet, [worker])  # what is left of an actor that is gone
+        _create(self.fleet, self.specs[worker])
+
+    def drain(self, workers: Sequence[str]) -> dict[str, str]:
+        return drain(self.fleet, workers)
+
+    def remove(self, workers: Sequence[str]) -> None:
+        remove(self.fleet, workers)
+
+    def wait_settled(self, workers: Sequence[str]) -> dict[str, str]:
+        assert self.fleet.cluster is not None
+        rows = wait_settled(self.fleet, self.fleet.cluster.ready_wait_s, lambda _: None,
+                            only=set(workers))
+        return {r["name"]: r["status"] for r in rows}
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+def drain(fleet: Fleet, workers: Iterable[str]) -> dict[str, str]:
+    """Have each serving replica's actor drain it (record `draining`, notice, until nothing is
+    in flight or `drain_timeout_s`, then its engine stopped), all at once; how each went."""
+    name = fleet.fleet.name
+    groups = _groups(name)
+    calls: dict[str, Any] = {}
+    for worker in workers:
+        if groups.get(worker, {}).get("state") != "CREATED":
+            continue  # not placed: it serves nothing
+        try:
+            handle = ray.get_actor(actor_name(name, worker), namespace=NAMESPACE)
+        except ValueError:
+            continue
+        calls[worker] = handle.drain.remote()
+    settings = fleet.launcher
+    bound = settings.drain_notice_s + settings.drain_timeout_s + settings.stop_grace_s + 60
+    outcomes: dict[str, str] = {}
+    for worker, call in calls.items():
+        try:
+            outcomes[worker] = str(ray.get(call, timeout=bound))
+        except Exception as exc:  # its actor died meanwhile: `remove` ends what is left
+            outcomes[worker] = f"not drained: {exc}".splitlines()[0]
+    return outcomes
+
+
 def _create(fleet: Fleet, spec: WorkerSpec) -> None:
+    """One placement group and its actors: one bundle on one node (STRICT_PACK), or, for a
+    replica larger than a node, one bundle per node (STRICT_SPREAD, its GPUs split evenly)
+    with a rank actor in each bundle after the first (`ranks`)."""
     assert fleet.cluster is not None
     model = fleet.model(spec.model)
     name = fleet.fleet.name
+    nnodes = nodes_per_replica(model, nodes_now())
+    if isinstance(nnodes, str):  # the cluster changed since `check`
+        raise ClusterError(f"{spec.name}: {nnodes}")
     bundle: dict[str, float] = {"CPU": fleet.cluster.cpus_per_replica, **(model.resources or {})}
     if model.gpus_each:
-        bundle["GPU"] = float(model.gpus_each)
+        bundle["GPU"] = float(model.gpus_each // nnodes)
     fp = fingerprint(fleet, spec)
+    settings = settings_of(fleet, spec)
     # Recorded before anything is placed: `status` and the next `up` see it at once.
     _put_record(name, spec.name, {
         "name": spec.name, "model": spec.model, "kind": spec.kind, "url": "", "host": spec.host,
         "port": spec.port, "status": "waiting", "waiting_for": "not placed yet",
-        "node": None, "fingerprint": fp, "restarts": 0, "gpus": [],
+        "node": None, "fingerprint": fp, "settings": settings, "restarts": 0, "gpus": [],
+        "nnodes": nnodes,
     })
     group = placement_group(
-        [bundle], strategy="STRICT_PACK", name=placement_group_name(name, spec.name),
-        lifetime="detached",
-        bundle_label_selector=[dict(model.node_labels)] if model.node_labels else None,
+        [dict(bundle) for _ in range(nnodes)],
+        strategy="STRICT_PACK" if nnodes == 1 else "STRICT_SPREAD",
+        name=placement_group_name(name, spec.name), lifetime="detached",
+        bundle_label_selector=[dict(model.node_labels)] * nnodes if model.node_labels else None,
     )
     # Ray warns that a restartable detached actor dies with its placement group when the
     # group is removed: here that is the point (`remove` kills both together).
     with _quiet("ray.actor"):
-        _start_actor(fleet, spec, group, fp)
+        _start_actor(fleet, spec, group, fp, nnodes)
 
 
-def _start_actor(fleet: Fleet, spec: WorkerSpec, group: Any, fp: str) -> None:
+def _start_actor(fleet: Fleet, spec: WorkerSpec, group: Any, fp: str, nnodes: int) -> None:
     assert fleet.cluster is not None
     model = fleet.model(spec.model)
     name = fleet.fleet.name
-    ray.remote(ReplicaActor).options(
-        name=actor_name(name, spec.name), namespace=NAMESPACE, lifetime="detached",
-        max_restarts=-1, max_concurrency=4, num_cpus=fleet.cluster.cpus_per_replica,
-        num_gpus=model.gpus_each, resources=dict(model.resources or {}),
-        scheduling_strategy=PlacementGroupSchedulingStrategy(group, 0),
-    ).remote(name, spec.name, fp)
+    for rank in range(nnodes):
+        options = dict(
+            namespace=NAMESPACE, lifetime="detached", max_restarts=-1, max_concurrency=4,
+            num_cpus=fleet.cluster.cpus_per_replica, num_gpus=model.gpus_each // nnodes,
+            resources=dict(model.resources or {}),
+            scheduling_strategy=PlacementGroupSchedulingStrategy(group, rank),
+        )
+        if rank == 0:
+            ray.remote(ReplicaActor).options(name=actor_name(name, spec.name), **options) \
+                .remote(name, spec.name, fp, nnodes)
+        else:
+            ray.remote(RankActor).options(name=rank_actor_name(name, spec.name, rank),
+                                          **options).remote(name, spec.name, rank, nnodes)
 
 
 @contextlib.contextmanager
@@ -214,12 +278,14 @@ def _put_record(fleet_name: str, worker: str, record: dict[str, Any]) -> None:
 
 
 def wait_settled(
-    fleet: Fleet, timeout_s: float, progress: Callable[[list[dict[str, Any]]], None]
+    fleet: Fleet, timeout_s: float, progress: Callable[[list[dict[str, Any]]], None],
+    only: set[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows once every replica is ready, failed, or waiting for room Ray has looked for."""
+    """Rows once every replica (of `only`) is ready, failed, or waiting for room Ray has
+    looked for."""
     deadline = time.monotonic() + timeout_s
     while True:
-        rows = status_rows(fleet)
+        rows = [r for r in status_rows(fleet) if only is None or r["name"] in only]
         progress(rows)
         if all(r["status"] in SETTLED or r.get("_placing_tried") for r in rows):
             return rows
@@ -261,7 +327,8 @@ def status_rows(fleet: Fleet) -> list[dict[str, Any]]:
         if group["state"] != "CREATED":
             nodes = nodes if nodes is not None else nodes_now()
             model = fleet.model(spec.model)
-            why = why_waiting(model, fleet.cluster.cpus_per_replica, nodes)
+            why = why_waiting(model, fleet.cluster.cpus_per_replica, nodes,
+                              len(group.get("bundles") or {}) or 1)
             row.update(status="waiting", url="", waiting_for=why)
             # Settled for `up` once Ray tried and no node has room: then only a node joining
             # or GPUs freeing up places it.
@@ -312,6 +379,8 @@ def remove(fleet: Fleet, workers: Iterable[str]) -> None:
         ray.wait(stops, num_returns=len(stops), timeout=fleet.launcher.stop_grace_s + 30)
     for handle in handles.values():
         ray.kill(handle, no_restart=True)
+    for rank_actor in _rank_actors(name, workers):
+        ray.kill(rank_actor, no_restart=True)
     for worker in workers:
         with contextlib.suppress(ValueError):
             remove_placement_group(get_placement_group(placement_group_name(name, worker)))
@@ -319,6 +388,18 @@ def remove(fleet: Fleet, workers: Iterable[str]) -> None:
     deadline = time.monotonic() + 60
     while _live_actors(name) & set(workers) and time.monotonic() < deadline:
         time.sleep(0.2)
+
+
+def _rank_actors(fleet_name: str, workers: Iterable[str]) -> list[Any]:
+    """The rank actors (ranks >= 1) of `workers` that still live."""
+    wanted = set(workers)
+    found = []
+    for actor in ray.util.list_named_actors():
+        worker, _, rank = actor[len(fleet_name) + 1:].rpartition("/rank")
+        if actor.startswith(f"{fleet_name}/") and worker in wanted and rank.isdigit():
+            with contextlib.suppress(ValueError):
+                found.append(ray.get_actor(actor, namespace=NAMESPACE))
+    return found
 
 
 def down(fleet: Fleet) -> list[str]:

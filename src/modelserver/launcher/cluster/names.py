@@ -7,8 +7,18 @@ NAMESPACE = "modelserver"
 """The Ray namespace of every actor and placement group, and of our key-value entries."""
 
 
+KEPT_FROM_ENGINES = ("RAY_AUTH_TOKEN",)
+"""Not passed on to engines: the cluster's token opens the whole cluster."""
+
+
 def actor_name(fleet: str, worker: str) -> str:
     return f"{fleet}/{worker}"
+
+
+def rank_actor_name(fleet: str, worker: str, rank: int) -> str:
+    """The actor of rank `rank` >= 1 of a replica that spans nodes (rank 0's is the
+    replica's own actor)."""
+    return f"{fleet}/{worker}/rank{rank}"
 
 
 def placement_group_name(fleet: str, worker: str) -> str:
@@ -18,8 +28,8 @@ def placement_group_name(fleet: str, worker: str) -> str:
 def worker_of(fleet: str, name: str) -> str | None:
     """The worker an actor name of `fleet` is for, None if the name is not one of ours."""
     prefix = f"{fleet}/"
-    if not name.startswith(prefix) or name.endswith("/pg"):
-        return None
+    if not name.startswith(prefix) or "/" in name[len(prefix):]:
+        return None  # another fleet's, a placement group's, or a rank's actor
     return name[len(prefix):]
 
 
