@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import modelserver
@@ -27,23 +28,34 @@ def _runtime_imports(
     is an edge to the module (the package's own __init__ runs first for every import)."""
     found: set[str] = set()
     package = here if is_package else here.rpartition(".")[0]
-    for node in tree.body:
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            continue
-        for inner in ast.walk(node) if not isinstance(node, ast.FunctionDef) else ():
-            if isinstance(inner, ast.FunctionDef | ast.AsyncFunctionDef):
-                continue
-            if isinstance(inner, ast.Import):
-                found |= {alias.name for alias in inner.names}
-            elif isinstance(inner, ast.ImportFrom):
-                base = inner.module or ""
-                if inner.level:
-                    anchor = package.rsplit(".", inner.level - 1)[0] if inner.level > 1 else package
-                    base = f"{anchor}.{base}" if base else anchor
-                for alias in inner.names:
-                    child = f"{base}.{alias.name}"
-                    found.add(child if child in modules else base)
+    for node in _run_at_import(tree.body):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{anchor}.{base}" if base else anchor
+            for alias in node.names:
+                child = f"{base}.{alias.name}"
+                found.add(child if child in modules else base)
     return {name for name in found if name.startswith("modelserver")}
+
+
+def _run_at_import(body: list[ast.stmt]) -> Iterator[ast.AST]:
+    """Every node of `body` that runs when the module is imported: not the bodies of
+    functions (in classes too), not `if TYPE_CHECKING:` blocks."""
+    for node in body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            continue
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            yield from _run_at_import(node.orelse)
+            continue
+        yield node
+        for field in ("body", "orelse", "handlers", "finalbody"):
+            inner = getattr(node, field, None)
+            if isinstance(inner, list):
+                yield from _run_at_import(inner)
 
 
 def _graph() -> dict[str, set[str]]:
