@@ -231,11 +231,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         ports = {"modelserver": gateway_port}
         if not args.skip_smg:
-            from modelserver.bench.contenders.smg_gateway import smg_executable
+            from modelserver.bench.contenders.smg_gateway import smg_program
 
             ports["smg"] = free_port_range(2)
             contenders["smg"] = [
-                smg_executable(), "launch",
+                *smg_program(), "launch",
                 "--host", "127.0.0.1", "--port", str(ports["smg"]),
                 "--worker-urls", *engines,
                 "--policy", "round_robin",

@@ -3,7 +3,7 @@ front of real simulated engines, routes requests to them, and is gone after `sto
 
 from __future__ import annotations
 
-import os
+import sys
 
 import pytest
 
@@ -16,7 +16,8 @@ from tests.processes import pid_exists
 def test_smg_is_launched_as_users_launch_it_with_the_policy_named() -> None:
     cmd = smg_command("prefix_hash", 4000, 4001, ["http://127.0.0.1:1", "http://127.0.0.1:2"],
                       attempt_timeout_s=20.0)
-    assert os.path.basename(cmd[0]) == "smg" and cmd[1] == "launch"
+    # smg's own CLI, not the `smg` console script sglang-router 0.3.2 also installs.
+    assert cmd[:4] == [sys.executable, "-m", "smg", "launch"]
     urls = cmd.index("--worker-urls")
     assert cmd[urls + 1: urls + 3] == ["http://127.0.0.1:1", "http://127.0.0.1:2"]
     assert cmd[cmd.index("--policy") + 1] == "prefix_hash"
