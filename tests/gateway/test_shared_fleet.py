@@ -133,7 +133,12 @@ async def test_two_equal_weight_batch_tenants_get_equal_tokens_whatever_their_co
             # Long enough for ~100 requests of each while both stay backlogged.
             await asyncio.sleep(8)
             after = await fleet.tenants()
-            assert after["eval2"]["waiting"] > 0 and after["eval"]["waiting"] > 0
+            # eval is backlogged throughout (48 callers for at most 2 * SLOTS slots). eval2's 6
+            # callers ask for more than its half of the batch slots, so fairness, not its
+            # demand, limits it; but the fair queue admits its waiters first whenever its
+            # counter is behind, so at one instant it may have none waiting (a snapshot check
+            # of eval2 failed a fresh-clone run on a quiet machine).
+            assert after["eval"]["waiting"] > 0
         finally:
             await stopped(callers)
     got = {
